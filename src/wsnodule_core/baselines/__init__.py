@@ -1,0 +1,1 @@
+"""Training-free baselines that learned methods are compared against."""

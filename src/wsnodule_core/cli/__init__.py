@@ -1,0 +1,1 @@
+"""The `wsnodule` command line."""

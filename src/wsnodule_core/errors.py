@@ -1,0 +1,131 @@
+"""Exceptions and warnings raised by wsnodule.
+
+Every error says what is wrong and what to do about it. They all derive from
+:class:`WsnoduleError`, so a caller (the CLI, the napari plugin) can catch one
+type and show the message as it is.
+"""
+
+from __future__ import annotations
+
+
+class WsnoduleError(Exception):
+    """Base class of every error raised on purpose by wsnodule."""
+
+
+# --- reading volumes -------------------------------------------------------
+
+
+class VolumeReadError(WsnoduleError):
+    """A volume could not be read."""
+
+
+class InputPathNotFoundError(VolumeReadError, FileNotFoundError):
+    """The path given does not exist."""
+
+
+class EmptyFolderError(VolumeReadError):
+    """A folder was given but it holds no files."""
+
+
+class NoDicomFilesError(VolumeReadError):
+    """A folder was given but none of its files is DICOM."""
+
+
+class CorruptDicomError(VolumeReadError):
+    """A DICOM file is truncated or cannot be decoded."""
+
+
+class MultipleSeriesError(VolumeReadError):
+    """A DICOM folder holds several series and none was chosen."""
+
+
+class MissingSlicesError(VolumeReadError):
+    """The slices of a DICOM series are not evenly spaced: some are missing."""
+
+
+class MixedOrientationError(VolumeReadError):
+    """The slices of a DICOM series do not share one orientation."""
+
+
+class UnsupportedFormatError(VolumeReadError):
+    """The file's extension is not a format wsnodule reads or writes."""
+
+
+class InconsistentSeriesError(VolumeReadError):
+    """The slices of a DICOM series cannot form one regular 3D grid (sizes differ, duplicate
+    positions, gantry tilt, missing position/orientation tags)."""
+
+
+class SeriesNotFoundError(VolumeReadError):
+    """The DICOM series asked for (by SeriesInstanceUID) is not in the folder."""
+
+
+# --- invalid volumes -------------------------------------------------------
+
+
+class InvalidVolumeError(WsnoduleError, ValueError):
+    """A volume's array or geometry is not usable."""
+
+
+class DimensionError(InvalidVolumeError):
+    """The image is not 3D (a 2D image, or a 4D/multi-channel volume)."""
+
+
+class InvalidSpacingError(InvalidVolumeError):
+    """A voxel spacing is zero, negative or not finite."""
+
+
+class NonFiniteValuesError(InvalidVolumeError):
+    """The voxel values contain NaN or infinity."""
+
+
+class GeometryMismatchError(InvalidVolumeError):
+    """A mask does not have the shape or geometry of its reference volume."""
+
+
+class MetricInputError(WsnoduleError, ValueError):
+    """Masks, labels or parameters given to a metric are inconsistent (shapes, bins, labels)."""
+
+
+# --- writing ---------------------------------------------------------------
+
+
+class OutputExistsError(WsnoduleError, FileExistsError):
+    """Writing would overwrite an existing file; pass overwrite=True to allow it."""
+
+
+class NotDicomReferenceError(WsnoduleError, ValueError):
+    """A DICOM output (DICOM-SEG) needs a reference volume read from DICOM files."""
+
+
+# --- lung segmentation -----------------------------------------------------
+
+
+class LungSegmentationError(WsnoduleError):
+    """No lung could be found in a volume (not a chest CT, or not in Hounsfield units)."""
+
+
+# --- optional data ---------------------------------------------------------
+
+
+class DataNotAvailableError(WsnoduleError):
+    """Data that this call needs (LIDC images, WSNODULE_DATA, ...) is not configured."""
+
+
+class DataLookupError(WsnoduleError, LookupError):
+    """A patient, series or annotation asked for is not in the data set (e.g. LIDC-IDRI)."""
+
+
+class AnnotationFileError(WsnoduleError, ValueError):
+    """An annotation file (e.g. LUNA16's annotations.csv) is missing columns or has bad values."""
+
+
+# --- warnings --------------------------------------------------------------
+
+
+class WsnoduleWarning(UserWarning):
+    """Base class of wsnodule's warnings."""
+
+
+class NonCTModalityWarning(WsnoduleWarning):
+    """The volume is not CT: its values are not taken to be Hounsfield units."""
