@@ -120,6 +120,14 @@ class AnnotationFileError(WsnoduleError, ValueError):
     """An annotation file (e.g. LUNA16's annotations.csv) is missing columns or has bad values."""
 
 
+class PhantomParameterError(WsnoduleError, ValueError):
+    """A parameter of the procedural chest CT phantom is out of range or unknown."""
+
+
+class InvalidDatasetError(WsnoduleError, ValueError):
+    """A data-set folder or its dataset.json is missing, of another version, or incomplete."""
+
+
 # --- warnings --------------------------------------------------------------
 
 

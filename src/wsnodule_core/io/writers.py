@@ -1,0 +1,120 @@
+"""Write volumes and masks to NIfTI, NRRD or MetaImage with their geometry, never overwriting silently.
+
+Files are written into a temporary folder beside the target and then renamed into place (data file
+before header), so a crash or a full disk never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from wsnodule_core.errors import InvalidVolumeError, OutputExistsError
+from wsnodule_core.io.formats import require_format
+from wsnodule_core.io.sitk_bridge import to_sitk
+from wsnodule_core.io.volume import Volume, check_mask_matches
+
+
+def _refuse_existing(path: Path) -> OutputExistsError:
+    return OutputExistsError(
+        f"{path} already exists; wsnodule does not overwrite files. Choose another path or pass "
+        "overwrite=True to replace it."
+    )
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
+    """The output path as a Path, after refusing an existing file unless ``overwrite``."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputExistsError(f"{path} is a folder; give a file name to write to.")
+    if path.exists() and not overwrite:
+        raise _refuse_existing(path)
+    return path
+
+
+def write_atomically(path: Path, overwrite: bool, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` in a temporary folder beside ``path``, then move the result(s) in place.
+
+    Every file ``write`` creates is moved (for .mhd/.nhdr that is the header and its data file);
+    any of them that already exists is refused unless ``overwrite``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".wsnodule-tmp-", dir=path.parent))
+    try:
+        write(tmp_dir / path.name)
+        produced = sorted(tmp_dir.iterdir(), key=lambda p: p.name == path.name)  # header last
+        for p in produced:
+            target = path.parent / p.name
+            if target.exists() and not overwrite:
+                raise _refuse_existing(target)
+        for p in produced:
+            os.replace(p, path.parent / p.name)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return path
+
+
+def _write_image(image: sitk.Image, path: Path, overwrite: bool, compress: bool) -> Path:
+    def write(tmp: Path) -> None:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+
+    return write_atomically(path, overwrite, write)
+
+
+def write_volume(
+    volume: Volume, path: str | os.PathLike, *, overwrite: bool = False, compress: bool = False
+) -> Path:
+    """Write ``volume`` to NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mhd, .mha).
+
+    The array's data type is kept; the geometry is written as given (NIfTI stores it as float32).
+    ``compress`` gzips NRRD/MetaImage data (.nii.gz is always compressed). Parent folders are
+    created. Returns the path written.
+    """
+    path = check_output_path(path, overwrite)
+    require_format(path, "write")
+    return _write_image(to_sitk(volume), path, overwrite, compress)
+
+
+def mask_storage_array(mask: np.ndarray, where: str = "mask") -> np.ndarray:
+    """The mask as uint8 (labels 0..255) or uint16 (labels up to 65535); refuses other values."""
+    array = np.asarray(mask)
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if array.size == 0:
+        return array.astype(np.uint8)
+    lo, hi = array.min(), array.max()
+    if array.dtype.kind == "f" and not (np.isfinite(array).all() and np.all(array == np.rint(array))):
+        raise InvalidVolumeError(
+            f"{where}: a mask must hold integer labels, but it has fractional or non-finite values "
+            f"({lo}..{hi}). Threshold probabilities (e.g. p >= 0.5) before writing a mask."
+        )
+    if lo < 0 or hi > np.iinfo(np.uint16).max:
+        raise InvalidVolumeError(
+            f"{where}: mask labels must be in 0..65535, got {lo}..{hi}. Relabel the mask before writing."
+        )
+    return array.astype(np.uint8 if hi <= 255 else np.uint16)
+
+
+def write_mask(
+    mask: np.ndarray | Volume,
+    reference: Volume,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    compress: bool = True,
+) -> Path:
+    """Write a label mask on ``reference``'s grid, with its geometry, as uint8 (or uint16 above 255).
+
+    ``mask`` is an array of ``reference.shape`` or a Volume with the same geometry. Formats as
+    :func:`write_volume`; NRRD/MetaImage data is gzipped by default (masks compress well).
+    """
+    array = mask_storage_array(check_mask_matches(mask, reference), "mask")
+    path = check_output_path(path, overwrite)
+    require_format(path, "write")
+    return _write_image(to_sitk(reference, array), path, overwrite, compress)
