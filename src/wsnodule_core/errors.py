@@ -101,8 +101,8 @@ class NotDicomReferenceError(WsnoduleError, ValueError):
 # --- lung segmentation -----------------------------------------------------
 
 
-class LungSegmentationError(WsnoduleError):
-    """No lung could be found in a volume (not a chest CT, or not in Hounsfield units)."""
+class LungSegmentationError(WsnoduleError, ValueError):
+    """No lung was found in a volume, or a lung mask / crop was asked for with invalid parameters."""
 
 
 # --- optional data ---------------------------------------------------------
@@ -126,6 +126,32 @@ class PhantomParameterError(WsnoduleError, ValueError):
 
 class InvalidDatasetError(WsnoduleError, ValueError):
     """A data-set folder or its dataset.json is missing, of another version, or incomplete."""
+
+
+# --- models and training ----------------------------------------------------
+
+
+class ModelConfigError(WsnoduleError, ValueError):
+    """A model or training configuration value is out of range or unknown."""
+
+
+class CheckpointError(WsnoduleError):
+    """A checkpoint file is missing, unreadable, of another kind, or does not fit the model."""
+
+
+class TrainingDataError(WsnoduleError, ValueError):
+    """The training data cannot train a classifier (no slices, only one class, ...)."""
+
+
+# --- NAM / R-NAM segmentation ------------------------------------------------
+
+
+class NamSegmentationError(WsnoduleError, ValueError):
+    """A NAM/R-NAM segmentation parameter or input is unusable (out of range, wrong shape)."""
+
+
+class SegmentationCancelled(WsnoduleError):
+    """A segmentation was cancelled by its ``cancel`` callback before it finished."""
 
 
 # --- warnings --------------------------------------------------------------
