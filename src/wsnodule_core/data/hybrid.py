@@ -1,0 +1,103 @@
+"""Hybrid cases: a real chest CT as background with real LIDC nodule shapes inserted.
+
+The real scans carry no nodule annotations, so the label map holds only the inserted nodules.
+A scan known to show an unlabelled lesion (see :data:`KNOWN_UNLABELLED_LESIONS`) is marked so
+that no negative (nodule-free) patches are drawn from it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from wsnodule_core.data.cases import Case, case_from_insertion
+from wsnodule_core.data.insertion import PLACEMENTS, derive_vessels
+from wsnodule_core.data.nodule_shape import NoduleShape
+from wsnodule_core.io.sitk_bridge import from_sitk, to_sitk
+from wsnodule_core.io.volume import Volume
+
+#: Real series in ``$WSNODULE_DATA/chest-ct`` that hold a lesion nobody labelled.
+KNOWN_UNLABELLED_LESIONS = {
+    "tcga-34-2605": "a lung mass in the right lower lobe (TCGA-LUSC): not nodule-free, no negatives from it",
+}
+
+
+def resample_to_spacing(volume: Volume, spacing: Sequence[float], *, is_mask: bool = False,
+                        default_value: float = -1024.0) -> Volume:
+    """``volume`` resampled to ``spacing`` (z, y, x) mm over the same extent (linear, or nearest for masks)."""
+    spacing = tuple(float(s) for s in spacing)
+    if np.allclose(spacing, volume.spacing, atol=1e-6):
+        return volume
+    image = to_sitk(volume)
+    old_size = np.array(volume.shape[::-1])
+    new_size = np.maximum(1, np.round(old_size * np.array(volume.spacing[::-1]) / np.array(spacing[::-1])))
+    # keep the physical centre of the first voxel's footprint edge
+    origin = np.array(volume.origin) + volume.direction @ (0.5 * (np.array(spacing[::-1]) - np.array(volume.spacing[::-1])))
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetSize([int(n) for n in new_size])
+    resampler.SetOutputSpacing(spacing[::-1])
+    resampler.SetOutputOrigin(tuple(float(v) for v in origin))
+    resampler.SetOutputDirection(tuple(float(v) for v in volume.direction.ravel()))
+    resampler.SetInterpolator(sitk.sitkNearestNeighbor if is_mask else sitk.sitkLinear)
+    resampler.SetDefaultPixelValue(0.0 if is_mask else default_value)
+    out = from_sitk(resampler.Execute(image), volume.metadata)
+    if not is_mask and volume.array.dtype.kind in "iu":
+        out = out.with_array(np.rint(out.array).astype(np.int16))
+    return out
+
+
+def series_name(ct: Volume) -> str:
+    """A short subject name for a real CT: its source folder's name, else its series UID."""
+    if ct.metadata.source_path:
+        return Path(ct.metadata.source_path).name or Path(ct.metadata.source_path).parent.name
+    return ct.metadata.series_uid or "ct"
+
+
+def make_hybrid_case(
+    ct: Volume,
+    case_id: str,
+    *,
+    seed: int,
+    shapes: Sequence[NoduleShape],
+    n_nodules: int | None = None,
+    lungs: np.ndarray | None = None,
+    spacing: Sequence[float] | None = None,
+    placements: Sequence[str] = PLACEMENTS,
+    subject: str | None = None,
+    **insert_kwargs,
+) -> Case:
+    """Insert ``n_nodules`` (default: all) of ``shapes`` into the real CT ``ct``.
+
+    Parameters
+    ----------
+    ct
+        The real chest CT (HU).
+    lungs
+        Its lung mask; by default :func:`wsnodule_core.data.lung.segment_lungs` computes it.
+    spacing
+        Resample the CT (and a given lung mask) to this (z, y, x) spacing first, so that a data
+        set shares one grid.
+    subject
+        The real series' name (default from the CT's path); a name in
+        :data:`KNOWN_UNLABELLED_LESIONS` marks the case as not safe for negatives.
+    """
+    if spacing is not None:
+        ct = resample_to_spacing(ct, spacing)
+        if lungs is not None:
+            raise ValueError("give either a lung mask on the CT's grid or a spacing to resample to, not both")
+    if lungs is None:
+        from wsnodule_core.data.lung import segment_lungs
+
+        lungs = np.asarray(segment_lungs(ct).lungs, bool)
+    subject = subject or series_name(ct)
+    lesion = KNOWN_UNLABELLED_LESIONS.get(subject)
+    vessels = derive_vessels(ct, lungs)
+    rng = np.random.default_rng(seed)
+    chosen = list(shapes)[: len(shapes) if n_nodules is None else n_nodules]
+    notes = (f"{subject}: {lesion}",) if lesion else ()
+    return case_from_insertion(case_id, ct, lungs, chosen, rng=rng, source=f"hybrid:{subject}", vessels=vessels,
+                               placements=placements, negatives_ok=lesion is None, notes=notes,
+                               **insert_kwargs)
