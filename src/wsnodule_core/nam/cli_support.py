@@ -1,0 +1,102 @@
+"""Command-line arguments of NAM training, for ``wsnodule train`` and ``python -m wsnodule_core.nam.train``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from wsnodule_core.nam.train import TrainConfig
+
+_DEFAULTS = TrainConfig()
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the NAM training options to ``parser`` (positional ``data`` and ``out``)."""
+    parser.add_argument("data", help="data set folder written by `wsnodule data ...` (train and val splits are used)")
+    parser.add_argument("out", help="run folder for best.pt / last.pt (refused if it holds checkpoints, "
+                                    "unless --resume or --overwrite)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--n-gap", type=int, choices=(1, 2, 3), default=None,
+                       help="GAP branches: 1 (conv5_3), 2 (+conv4_3), 3 (+conv3_3) [1]")
+    model.add_argument("--width", choices=("vgg16", "narrow"), default=None,
+                       help="vgg16 (paper size) or narrow (channels / 8, for CPUs) [vgg16]")
+    model.add_argument("--vgg16-weights", default=None, metavar="PTH",
+                       help="local torchvision VGG16 state dict for the ImageNet initialisation (nothing is downloaded)")
+    recipe = parser.add_argument_group("recipe")
+    recipe.add_argument("--epochs", type=int, default=None, help=f"epochs [{_DEFAULTS.epochs}]")
+    recipe.add_argument("--batch-size", type=int, default=None, help=f"balanced batch size [{_DEFAULTS.batch_size}]")
+    recipe.add_argument("--lr", type=float, default=None,
+                        help="backbone learning rate; heads/FC get 10x [paper: 1e-2, 2e-3, 1e-3 for 1/2/3-GAP]")
+    recipe.add_argument("--lr-decay", type=float, default=None, help=f"LR decay per epoch [{_DEFAULTS.lr_decay}]")
+    recipe.add_argument("--image-size", type=int, default=None, help=f"crop side in pixels [{_DEFAULTS.image_size}]")
+    recipe.add_argument("--pixel-spacing", type=float, default=None, metavar="MM",
+                        help="resample slices to this pixel spacing [the scan's own]")
+    recipe.add_argument("--min-nodule-area", type=float, default=None, metavar="MM2",
+                        help="smallest nodule area of a positive slice [0: any nodule voxel]")
+    recipe.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap on steps per epoch (quick runs)")
+    recipe.add_argument("--no-augment", action="store_true", help="no flips/rotation/shift/intensity jitter")
+    recipe.add_argument("--seed", type=int, default=None, help="random seed [0]")
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default=None, help="auto, cuda, cuda:N, mps or cpu [auto]")
+    run.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    run.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster on GPUs)")
+    run.add_argument("--num-workers", type=int, default=None, help="batch loader processes [0]")
+    run.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower, reproducible)")
+    run.add_argument("--resume", action="store_true", help="continue the run in OUT from its last.pt")
+    run.add_argument("--overwrite", action="store_true", help="start over in an OUT that holds checkpoints")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+_FIELDS = {"n_gap": "n_gap", "width": "width", "vgg16_weights": "vgg16_weights", "epochs": "epochs",
+           "batch_size": "batch_size", "lr": "lr", "lr_decay": "lr_decay", "image_size": "image_size",
+           "pixel_spacing": "pixel_spacing_mm", "min_nodule_area": "min_nodule_area_mm2",
+           "max_steps_per_epoch": "max_steps_per_epoch", "seed": "seed", "device": "device",
+           "num_workers": "num_workers"}
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """``base`` (default :class:`TrainConfig`) with the options given on the command line."""
+    values = (base or TrainConfig()).to_dict()
+    for arg, name in _FIELDS.items():
+        if getattr(args, arg, None) is not None:
+            values[name] = getattr(args, arg)
+    for flag, name, value in (("no_augment", "augment", False), ("no_amp", "amp", False),
+                              ("channels_last", "channels_last", True), ("deterministic", "deterministic", True)):
+        if getattr(args, flag, False):
+            values[name] = value
+    return TrainConfig.from_dict(values)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run the training the arguments describe, with a text progress bar on stderr; 0 on success."""
+    from pathlib import Path
+
+    from wsnodule_core.cli.progress import TextProgress
+    from wsnodule_core.nam.train import train_classifier
+    from wsnodule_core.training.callbacks import TrainCallbacks
+    from wsnodule_core.training.checkpoint import LAST, load_checkpoint
+
+    base = None
+    if args.resume and (Path(args.out) / LAST).exists():
+        base = TrainConfig.from_dict(load_checkpoint(Path(args.out) / LAST).train_config)
+    config = config_from_args(args, base)
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
+    bar = None if args.quiet or not main_process else TextProgress("training")
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if bar is not None:
+            bar(step, total)
+
+    def log(text: str) -> None:
+        sys.stderr.write(("\n" if bar is not None else "") + text + "\n")
+
+    result = train_classifier(args.data, args.out, config, TrainCallbacks(step_fn=on_step), resume=args.resume,
+                              overwrite=args.overwrite, log=log)
+    if not main_process:
+        return 0
+    best = f"{result.best_metric:.3f} (epoch {result.best_epoch})" if result.best_metric is not None else "-"
+    print(f"trained {result.epochs_completed} epoch(s), {result.global_step} steps on {result.device}; "
+          f"best accuracy {best}; checkpoints in {result.out_dir}")
+    return 0

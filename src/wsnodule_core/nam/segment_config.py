@@ -1,0 +1,103 @@
+"""Every parameter of the NAM/R-NAM segmentation, with its default (see ``docs/nam_segmentation.md``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from wsnodule_core.errors import NamSegmentationError
+from wsnodule_core.nam.icm import IcmParams
+from wsnodule_core.nam.rnam import FillParams
+from wsnodule_core.nam.scope import MultiGapScopeParams, ScopeParams
+
+
+@dataclass(frozen=True)
+class NamConfig:
+    """Parameters of :func:`~wsnodule_core.nam.pipeline.segment_volume` and ``segment_slice``.
+
+    Attributes
+    ----------
+    window
+        HU window mapped to [0, 1] for the network (the classifier's training window).
+    input_size
+        Side of the network input: the lung-centred crop when lungs are given (the paper: 384),
+        else the whole slice is resized (bilinear) to ``input_size`` x ``input_size``.
+    crop_pixel_spacing_mm
+        Resample the lung crop in-plane to this spacing first (None: native spacing, as the paper).
+    probability_threshold
+        A slice is a "nodule slice" when P(nodule) >= this.
+    nam_branches
+        Branches of ``model`` summed into its NAM (``"all"`` or indices, deepest first). With
+        ``multi_gap_model`` the paper's 1-GAP NAM is ``(0,)`` of a 1-GAP model = ``"all"``.
+    scope, multi_gap, icm, fill
+        Parameters of the screening scope, of the multi-GAP scope combination, of the ICM
+        segmentation and candidates, and of the candidate filling for R-NAMs.
+    dense_min_hu
+        Phases whose mean is at least this many HU are "denser than parenchyma" and give the
+        candidates (the brightest phase always does); None: the ``icm.n_dense_phases`` brightest.
+    icm_init
+        ``"slice"``: k-means initialisation on the whole slice (the paper's "global intensity
+        distribution"); ``"lung"``: on the lung mask only (needs ``lungs``; falls back to the slice).
+    top_k
+        Blobs segmented per slice: 1 (the paper) or 2 (two-nodule mode).
+    second_blob_min_ratio
+        In two-nodule mode, the second blob must have at least this fraction of the first's
+        prominence.
+    coarse_mode
+        ``"all"``: the coarse mask is every candidate in the scope; ``"densest"``: only the
+        candidate with the highest mean intensity.
+    rnam_batch_size
+        Masked images per forward pass in R-NAM screening.
+    max_kept_rnams
+        At most this many R-NAM maps (float32 on the input slice grid) are kept in the result,
+        in slice order; later candidates keep their score but not their map.
+    bridge_gap
+        When linking per-slice masks into 3D nodules, also join masks one empty slice apart.
+    """
+
+    window: tuple[float, float] = (-1200.0, 600.0)
+    input_size: int = 384
+    crop_pixel_spacing_mm: float | None = None
+    probability_threshold: float = 0.5
+    nam_branches: str | tuple[int, ...] = "all"
+    scope: ScopeParams = field(default_factory=ScopeParams)
+    multi_gap: MultiGapScopeParams = field(default_factory=MultiGapScopeParams)
+    icm: IcmParams = field(default_factory=IcmParams)
+    dense_min_hu: float | None = -500.0
+    icm_init: str = "slice"
+    fill: FillParams = field(default_factory=FillParams)
+    top_k: int = 1
+    second_blob_min_ratio: float = 0.5
+    coarse_mode: str = "all"
+    rnam_batch_size: int = 16
+    max_kept_rnams: int = 32
+    bridge_gap: bool = True
+
+    def __post_init__(self) -> None:
+        if self.window[1] <= self.window[0]:
+            raise NamSegmentationError(
+                f"NamConfig.window must be (low, high) with low < high, got {self.window}."
+            )
+        if self.input_size < 32:
+            raise NamSegmentationError(f"NamConfig.input_size must be >= 32 pixels, got {self.input_size}.")
+        if self.icm_init not in ("slice", "lung"):
+            raise NamSegmentationError(
+                f"NamConfig.icm_init must be 'slice' or 'lung', got {self.icm_init!r}."
+            )
+        if self.coarse_mode not in ("all", "densest"):
+            raise NamSegmentationError(
+                f"NamConfig.coarse_mode must be 'all' or 'densest', got {self.coarse_mode!r}."
+            )
+        if self.top_k not in (1, 2):
+            raise NamSegmentationError(f"NamConfig.top_k must be 1 or 2 (two-nodule mode), got {self.top_k}.")
+        if self.rnam_batch_size < 1 or self.max_kept_rnams < 0:
+            raise NamSegmentationError(
+                "NamConfig: rnam_batch_size must be >= 1 and max_kept_rnams >= 0, got "
+                f"{self.rnam_batch_size} and {self.max_kept_rnams}."
+            )
+
+    def icm_params(self) -> IcmParams:
+        """``icm`` with ``dense_min_hu`` turned into the window-normalised units ICM works in."""
+        if self.dense_min_hu is None:
+            return self.icm
+        low, high = self.window
+        return replace(self.icm, dense_min_mean=(float(self.dense_min_hu) - low) / (high - low))

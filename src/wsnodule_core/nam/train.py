@@ -1,0 +1,445 @@
+"""Training the NAM multi-GAP classifier from slice-level labels (the paper's recipe).
+
+SGD with momentum 0.9; the new layers (heads + FC) at 10x the backbone learning rate; initial
+LR 1e-2 / 2e-3 / 1e-3 for 1- / 2- / 3-GAP; decay 0.99 per epoch; class-balanced batches of 30.
+Checkpoints ``best.pt`` (by balanced validation accuracy) and ``last.pt`` describe themselves and
+resume exactly. Run several GPUs with ``torchrun --nproc_per_node=N -m wsnodule_core.nam.train``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wsnodule_core.errors import CheckpointError, ModelConfigError, TrainingDataError
+from wsnodule_core.nam.model import MultiGapClassifier, MultiGapConfig
+from wsnodule_core.nam.slices import SliceConfig, SliceSet, slices_from_dataset
+from wsnodule_core.training import distributed as ddp
+from wsnodule_core.training.augment import AugmentConfig, augment_batch
+from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
+from wsnodule_core.training.checkpoint import (BEST, LAST, capture_rng_state, load_checkpoint,
+                                               prepare_run_dir, restore_rng_state, save_checkpoint)
+from wsnodule_core.training.device import amp_enabled, autocast, choose_device, grad_scaler
+from wsnodule_core.training.sampler import BalancedBatchSampler
+
+#: The paper's initial learning rates by number of GAP branches.
+PAPER_LR = {1: 1e-2, 2: 2e-3, 3: 1e-3}
+KIND = "nam-multigap"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a NAM training run (saved in every checkpoint)."""
+
+    n_gap: int = 1
+    width: str = "vgg16"
+    head_channels: int | None = None       # None: the model's default (1024; narrow 128)
+    batch_norm: bool | None = None         # None: BN only when training from scratch (no vgg16_weights)
+    lr: float | None = None                # backbone LR; None: the paper's value for n_gap
+    new_layer_lr_factor: float = 10.0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_decay: float = 0.99                 # ExponentialLR gamma, per epoch
+    batch_size: int = 30
+    epochs: int = 30
+    epoch_size: str = "balanced"           # "balanced": 2 x the smaller class per epoch; "all": every slice
+    max_steps_per_epoch: int | None = None
+    image_size: int = 384
+    pixel_spacing_mm: float | None = None  # None: the scan's own spacing (the paper)
+    min_nodule_area_mm2: float = 0.0
+    min_lung_fraction: float = 0.1
+    seed: int = 0
+    num_workers: int = 0
+    amp: bool = True                       # CUDA only
+    channels_last: bool = False
+    device: str = "auto"
+    deterministic: bool = False
+    vgg16_weights: str | None = None       # local torchvision VGG16 state dict (ImageNet init)
+    augment: bool = True
+    flip_lr: bool = True
+    flip_ud: bool = False
+    rotate_deg: float = 10.0
+    scale: float = 0.1
+    shift_fraction: float = 0.08
+    intensity_gain: float = 0.1
+    intensity_shift: float = 0.05
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.n_gap not in PAPER_LR:
+            raise ModelConfigError(f"n_gap must be 1, 2 or 3, got {self.n_gap!r}.")
+        for name in ("batch_size", "epochs", "image_size", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ModelConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}.")
+        if self.lr is not None and not self.lr > 0:
+            raise ModelConfigError(f"lr must be positive, got {self.lr!r}.")
+
+    @property
+    def backbone_lr(self) -> float:
+        return float(self.lr) if self.lr is not None else PAPER_LR[self.n_gap]
+
+    def model_config(self) -> MultiGapConfig:
+        extra = {} if self.head_channels is None else {"head_channels": int(self.head_channels)}
+        batch_norm = (self.vgg16_weights is None) if self.batch_norm is None else bool(self.batch_norm)
+        return MultiGapConfig(n_gap=self.n_gap, width=self.width, batch_norm=batch_norm, **extra)
+
+    def slice_config(self) -> SliceConfig:
+        return SliceConfig(size=self.image_size, pixel_spacing_mm=self.pixel_spacing_mm,
+                           min_nodule_area_mm2=self.min_nodule_area_mm2,
+                           min_lung_fraction=self.min_lung_fraction)
+
+    def augment_config(self) -> AugmentConfig:
+        return AugmentConfig(self.flip_lr, self.flip_ud, self.rotate_deg, self.scale, self.shift_fraction,
+                             self.intensity_gain, self.intensity_shift)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True, eq=False)
+class TrainResult:
+    """What a run left: its folder and checkpoints, how far it got, and the trained model (eval mode)."""
+
+    out_dir: Path
+    best_path: Path | None
+    last_path: Path | None
+    epochs_completed: int
+    global_step: int
+    best_metric: float | None
+    best_epoch: int | None
+    history: list[dict]
+    cancelled: bool
+    device: str
+    model: MultiGapClassifier = field(repr=False)
+
+
+def _resolve_data(data, config: TrainConfig, progress=None) -> tuple[SliceSet, SliceSet | None]:
+    if isinstance(data, SliceSet):
+        return data, None
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], SliceSet):
+        return data[0], data[1]
+    slice_config = config.slice_config()
+    train = slices_from_dataset(data, "train", slice_config, progress=progress)
+    val = slices_from_dataset(data, "val", slice_config)
+    return train, (val if len(val) else None)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool):
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_cudnn = torch.backends.cudnn.benchmark
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        torch.backends.cudnn.benchmark = previous_cudnn
+
+
+def build_model(config: TrainConfig) -> MultiGapClassifier:
+    """A fresh classifier for ``config`` (ImageNet backbone when ``vgg16_weights`` is given)."""
+    torch.manual_seed(config.seed)
+    if config.vgg16_weights:
+        return MultiGapClassifier.from_vgg16_weights(config.vgg16_weights, config.model_config())
+    return MultiGapClassifier(config.model_config())
+
+
+def make_optimizer(model: MultiGapClassifier, config: TrainConfig):
+    """SGD with two parameter groups (backbone; heads + FC at ``new_layer_lr_factor`` x) and ExponentialLR."""
+    new_lr = config.backbone_lr * config.new_layer_lr_factor
+    optimizer = torch.optim.SGD(
+        [{"params": model.backbone_parameters(), "lr": config.backbone_lr, "name": "backbone"},
+         {"params": model.new_parameters(), "lr": new_lr, "name": "new"}],
+        lr=config.backbone_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
+    return optimizer, scheduler
+
+
+def _aug_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.default_rng([seed, epoch, rank, 17]).integers(2**62))
+
+
+@torch.no_grad()
+def evaluate(model: MultiGapClassifier, slices: SliceSet, device: torch.device, *, batch_size: int = 64,
+             ctx: ddp.DistContext | None = None, use_amp: bool = False, channels_last: bool = False) -> dict:
+    """Loss, accuracy, balanced accuracy (mean of sensitivity and specificity), sensitivity and
+    specificity on ``slices`` (sharded over DDP ranks, summed)."""
+    ctx = ctx or ddp.DistContext()
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(5, dtype=torch.float64)  # loss sum, n, correct, true pos, true neg
+    positives = float(slices.n_positive)
+    idx = np.arange(ctx.rank, len(slices), ctx.world_size)
+    for start in range(0, len(idx), batch_size):
+        chunk = idx[start:start + batch_size]
+        x = torch.from_numpy(slices.images[chunk]).to(device).float()[:, None]
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.from_numpy(slices.labels[chunk].astype(np.int64)).to(device)
+        with autocast(device, use_amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        pred = logits.argmax(1)
+        totals += torch.tensor([loss.item(), len(chunk), (pred == y).sum().item(),
+                                ((pred == 1) & (y == 1)).sum().item(), ((pred == 0) & (y == 0)).sum().item()],
+                               dtype=torch.float64)
+    totals = ddp.all_reduce_sum(totals, ctx)
+    model.train(was_training)
+    n = max(float(totals[1]), 1.0)
+    negatives = float(len(slices) - positives)
+    sensitivity = float(totals[3]) / positives if positives else float("nan")
+    specificity = float(totals[4]) / negatives if negatives else float("nan")
+    rates = [r for r in (sensitivity, specificity) if r == r]
+    return {"loss": float(totals[0]) / n, "accuracy": float(totals[2]) / n,
+            "balanced_accuracy": float(np.mean(rates)) if rates else float("nan"),
+            "sensitivity": sensitivity, "specificity": specificity}
+
+
+def train_classifier(data, out_dir: str | os.PathLike, config: TrainConfig | None = None,
+                     callbacks: TrainCallbacks | object | None = None, *, resume: bool = False,
+                     overwrite: bool = False, log=None) -> TrainResult:
+    """Train the multi-GAP classifier; write ``best.pt`` and ``last.pt`` into ``out_dir``.
+
+    Parameters
+    ----------
+    data
+        A data set folder (or loaded ``Dataset``: its train and val splits are sliced with the
+        config's slice settings), a :class:`SliceSet` (training only, no validation), or a
+        ``(train, val)`` pair of slice sets.
+    config
+        The run's settings; with ``resume`` and no config, the checkpoint's own.
+    callbacks
+        ``on_step(step, total, loss)``, ``on_epoch(epoch, metrics)``, ``should_stop()``.
+    resume, overwrite
+        A folder that holds checkpoints is refused unless one of these is set: ``resume``
+        continues from ``last.pt`` (exactly: same batches, augmentation and optimiser state),
+        ``overwrite`` starts again.
+    log
+        ``log(text)`` for one-line messages (device, epochs); rank 0 only.
+    """
+    callbacks = as_callbacks(callbacks)
+    out = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
+    checkpoint = load_checkpoint(out / LAST) if resume else None
+    if checkpoint is not None:
+        saved = TrainConfig.from_dict(checkpoint.train_config)
+        config = saved if config is None else config
+        if config.model_config() != saved.model_config():
+            raise CheckpointError(f"{out / LAST}: the run trained the model {saved.model_config()}, the "
+                                  f"config asks for {config.model_config()}; resume with the same model.")
+    config = config or TrainConfig()
+    choice = choose_device(config.device)
+    ctx = ddp.init_distributed(choice.device)
+    device = ddp.device_for_rank(choice.device, ctx)
+    say = (log or (lambda text: None)) if ctx.is_main else (lambda text: None)
+    say(choice.describe() + (f", {ctx.world_size} processes" if ctx.enabled else ""))
+    try:
+        with _deterministic(config.deterministic):
+            return _train(data, out, config, callbacks, checkpoint, ctx, device, say)
+    finally:
+        ddp.shutdown(ctx)
+
+
+def _train(data, out: Path, config: TrainConfig, callbacks: TrainCallbacks, checkpoint, ctx, device, say
+           ) -> TrainResult:
+    train_set, val_set = _resolve_data(data, config)
+    if len(train_set) == 0:
+        raise TrainingDataError("no training slices: the data set's train split yields no labelled slice; "
+                                "check its lungs and nodule masks, or lower min_lung_fraction.")
+    say(f"training slices: {train_set.n_positive} with nodule, {train_set.n_negative} without; "
+        f"validation: {len(val_set) if val_set is not None else 0}")
+    use_amp = amp_enabled(device, config.amp)
+    _seed_everything(config.seed)
+    # a resumed run takes every weight from the checkpoint: the ImageNet file is not needed again
+    model = (build_model(config) if checkpoint is None else MultiGapClassifier(config.model_config())).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer, scheduler = make_optimizer(model, config)
+    scaler = grad_scaler(device, use_amp)
+    start_epoch, step_in_epoch, global_step = 0, 0, 0
+    history: list[dict] = []
+    best_metric, best_epoch = None, None
+    aug_state = None
+    if checkpoint is not None:
+        raw = checkpoint.raw
+        model.load_state_dict(raw["model_state"])
+        optimizer.load_state_dict(raw["optimizer_state"])
+        scheduler.load_state_dict(raw["scheduler_state"])
+        if raw.get("scaler_state"):
+            scaler.load_state_dict(raw["scaler_state"])
+        start_epoch, global_step = checkpoint.epoch, checkpoint.global_step
+        step_in_epoch = int(raw.get("step_in_epoch", 0))
+        history = list(checkpoint.history)
+        best_metric, best_epoch = checkpoint.best_metric, checkpoint.best_epoch
+        restore_rng_state(raw.get("rng", {}))
+        aug_state = (raw.get("augment_rng") or {}).get(str(ctx.rank))
+        say(f"resuming from {out / LAST} after epoch {start_epoch}, step {global_step}")
+    net = model
+    if ctx.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    images = torch.from_numpy(np.ascontiguousarray(train_set.images))
+    labels = torch.from_numpy(train_set.labels.astype(np.int64))
+    sampler = BalancedBatchSampler(train_set.labels, config.batch_size, config.seed, ctx.rank, ctx.world_size,
+                                   config.epoch_size)
+    steps_per_epoch = len(sampler) if config.max_steps_per_epoch is None else min(len(sampler),
+                                                                                  config.max_steps_per_epoch)
+    total_steps = steps_per_epoch * config.epochs
+    augment = config.augment_config()
+    generator = torch.Generator()
+    data_info = {"train": train_set.describe(), "val": val_set.describe() if val_set is not None else None}
+    cancelled = False
+    epoch = start_epoch
+
+    def payload(epoch_done: int, in_epoch: int) -> dict:
+        aug = {str(ctx.rank): generator.get_state()}
+        if ctx.enabled:  # every rank's augmentation stream, so a mid-epoch resume is exact on all ranks
+            gathered = [None] * ctx.world_size
+            torch.distributed.all_gather_object(gathered, generator.get_state())
+            aug = {str(r): s for r, s in enumerate(gathered)}
+        return {"kind": KIND, "model_config": model.config.to_dict(), "train_config": config.to_dict(),
+                "epoch": epoch_done, "step_in_epoch": in_epoch, "global_step": global_step,
+                "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
+                "rng": capture_rng_state(), "augment_rng": aug, "best_metric": best_metric,
+                "best_epoch": best_epoch, "history": history, "data": data_info,
+                "world_size": ctx.world_size}
+
+    def save(names: tuple[str, ...], epoch_done: int, in_epoch: int) -> None:
+        ddp.average_buffers(model, ctx)
+        document = payload(epoch_done, in_epoch)
+        if ctx.is_main:
+            for name in names:
+                save_checkpoint(out / name, document)
+        ddp.barrier(ctx)
+
+    model.train()
+    for epoch in range(start_epoch, config.epochs):
+        started = time.monotonic()
+        sampler.set_epoch(epoch)
+        batches = list(sampler)[:steps_per_epoch]
+        first = 0
+        if epoch == start_epoch and aug_state is not None and step_in_epoch > 0:
+            generator.set_state(aug_state)
+            first = step_in_epoch
+        else:
+            generator.manual_seed(_aug_seed(config.seed, epoch, ctx.rank))
+        sums = torch.zeros(3, dtype=torch.float64)  # loss sum, n, correct
+        stream = _batch_stream(images, labels, batches[first:], config, device)
+        for b, (x, y) in enumerate(stream, start=first):
+            x = x.float()[:, None]
+            if config.augment:
+                x = augment_batch(x, generator, augment)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, use_amp):
+                logits = net(x)
+            loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            global_step += 1
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise TrainingDataError(f"the training loss became {loss_value} at step {global_step}; lower "
+                                        f"the learning rate (lr={config.backbone_lr}) or check the data.")
+            sums += torch.tensor([loss_value * len(y), len(y),
+                                  float((logits.argmax(1) == y).sum())], dtype=torch.float64)
+            if ctx.is_main:
+                callbacks.on_step(global_step, total_steps, loss_value)
+            stop = torch.tensor([float(callbacks.should_stop())], dtype=torch.float64)
+            if ddp.all_reduce_sum(stop, ctx).item() > 0:
+                cancelled = True
+                done_in_epoch = b + 1
+                if done_in_epoch == len(batches):
+                    break
+                save((LAST,), epoch, done_in_epoch)
+                say(f"stopped at epoch {epoch + 1}, step {global_step}; {out / LAST} saved")
+                return _result(out, epoch, global_step, best_metric, best_epoch, history, True, device, model)
+        scheduler.step()
+        ddp.average_buffers(model, ctx)
+        sums = ddp.all_reduce_sum(sums, ctx)
+        metrics = {"epoch": epoch + 1, "train_loss": float(sums[0] / max(float(sums[1]), 1.0)),
+                   "train_accuracy": float(sums[2] / max(float(sums[1]), 1.0)),
+                   "lr": optimizer.param_groups[0]["lr"]}
+        if val_set is not None:
+            val = evaluate(model, val_set, device, batch_size=config.eval_batch_size, ctx=ctx,
+                           use_amp=use_amp, channels_last=config.channels_last)
+            metrics.update({f"val_{k}": v for k, v in val.items()})
+        metrics["seconds"] = time.monotonic() - started
+        history.append(metrics)
+        # the paper picks by accuracy on a balanced set; our validation slices are not balanced
+        score = metrics.get("val_balanced_accuracy", metrics["train_accuracy"])
+        improved = best_metric is None or score > best_metric
+        if improved:
+            best_metric, best_epoch = float(score), epoch + 1
+        save((LAST, BEST) if improved else (LAST,), epoch + 1, 0)
+        say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        if ctx.is_main:
+            callbacks.on_epoch(epoch + 1, metrics)
+        if cancelled:
+            say(f"stopped after epoch {epoch + 1}; {out / LAST} saved")
+            return _result(out, epoch + 1, global_step, best_metric, best_epoch, history, True, device, model)
+    return _result(out, max(start_epoch, config.epochs), global_step, best_metric, best_epoch, history, False,
+                   device, model)
+
+
+def _batch_stream(images: torch.Tensor, labels: torch.Tensor, batches: list, config: TrainConfig,
+                  device: torch.device):
+    """(images, labels) of each batch on ``device``: direct indexing, or a DataLoader with workers."""
+    if config.num_workers > 0:
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels),
+                                             batch_sampler=batches, num_workers=config.num_workers,
+                                             pin_memory=device.type == "cuda")
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return
+    for batch in batches:
+        index = torch.as_tensor(batch)
+        yield images[index].to(device, non_blocking=True), labels[index].to(device, non_blocking=True)
+
+
+def _result(out, epochs, step, best_metric, best_epoch, history, cancelled, device, model) -> TrainResult:
+    model.eval()
+    best = out / BEST if (out / BEST).exists() else None
+    last = out / LAST if (out / LAST).exists() else None
+    return TrainResult(out, best, last, epochs, step, best_metric, best_epoch, history, cancelled, str(device),
+                       model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m wsnodule_core.nam.train DATA OUT [options]`` (also under ``torchrun``)."""
+    import argparse
+
+    from wsnodule_core.nam.cli_support import add_train_arguments, run_train
+
+    parser = argparse.ArgumentParser(prog="python -m wsnodule_core.nam.train",
+                                     description="Train the NAM multi-GAP slice classifier.")
+    add_train_arguments(parser)
+    return run_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

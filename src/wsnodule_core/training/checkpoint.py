@@ -1,0 +1,163 @@
+"""Self-describing training checkpoints: atomic saving, loading, RNG states, run folders.
+
+A checkpoint is a dict saved with ``torch.save`` that holds plain Python values and tensors
+only (so it loads with ``weights_only=True``): ``format``, ``kind`` (what model it holds),
+``model_config``, ``train_config``, ``package_version``, ``torch_version``, ``epoch`` (epochs
+done), ``global_step``, ``model_state``, ``optimizer_state``, ``scheduler_state``,
+``scaler_state``, ``rng``, ``best_metric``, ``best_epoch``, ``history`` and free ``extra``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsnodule_core.errors import CheckpointError, OutputExistsError
+
+FORMAT = "wsnodule-checkpoint"
+FORMAT_VERSION = 1
+BEST, LAST = "best.pt", "last.pt"
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """A loaded checkpoint: the fields most callers need, and ``raw`` with everything."""
+
+    path: Path
+    kind: str
+    model_config: dict
+    train_config: dict
+    epoch: int
+    global_step: int
+    best_metric: float | None
+    best_epoch: int | None
+    history: list[dict]
+    package_version: str
+    torch_version: str
+    raw: dict = field(repr=False)
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
+    """Write ``payload`` (plus format fields and versions) to ``path`` via a temp file and a rename."""
+    from wsnodule_core import __version__
+
+    path = Path(path)
+    document = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
+                "torch_version": str(torch.__version__), **payload}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(document, temp)
+        os.replace(temp, path)
+    finally:
+        if temp.exists():
+            temp.unlink()
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors mapped to ``map_location``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / BEST if (path / BEST).exists() else path / LAST
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint; give a best.pt/last.pt written by "
+                              "`wsnodule train` or its run folder.")
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - every unreadable file gets the same advice
+        raise CheckpointError(f"{path}: cannot read it as a wsnodule checkpoint ({error}).") from error
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a wsnodule checkpoint (no format {FORMAT!r}); give a file "
+                              "written by `wsnodule train`.")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {raw.get('format_version')!r}, this "
+                              f"wsnodule reads version {FORMAT_VERSION}; retrain or use the matching version.")
+    return Checkpoint(path, str(raw.get("kind", "")), dict(raw.get("model_config", {})),
+                      dict(raw.get("train_config", {})), int(raw.get("epoch", 0)),
+                      int(raw.get("global_step", 0)),
+                      raw.get("best_metric"), raw.get("best_epoch"), list(raw.get("history", [])),
+                      str(raw.get("package_version", "")), str(raw.get("torch_version", "")), raw)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy (global), torch CPU and CUDA generator states, as checkpoint-safe values."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _to_lists(random.getstate()),
+        "numpy": {"name": name, "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch_cpu": torch.get_rng_state(),
+        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Undo :func:`capture_rng_state` (CUDA states only when as many GPUs are visible)."""
+    if "python" in state:
+        random.setstate(_to_tuples(state["python"]))
+    if "numpy" in state:
+        n = state["numpy"]
+        np.random.set_state((n["name"], np.asarray(n["keys"], np.int64).astype(np.uint32), n["pos"],
+                             n["has_gauss"], n["cached"]))
+    if "torch_cpu" in state:
+        torch.set_rng_state(state["torch_cpu"].cpu())
+    cuda = state.get("torch_cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+
+
+def _to_lists(value):
+    return [_to_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _to_tuples(value):
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, (tuple, list)) else value
+
+
+def prepare_run_dir(out_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Check a run folder before training: one that already holds checkpoints is refused unless
+    ``resume`` (continue from its ``last.pt``) or ``overwrite`` (start again over it)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} is a file; give a folder for the training run.")
+    existing = [p.name for p in (out / BEST, out / LAST) if p.exists()]
+    if resume:
+        if not (out / LAST).exists():
+            raise CheckpointError(f"{out}: nothing to resume (no {LAST}); drop resume/--resume to start "
+                                  "a new run.")
+    elif existing and not overwrite:
+        raise OutputExistsError(
+            f"{out} already holds {', '.join(existing)} of an earlier run; pass resume=True (--resume) to "
+            "continue it, overwrite=True (--overwrite) to start over, or give another folder."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def load_classifier(path: str | os.PathLike, device: str | torch.device | None = None):
+    """The NAM classifier of a checkpoint (``best.pt``/``last.pt`` or its run folder), in eval mode.
+
+    Returns ``(model, checkpoint)``; ``device`` defaults to the CPU.
+    """
+    from wsnodule_core.nam.model import MultiGapClassifier, MultiGapConfig
+
+    checkpoint = load_checkpoint(path)
+    if checkpoint.kind != "nam-multigap":
+        raise CheckpointError(f"{checkpoint.path}: holds a {checkpoint.kind or 'unknown'!r} model, not the "
+                              "NAM multi-GAP classifier; give a checkpoint from NAM training.")
+    model = MultiGapClassifier(MultiGapConfig.from_dict(checkpoint.model_config))
+    try:
+        model.load_state_dict(checkpoint.raw["model_state"])
+    except (RuntimeError, KeyError) as error:
+        raise CheckpointError(
+            f"{checkpoint.path}: its weights do not fit the model it describes ({error}).") from error
+    model.to(torch.device(device) if device is not None else torch.device("cpu"))
+    return model.eval(), checkpoint
