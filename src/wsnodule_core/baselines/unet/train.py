@@ -1,0 +1,473 @@
+"""Training the U-Net baseline on full nodule masks (the paper's section 3.2 recipe).
+
+The slices are the NAM classifier's (:mod:`wsnodule_core.nam.slices`: lung-centred crops of
+the train/val splits, with their per-slice nodule masks); batches hold as many slices with a
+nodule as without (1:1, as the paper's slice set; by default an epoch is every nodule slice
+and as many fresh nodule-free ones). Loss: the negative Dice coefficient of the mini-batch
+(soft Dice of the sigmoid probabilities); Adam, initial LR 2e-4, decay 0.999 per epoch, batch
+20. ``best.pt`` is chosen by the validation Dice (mean over validation slices with a nodule,
+prediction thresholded), ``last.pt`` resumes exactly. Device choice, checkpoints, callbacks,
+batch sampling and augmentation are the shared :mod:`wsnodule_core.training` pieces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wsnodule_core.baselines.unet.model import UNetConfig, UNetSegmenter
+from wsnodule_core.errors import CheckpointError, ModelConfigError, TrainingDataError
+from wsnodule_core.training.augment import AugmentConfig, augment_batch
+from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
+from wsnodule_core.training.checkpoint import (BEST, LAST, Checkpoint, capture_rng_state, load_checkpoint,
+                                               prepare_run_dir, restore_rng_state, save_checkpoint)
+from wsnodule_core.training.device import amp_enabled, autocast, choose_device, grad_scaler
+from wsnodule_core.training.sampler import BalancedBatchSampler
+
+KIND = "unet-baseline"
+LOSS_MODES = ("batch", "per_slice")
+
+
+def negative_dice_loss(logits: torch.Tensor, target: torch.Tensor, *, mode: str = "batch",
+                       smooth: float = 1.0) -> torch.Tensor:
+    """The paper's cost: minus the soft Dice coefficient of a mini-batch, in [-1, 0].
+
+    With ``p = sigmoid(logits)`` and ``g`` the masks (B, 1, H, W):
+    ``mode="batch"``: ``-(2 sum(p g) + s) / (sum(p) + sum(g) + s)`` with the sums over the whole
+    mini-batch (MONAI ``DiceLoss(sigmoid=True, batch=True)`` minus 1; a slice without nodule adds
+    its false positives to the denominator); ``mode="per_slice"``: minus the mean over the slices
+    of each slice's Dice (MONAI ``batch=False``; an empty slice scores ``s / (sum(p) + s)``).
+    ``smooth`` is ``s`` (numerator and denominator).
+    """
+    from monai.losses import DiceLoss
+
+    if mode not in LOSS_MODES:
+        raise ModelConfigError(f"loss mode must be one of {LOSS_MODES}, got {mode!r}.")
+    if logits.shape != target.shape:
+        raise ModelConfigError(f"negative_dice_loss: logits {tuple(logits.shape)} and masks "
+                               f"{tuple(target.shape)} differ in shape.")
+    dice_loss = DiceLoss(sigmoid=True, batch=mode == "batch", smooth_nr=smooth, smooth_dr=smooth)
+    return dice_loss(logits.float(), target.float()) - 1.0
+
+
+@dataclass(frozen=True)
+class UNetTrainConfig:
+    """Everything that defines a U-Net run (saved in every checkpoint); defaults = the paper."""
+
+    model: UNetConfig = field(default_factory=UNetConfig)
+    lr: float = 2e-4
+    lr_decay: float = 0.999                # ExponentialLR gamma, per epoch
+    batch_size: int = 20
+    epochs: int = 50
+    max_steps_per_epoch: int | None = None
+    epoch_size: str = "balanced"           # "balanced": every nodule slice and as many without; "all" slices
+    loss: str = "batch"                    # see negative_dice_loss
+    smooth: float = 1.0
+    threshold: float = 0.5                 # probability -> mask, for the validation Dice
+    min_nodule_area_mm2: float = 0.0
+    min_lung_fraction: float = 0.1
+    seed: int = 0
+    amp: bool = True                       # CUDA only
+    device: str = "auto"
+    deterministic: bool = False
+    augment: bool = True
+    eval_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            object.__setattr__(self, "model", UNetConfig.from_dict(self.model))
+        for name in ("batch_size", "epochs", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ModelConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}.")
+        if self.batch_size < 2:
+            raise ModelConfigError(f"batch_size must be at least 2 (half the slices hold a nodule), "
+                                   f"got {self.batch_size}.")
+        if not self.lr > 0 or not 0 < self.lr_decay <= 1:
+            raise ModelConfigError(f"lr must be positive and lr_decay in (0, 1], "
+                                   f"got {self.lr}, {self.lr_decay}.")
+        if self.loss not in LOSS_MODES:
+            raise ModelConfigError(f"loss must be one of {LOSS_MODES}, got {self.loss!r}.")
+        if self.epoch_size not in ("balanced", "all"):
+            raise ModelConfigError(f"epoch_size must be 'balanced' or 'all', got {self.epoch_size!r}.")
+        if not 0 < self.threshold < 1:
+            raise ModelConfigError(f"threshold must lie in (0, 1), got {self.threshold}.")
+
+    def slice_config(self):
+        return self.model.slice_config(min_nodule_area_mm2=self.min_nodule_area_mm2,
+                                       min_lung_fraction=self.min_lung_fraction)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "model": self.model.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "UNetTrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True, eq=False)
+class UNetTrainResult:
+    """What a run left: its folder and checkpoints, how far it got, and the trained model (eval mode)."""
+
+    out_dir: Path
+    best_path: Path | None
+    last_path: Path | None
+    epochs_completed: int
+    global_step: int
+    best_metric: float | None
+    best_epoch: int | None
+    history: list[dict]
+    cancelled: bool
+    device: str
+    model: UNetSegmenter = field(repr=False)
+
+
+def build_model(config: UNetTrainConfig) -> UNetSegmenter:
+    """A fresh U-Net, initialised from ``config.seed``."""
+    torch.manual_seed(config.seed)
+    return UNetSegmenter(config.model)
+
+
+def make_optimizer(model: torch.nn.Module, config: UNetTrainConfig):
+    """Adam at ``config.lr`` and an ExponentialLR of ``config.lr_decay`` (stepped once per epoch)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    return optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
+
+
+def load_unet(path: str | os.PathLike,
+              device: str | torch.device | None = None) -> tuple[UNetSegmenter, Checkpoint]:
+    """The U-Net of a checkpoint (``best.pt``/``last.pt`` or its run folder), in eval mode on
+    ``device`` (default the CPU)."""
+    checkpoint = load_checkpoint(path)
+    if checkpoint.kind != KIND:
+        raise CheckpointError(f"{checkpoint.path}: holds a {checkpoint.kind or 'unknown'!r} model, not the "
+                              "U-Net baseline; give a checkpoint written by the U-Net training.")
+    model = UNetSegmenter(UNetConfig.from_dict(checkpoint.model_config))
+    try:
+        model.load_state_dict(checkpoint.raw["model_state"])
+    except (RuntimeError, KeyError) as error:
+        raise CheckpointError(f"{checkpoint.path}: its weights do not fit the U-Net it describes "
+                              f"({error}).") from error
+    model.to(torch.device(device) if device is not None else torch.device("cpu"))
+    return model.eval(), checkpoint
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / float(total)
+
+
+@torch.no_grad()
+def evaluate(model: UNetSegmenter, slices, device: torch.device | str = "cpu", *, batch_size: int = 32,
+             threshold: float = 0.5, loss: str = "batch", smooth: float = 1.0, use_amp: bool = False) -> dict:
+    """Scores of ``model`` on a :class:`~wsnodule_core.nam.slices.SliceSet`.
+
+    ``soft_dice``: minus the training loss averaged over batches of ``batch_size``; ``dice``: the
+    mean over slices with a nodule of the Dice of the thresholded prediction (the paper's
+    "Dice"); ``dice_pooled``: Dice of all slices' pixels together; ``fp_slice_rate``: fraction
+    of slices without nodule where something is predicted.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    soft, dices, fp, n_neg, inter, total = [], [], 0, 0, 0.0, 0.0
+    for start in range(0, len(slices), batch_size):
+        chunk = slice(start, start + batch_size)
+        x = torch.from_numpy(np.asarray(slices.images[chunk], np.float32))[:, None].to(device)
+        g = torch.from_numpy(np.asarray(slices.masks[chunk] > 0, np.float32))[:, None].to(device)
+        with autocast(device, use_amp):
+            logits = model(x)
+        soft.append(-float(negative_dice_loss(logits, g, mode=loss, smooth=smooth)))
+        pred = (torch.sigmoid(logits.float()) >= threshold).cpu().numpy()[:, 0]
+        truth = g.cpu().numpy()[:, 0] > 0
+        inter += float(np.logical_and(pred, truth).sum())
+        total += float(pred.sum() + truth.sum())
+        for p, t in zip(pred, truth):
+            if t.any():
+                dices.append(_dice(p, t))
+            else:
+                n_neg += 1
+                fp += int(p.any())
+    model.train(was_training)
+    return {"soft_dice": float(np.mean(soft)) if soft else float("nan"),
+            "dice": float(np.mean(dices)) if dices else float("nan"),
+            "dice_pooled": 2 * inter / total if total else 1.0,
+            "fp_slice_rate": fp / n_neg if n_neg else float("nan")}
+
+
+def _resolve_data(data, config: UNetTrainConfig):
+    from wsnodule_core.nam.slices import SliceSet, slices_from_dataset
+
+    if isinstance(data, SliceSet):
+        return data, None
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], SliceSet):
+        return data[0], data[1]
+    slice_config = config.slice_config()
+    train = slices_from_dataset(data, "train", slice_config)
+    val = slices_from_dataset(data, "val", slice_config)
+    return train, (val if len(val) else None)
+
+
+def _check_slices(slices, config: UNetTrainConfig, name: str) -> None:
+    size = config.model.input_size
+    if slices.images.shape[1:] != (size, size):
+        raise TrainingDataError(f"the {name} slices are {slices.images.shape[1:]} pixels but the U-Net takes "
+                                f"{size} x {size}; cut them with config.slice_config().")
+    if name == "training" and not slices.masks[slices.labels == 1].any():
+        raise TrainingDataError("the training slices with a nodule carry no nodule mask (weak labels "
+                                "only); the U-Net baseline needs voxel masks.")
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool):
+    previous, previous_cudnn = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        torch.backends.cudnn.benchmark = previous_cudnn
+
+
+def _aug_seed(seed: int, epoch: int) -> int:
+    return int(np.random.default_rng([seed, epoch, 29]).integers(2**62))
+
+
+def augment_pair(x: torch.Tensor, masks: torch.Tensor, generator: torch.Generator,
+                 config: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random affine for each image and its mask (the shared augmentation on two channels);
+    the mask channel is binarised again at 0.5 after the resampling and the intensity change."""
+    both = augment_batch(torch.cat([x, masks], dim=1), generator, config)
+    return both[:, :1], (both[:, 1:] >= 0.5).to(masks.dtype)
+
+
+def train_unet(data, out_dir: str | os.PathLike, config: UNetTrainConfig | None = None,
+               callbacks: TrainCallbacks | object | None = None, *, resume: bool = False,
+               overwrite: bool = False, log=None) -> UNetTrainResult:
+    """Train the U-Net baseline; write ``best.pt`` and ``last.pt`` into ``out_dir``.
+
+    Parameters
+    ----------
+    data
+        A data set folder or loaded ``Dataset`` (train and val splits, cut with
+        ``config.slice_config()``), a ``SliceSet`` (training only) or a ``(train, val)`` pair.
+    config
+        The run's settings; with ``resume`` and no config, the checkpoint's own.
+    callbacks
+        ``on_step(step, total, loss)``, ``on_epoch(epoch, metrics)``, ``should_stop()``
+        (True saves ``last.pt`` and returns).
+    resume, overwrite
+        A folder holding checkpoints is refused unless ``resume`` (continue from ``last.pt``:
+        same batches, augmentation, optimiser and RNG states) or ``overwrite`` (start again).
+    log
+        ``log(text)`` for one-line messages.
+    """
+    from wsnodule_core.training.distributed import env_world_size
+
+    if env_world_size() > 1:
+        raise ModelConfigError("the U-Net baseline trains in one process only (no DDP); run it without torchrun "
+                               "(WORLD_SIZE is set), one job per GPU.")
+    callbacks = as_callbacks(callbacks)
+    out = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
+    checkpoint = load_checkpoint(out / LAST) if resume else None
+    if checkpoint is not None:
+        if checkpoint.kind != KIND:
+            raise CheckpointError(f"{out / LAST}: holds a {checkpoint.kind!r} run, not a U-Net run; give "
+                                  "the U-Net run's folder.")
+        saved = UNetTrainConfig.from_dict(checkpoint.train_config)
+        config = saved if config is None else config
+        if config.model != saved.model:
+            raise CheckpointError(f"{out / LAST}: the run trained {saved.model}, the config asks for "
+                                  f"{config.model}; resume with the same model settings.")
+    config = config or UNetTrainConfig()
+    choice = choose_device(config.device)
+    say = log or (lambda text: None)
+    say(choice.describe())
+    with _deterministic(config.deterministic):
+        return _train(data, out, config, callbacks, checkpoint, choice.device, say)
+
+
+def _train(data, out: Path, config: UNetTrainConfig, callbacks: TrainCallbacks, checkpoint, device, say
+           ) -> UNetTrainResult:
+    train_set, val_set = _resolve_data(data, config)
+    if len(train_set) == 0:
+        raise TrainingDataError("no training slices: the train split yields no labelled slice; check its "
+                                "lungs and nodule masks, or lower min_lung_fraction.")
+    _check_slices(train_set, config, "training")
+    if val_set is not None:
+        _check_slices(val_set, config, "validation")
+    say(f"training slices: {train_set.n_positive} with nodule, {train_set.n_negative} without (batches 1:1); "
+        f"validation: {len(val_set) if val_set is not None else 0}")
+    use_amp = amp_enabled(device, config.amp)
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    model = build_model(config).to(device)
+    optimizer, scheduler = make_optimizer(model, config)
+    scaler = grad_scaler(device, use_amp)
+    start_epoch, step_in_epoch, global_step = 0, 0, 0
+    history: list[dict] = []
+    best_metric, best_epoch, aug_state = None, None, None
+    partial, stop_requested = (0.0, 0), False
+    if checkpoint is not None:
+        raw = checkpoint.raw
+        model.load_state_dict(raw["model_state"])
+        optimizer.load_state_dict(raw["optimizer_state"])
+        scheduler.load_state_dict(raw["scheduler_state"])
+        if raw.get("scaler_state"):
+            scaler.load_state_dict(raw["scaler_state"])
+        start_epoch, global_step = checkpoint.epoch, checkpoint.global_step
+        step_in_epoch = int(raw.get("step_in_epoch", 0))
+        history = list(checkpoint.history)
+        best_metric, best_epoch = checkpoint.best_metric, checkpoint.best_epoch
+        restore_rng_state(raw.get("rng", {}))
+        aug_state = raw.get("augment_rng")
+        partial = tuple(raw.get("epoch_loss", (0.0, 0)))
+        say(f"resuming from {out / LAST} after epoch {start_epoch}, step {global_step}")
+    images = torch.from_numpy(np.ascontiguousarray(train_set.images))
+    masks = torch.from_numpy(np.ascontiguousarray(train_set.masks > 0))
+    sampler = BalancedBatchSampler(train_set.labels, config.batch_size, config.seed,
+                                   epoch_size=config.epoch_size)
+    steps_per_epoch = len(sampler) if config.max_steps_per_epoch is None else min(len(sampler),
+                                                                                  config.max_steps_per_epoch)
+    total_steps = steps_per_epoch * config.epochs
+    augment = AugmentConfig()
+    generator = torch.Generator()
+    data_info = {"train": train_set.describe(), "val": val_set.describe() if val_set is not None else None}
+
+    def save(names: tuple[str, ...], epoch_done: int, in_epoch: int, running=(0.0, 0)) -> None:
+        document = {"kind": KIND, "model_config": model.config.to_dict(), "train_config": config.to_dict(),
+                    "epoch": epoch_done, "step_in_epoch": in_epoch, "global_step": global_step,
+                    "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                    "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
+                    "rng": capture_rng_state(), "augment_rng": generator.get_state(),
+                    "epoch_loss": [float(running[0]), int(running[1])],
+                    "best_metric": best_metric, "best_epoch": best_epoch, "history": history,
+                    "data": data_info}
+        for name in names:
+            save_checkpoint(out / name, document)
+
+    model.train()
+    for epoch in range(start_epoch, config.epochs):
+        started = time.monotonic()
+        sampler.set_epoch(epoch)
+        batches = list(sampler)[:steps_per_epoch]
+        first = 0
+        if epoch == start_epoch and aug_state is not None and step_in_epoch > 0:
+            generator.set_state(aug_state)
+            first = step_in_epoch
+        else:
+            generator.manual_seed(_aug_seed(config.seed, epoch))
+        loss_sum, n_batches = 0.0, 0
+        if first:  # the interrupted epoch's running loss, so its metrics match an uninterrupted run
+            loss_sum, n_batches = partial
+        for b in range(first, len(batches)):
+            index = torch.as_tensor(batches[b])
+            x = images[index].to(device).float()[:, None]
+            g = masks[index].to(device).float()[:, None]
+            if config.augment:
+                x, g = augment_pair(x, g, generator, augment)
+            with autocast(device, use_amp):
+                logits = model(x)
+            loss = negative_dice_loss(logits, g, mode=config.loss, smooth=config.smooth)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            global_step += 1
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise TrainingDataError(f"the training loss became {loss_value} at step {global_step}; lower "
+                                        f"the learning rate (lr={config.lr}) or check the data.")
+            loss_sum, n_batches = loss_sum + loss_value, n_batches + 1
+            callbacks.on_step(global_step, total_steps, loss_value)
+            if callbacks.should_stop():
+                stop_requested = True
+                if b + 1 < len(batches):
+                    save((LAST,), epoch, b + 1, (loss_sum, n_batches))
+                    say(f"stopped at epoch {epoch + 1}, step {global_step}; {out / LAST} saved")
+                    return _result(out, epoch, global_step, best_metric, best_epoch, history, True, device,
+                                   model)
+        scheduler.step()
+        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_batches, 1),
+                   "train_dice": -loss_sum / max(n_batches, 1), "lr": optimizer.param_groups[0]["lr"]}
+        if val_set is not None:
+            val = evaluate(model, val_set, device, batch_size=config.eval_batch_size,
+                           threshold=config.threshold, loss=config.loss, smooth=config.smooth,
+                           use_amp=use_amp)
+            metrics.update({f"val_{k}": v for k, v in val.items()})
+        metrics["seconds"] = time.monotonic() - started
+        history.append(metrics)
+        score = metrics.get("val_dice", float("nan"))
+        if not math.isfinite(score):  # no validation slice with a nodule: the training Dice decides
+            score = metrics["train_dice"]
+        improved = best_metric is None or score > best_metric
+        if improved:
+            best_metric, best_epoch = float(score), epoch + 1
+        save((LAST, BEST) if improved else (LAST,), epoch + 1, 0)
+        say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        callbacks.on_epoch(epoch + 1, metrics)
+        if stop_requested and epoch + 1 < config.epochs:
+            say(f"stopped after epoch {epoch + 1}; {out / LAST} saved")
+            return _result(out, epoch + 1, global_step, best_metric, best_epoch, history, True, device, model)
+    return _result(out, max(start_epoch, config.epochs), global_step, best_metric, best_epoch, history, False,
+                   device, model)
+
+
+def _result(out, epochs, step, best_metric, best_epoch, history, cancelled, device, model) -> UNetTrainResult:
+    model.eval()
+    return UNetTrainResult(out, out / BEST if (out / BEST).exists() else None,
+                           out / LAST if (out / LAST).exists() else None, epochs, step, best_metric,
+                           best_epoch, history, cancelled, str(device), model)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m wsnodule_core.baselines.unet.train DATA OUT [options]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m wsnodule_core.baselines.unet.train",
+                                     description="Train the fully supervised U-Net baseline on a data set "
+                                                 "folder.")
+    parser.add_argument("data", help="data set folder (dataset.json; train and val splits are used)")
+    parser.add_argument("out", help="run folder for best.pt / last.pt")
+    parser.add_argument("--preset", choices=("paper", "compact"), default="paper")
+    parser.add_argument("--input-size", type=int, default=None, help="crop side in pixels (default 384)")
+    parser.add_argument("--pixel-spacing-mm", type=float, default=None,
+                        help="resample slices (default: native)")
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lr-decay", type=float, default=0.999)
+    parser.add_argument("--loss", choices=LOSS_MODES, default="batch")
+    parser.add_argument("--epoch-size", choices=("balanced", "all"), default="balanced")
+    parser.add_argument("--max-steps-per-epoch", type=int, default=None)
+    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    overrides = {"pixel_spacing_mm": args.pixel_spacing_mm}
+    if args.input_size is not None:
+        overrides["input_size"] = args.input_size
+    model = (UNetConfig.paper if args.preset == "paper" else UNetConfig.compact)(**overrides)
+    config = UNetTrainConfig(model=model, lr=args.lr, lr_decay=args.lr_decay, batch_size=args.batch_size,
+                             epochs=args.epochs, max_steps_per_epoch=args.max_steps_per_epoch, loss=args.loss,
+                             epoch_size=args.epoch_size,
+                             seed=args.seed, device=args.device, augment=not args.no_augment)
+    result = train_unet(args.data, args.out, config, resume=args.resume, overwrite=args.overwrite, log=print)
+    print(f"best epoch {result.best_epoch} (Dice {result.best_metric}); checkpoints in {result.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
