@@ -5,7 +5,6 @@ import pytest
 
 from wsnodule_core import __version__
 from wsnodule_core.cli.main import main
-from wsnodule_core.cli.planned import NOT_YET_EXIT_CODE
 
 SUBCOMMANDS = ("demo", "data", "train", "segment", "evaluate")
 
@@ -30,11 +29,21 @@ def test_no_subcommand_prints_help_and_fails(capsys):
     assert "COMMAND" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["train", "segment", "evaluate"])
-def test_planned_subcommands_say_what_they_will_do_and_exit_non_zero(name, capsys):
-    assert main([name]) == NOT_YET_EXIT_CODE
-    err = capsys.readouterr().err
-    assert "not available in this version yet" in err and "It will" in err
+@pytest.mark.parametrize("name, needs", [("train", "--out"), ("segment", "--checkpoint"),
+                                         ("evaluate", "--checkpoint")])
+def test_model_subcommands_describe_their_options(name, needs, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([name, "--help"])
+    assert exit_info.value.code == 0
+    assert needs in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["segment", "ct.nii.gz"], ["evaluate", "data"]])
+def test_model_subcommands_without_a_checkpoint_fail_with_usage(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "--checkpoint" in capsys.readouterr().err
 
 
 def test_console_script_is_installed():

@@ -16,22 +16,12 @@ from wsnodule_core import __version__
 from wsnodule_core.baselines.blob_filter import BlobFilterConfig, segment_blobs
 from wsnodule_core.data.dataset import build_dataset, load_dataset
 from wsnodule_core.errors import OutputExistsError
+from wsnodule_core.evaluation import TABLE_COLUMNS, evaluate_cases
 from wsnodule_core.io import write_mask
-from wsnodule_core.metrics import (
-    evaluate_slices,
-    evaluate_volume,
-    match_nodules_3d,
-    pool_slice_evaluations,
-    size_breakdown,
-    summarize_detections,
-    summarize_slices,
-    summarize_volumes,
-)
 from wsnodule_core.reports import markdown_table, plot_size_breakdown, to_json
 
 Progress = Callable[[str, int, int], None]
 METHOD = "Hessian blob filter (no training)"
-TABLE_COLUMNS = ("tpr", "fpr", "fpr_nodule", "dice", "tp_dice", "tp_doa_mm2", "dice_3d", "msd_mm", "hd95_mm")
 
 
 @dataclass(frozen=True)
@@ -77,27 +67,23 @@ def run_demo(
     dataset = load_dataset(info.path)
     entries = dataset.entries()
     config = BlobFilterConfig()
-    slice_evals, volume_evals, detections = [], [], []
-    report_segment = stage("segmenting and evaluating")
-    for i, entry in enumerate(entries):
-        case = dataset.load_case(entry)
-        result = segment_blobs(case.image, case.lungs, config)
-        write_mask(result.mask, case.image, out / "masks" / f"{case.case_id}.nii.gz", overwrite=overwrite)
-        pred, gt = result.mask > 0, case.mask.array
-        slice_evals.append(evaluate_slices(pred, gt, case.image.spacing[1:], case_id=case.case_id))
-        volume_evals.append(evaluate_volume(pred, gt > 0, case.image.spacing, case_id=case.case_id))
-        detections.append(match_nodules_3d(pred, gt, case.image.spacing, case_id=case.case_id))
-        if report_segment:
-            report_segment(i + 1, len(entries))
 
-    pooled = pool_slice_evaluations(slice_evals)
-    summary = {**summarize_slices(pooled), **summarize_volumes(volume_evals)}
-    bins = size_breakdown(pooled)
+    def blobs(volume, lungs):
+        lungs = np.zeros(volume.shape, bool) if lungs is None else lungs
+        return {"mask": segment_blobs(volume, lungs, config).mask}
+
+    def save(row, case, mask) -> None:
+        write_mask(mask, case.image, out / "masks" / f"{case.case_id}.nii.gz", overwrite=overwrite)
+
+    rows, _ = evaluate_cases(dataset.cases(), {METHOD: blobs}, slices="all", n_cases=len(entries),
+                             progress=stage("segmenting and evaluating"), on_output=save)
+    row = rows[METHOD]
+    summary = {k: v for k, v in row.items() if k not in ("detection_3d", "size_breakdown")}
+    bins = row["size_breakdown"]
     metrics = {
         "wsnodule_version": __version__,
         "data": {"source": "phantom", "n_cases": len(entries), "size": size, "seed": seed},
-        "methods": {METHOD: {**summary, "detection_3d": summarize_detections(detections),
-                             "size_breakdown": bins}},
+        "methods": {METHOD: row},
     }
     table = markdown_table({METHOD: summary}, TABLE_COLUMNS)
     to_json(metrics, out / "metrics.json", overwrite=overwrite)

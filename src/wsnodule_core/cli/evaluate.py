@@ -1,12 +1,72 @@
-"""``wsnodule evaluate``: the papers' tables on a data set folder (planned: the NAM/R-NAM issue)."""
+"""``wsnodule evaluate``: the NAM paper's Table 1 and Fig. 3 for checkpoints on a data set split."""
 
-from wsnodule_core.cli.planned import register_planned
+from __future__ import annotations
 
-PLAN = (
-    "It will segment every test case of a data set folder with trained checkpoints and write the\n"
-    "NAM paper's Table 1 and Fig. 3 (JSON, Markdown, PNG) with the metrics of wsnodule_core.metrics."
-)
+import argparse
+from pathlib import Path
+
+from wsnodule_core.cli.progress import TextProgress
 
 
-def register(subparsers) -> None:
-    register_planned(subparsers, "evaluate", "Evaluate trained models on a data set folder.", PLAN)
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="Evaluate trained checkpoints on a data set folder (Table 1, Fig. 3).",
+        description=(
+            "Segment every case of a split of a data set folder with each checkpoint and write the NAM "
+            "paper's Table 1 (coarse and fine rows per NAM checkpoint, a row per U-Net) and Fig. 3: "
+            "OUT/metrics.json, OUT/report.md, OUT/fig3_size.png (and OUT/masks/ with --save-masks). "
+            "With a 1-GAP checkpoint among them, 2-/3-GAP checkpoints run the paper's multi-GAP "
+            "segmentation (1-GAP slice detection and screening, multi-GAP scope) unless --no-combine."
+        ),
+    )
+    parser.add_argument("data", type=Path, metavar="DATASET_DIR", help="data set folder (dataset.json)")
+    parser.add_argument("--checkpoint", action="append", required=True, metavar="[NAME=]CKPT",
+                        help="a NAM or U-Net checkpoint (file or run folder), repeatable; NAME names its "
+                             "rows (default '<n>-GAP' for NAM, 'U-net')")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
+                        help="cases to evaluate (default test)")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder for the report")
+    parser.add_argument("--no-combine", action="store_true",
+                        help="run each 2-/3-GAP checkpoint alone, not with the 1-GAP model")
+    parser.add_argument("--two-nodules", action="store_true", help="NAM: segment the top two blobs per slice")
+    parser.add_argument("--slices", choices=("lungs", "all"), default="lungs",
+                        help="slices counted in the slice-level metrics: those holding lung (default) or all")
+    parser.add_argument("--save-masks", action="store_true",
+                        help="write every predicted mask under OUT/masks/")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in OUT")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def parse_checkpoint(text: str) -> tuple[str | None, Path]:
+    """``"NAME=path"`` -> ``("NAME", path)``; a plain path (even one holding '=') -> ``(None, path)``."""
+    if "=" in text and not Path(text).exists():
+        name, _, path = text.partition("=")
+        if name.strip() and path:
+            return name.strip(), Path(path)
+    return None, Path(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    from wsnodule_core.data.dataset import load_dataset
+    from wsnodule_core.errors import InvalidDatasetError
+    from wsnodule_core.evaluation import evaluate_dataset, load_segmenters
+    from wsnodule_core.training.device import choose_device
+
+    if not args.data.exists():
+        raise InvalidDatasetError(f"{args.data}: no such data set folder; build one with "
+                                  "`wsnodule data ...`.")
+    load_dataset(args.data)  # a bad folder fails before the models load
+    choice = choose_device(args.device)
+    print(choice.describe())
+    segmenters = load_segmenters([parse_checkpoint(c) for c in args.checkpoint], device=str(choice.device),
+                                 combine=not args.no_combine,
+                                 nam_overrides={"top_k": 2} if args.two_nodules else None)
+    report = evaluate_dataset(args.data, segmenters, None if args.split == "all" else args.split, args.out,
+                              None if args.quiet else TextProgress("evaluating"), slices=args.slices,
+                              save_masks=args.save_masks, overwrite=args.overwrite)
+    print(report.table)
+    for name in ("report", "metrics", "figure"):
+        print(f"{name}: {report.files[name]}")
+    return 0

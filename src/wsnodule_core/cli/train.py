@@ -1,13 +1,130 @@
-"""``wsnodule train``: train a model from weak labels (planned: the NAM/R-NAM issue)."""
+"""``wsnodule train``: train the NAM multi-GAP classifier (weak slice labels) or the U-Net baseline."""
 
-from wsnodule_core.cli.planned import register_planned
+from __future__ import annotations
 
-PLAN = (
-    "It will train the NAM multi-GAP slice classifier (and later the PW4MedSeg transformer and the\n"
-    "flow-guidance predictors) on a data set folder written by `wsnodule data`, from slice-level\n"
-    "labels only, writing self-describing checkpoints that can be resumed."
-)
+import argparse
+import sys
+
+from wsnodule_core.cli.progress import TextProgress
+
+METHODS = ("nam", "unet")
 
 
-def register(subparsers) -> None:
-    register_planned(subparsers, "train", "Train a model from weak labels on a data set folder.", PLAN)
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from wsnodule_core.nam.cli_support import add_train_arguments
+
+    parser = subparsers.add_parser(
+        "train", help="Train a model on a data set folder (NAM classifier or U-Net baseline).",
+        description=(
+            "Train on the train split of a data set folder (validation: its val split) and write best.pt and "
+            "last.pt into the run folder. --method nam (default) trains the multi-GAP classifier from slice "
+            "labels only (weak supervision); --method unet the fully supervised U-Net baseline from the "
+            "nodule masks. An existing run is refused unless --resume or --overwrite."
+        ),
+    )
+    parser.add_argument("--method", choices=METHODS, default="nam", help="what to train (default nam)")
+    add_train_arguments(parser)
+    for action in parser._actions:  # the run folder: positional OUT or --out OUT
+        if action.dest == "out" and not action.option_strings:
+            action.nargs, action.default, action.metavar = "?", None, "OUT"
+    parser.add_argument("--out", dest="out_option", metavar="RUN_DIR", help="run folder (same as OUT)")
+    unet = parser.add_argument_group("U-Net baseline (--method unet)")
+    unet.add_argument("--unet-preset", choices=("paper", "compact"), default=None,
+                      help="paper: 64..1024 channels; compact: 8..64 for CPUs "
+                           "[paper; compact with --width narrow]")
+    unet.add_argument("--unet-loss", choices=("batch", "per_slice"), default="batch",
+                      help="negative Dice over the mini-batch (paper) or averaged per slice [batch]")
+    parser.set_defaults(func=run)
+
+
+def _out(args: argparse.Namespace) -> str:
+    from wsnodule_core.errors import ModelConfigError
+
+    if args.out and args.out_option and args.out != args.out_option:
+        raise ModelConfigError(f"two run folders given ({args.out} and --out {args.out_option}); give one.")
+    out = args.out_option or args.out
+    if not out:
+        raise ModelConfigError("no run folder: give --out RUN_DIR (e.g. `wsnodule train DATA --out "
+                               "runs/nam1`).")
+    return out
+
+
+def _check_data(path: str) -> None:
+    from pathlib import Path
+
+    from wsnodule_core.errors import InvalidDatasetError
+
+    if not Path(path).exists():
+        raise InvalidDatasetError(f"{path}: no such data set folder; build one with "
+                                  "`wsnodule data phantom ...`.")
+
+
+def run(args: argparse.Namespace) -> int:
+    args.out = _out(args)
+    _check_data(args.data)
+    if args.method == "nam":
+        from wsnodule_core.nam.cli_support import run_train
+
+        return run_train(args)
+    return run_unet(args)
+
+
+def unet_config_from_args(args: argparse.Namespace):
+    """The :class:`UNetTrainConfig` of the shared options (``--image-size`` = crop side, ...)."""
+    from wsnodule_core.baselines.unet import UNetConfig, UNetTrainConfig
+    from wsnodule_core.errors import ModelConfigError
+
+    if args.n_gap is not None or args.vgg16_weights is not None:
+        raise ModelConfigError("--n-gap and --vgg16-weights are NAM options; drop them with --method unet.")
+    preset = args.unet_preset or ("compact" if args.width == "narrow" else "paper")
+    model_values = {"pixel_spacing_mm": args.pixel_spacing}
+    if args.image_size is not None:
+        model_values["input_size"] = args.image_size
+    model = (UNetConfig.compact if preset == "compact" else UNetConfig.paper)(**model_values)
+    values = {"model": model, "loss": args.unet_loss, "augment": not args.no_augment,
+              "amp": not args.no_amp, "deterministic": args.deterministic}
+    for name in ("lr", "lr_decay", "batch_size", "epochs", "max_steps_per_epoch", "seed", "device"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    if args.min_nodule_area is not None:
+        values["min_nodule_area_mm2"] = args.min_nodule_area
+    return UNetTrainConfig(**values)
+
+
+def run_unet(args: argparse.Namespace) -> int:
+    from wsnodule_core.baselines.unet import train_unet
+    from wsnodule_core.training.callbacks import TrainCallbacks
+
+    config = _resumed_unet_config(args) if args.resume else None
+    config = config or unet_config_from_args(args)
+    bar = None if args.quiet else TextProgress("training U-Net")
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if bar is not None:
+            bar(step, total)
+
+    def log(text: str) -> None:
+        sys.stderr.write(("\n" if bar is not None else "") + text + "\n")
+
+    result = train_unet(args.data, args.out, config, TrainCallbacks(step_fn=on_step), resume=args.resume,
+                        overwrite=args.overwrite, log=log)
+    best = f"{result.best_metric:.3f} (epoch {result.best_epoch})" if result.best_metric is not None else "-"
+    print(f"trained {result.epochs_completed} epoch(s), {result.global_step} steps on {result.device}; "
+          f"best validation Dice {best}; checkpoints in {result.out_dir}")
+    return 0
+
+
+def _resumed_unet_config(args: argparse.Namespace):
+    """With --resume: the run's own config, with the recipe options given now (e.g. more --epochs)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from wsnodule_core.baselines.unet import UNetTrainConfig
+    from wsnodule_core.training.checkpoint import LAST, load_checkpoint
+
+    if not (Path(args.out) / LAST).exists():
+        return None  # train_unet says there is nothing to resume
+    saved = UNetTrainConfig.from_dict(load_checkpoint(Path(args.out) / LAST).train_config)
+    recipe = {n: getattr(args, n) for n in ("lr", "lr_decay", "batch_size", "epochs", "max_steps_per_epoch",
+                                             "device") if getattr(args, n) is not None}
+    return replace(saved, **recipe)

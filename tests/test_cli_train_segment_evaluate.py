@@ -1,0 +1,184 @@
+"""`wsnodule train`, `segment` and `evaluate` end to end on a tiny phantom set, and their errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from wsnodule_core.cli.main import main
+from wsnodule_core.data.dataset import build_dataset, load_dataset
+from wsnodule_core.io import read_volume
+
+QUICK = ["--width", "narrow", "--image-size", "64", "--pixel-spacing", "5", "--epochs", "1",
+         "--batch-size", "4", "--max-steps-per-epoch", "1", "--device", "cpu", "--quiet"]
+TABLE_1 = ("tpr", "fpr", "fpr_nodule", "dice", "tp_dice", "tp_doa_mm2", "dice_3d", "msd_mm", "hd95_mm")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli") / "ds"
+    build_dataset(folder, source="phantom", n_cases=3, size="tiny", n_shapes=20, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def nam_run(dataset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "nam1"
+    assert main(["train", "--method", "nam", str(dataset), "--out", str(run), *QUICK]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def two_gap_checkpoint(tmp_path_factory):
+    """An untrained narrow 2-GAP classifier, saved by the training module's checkpoint writer."""
+    from wsnodule_core.nam.model import MultiGapClassifier, MultiGapConfig
+    from wsnodule_core.training.checkpoint import save_checkpoint
+
+    config = MultiGapConfig(n_gap=2, width="narrow", head_channels=16)
+    return save_checkpoint(tmp_path_factory.mktemp("runs") / "nam2.pt",
+                           {"kind": "nam-multigap", "model_config": config.to_dict(),
+                            "train_config": {"image_size": 64, "pixel_spacing_mm": 5.0},
+                            "model_state": MultiGapClassifier(config).state_dict()})
+
+
+@pytest.fixture(scope="module")
+def unet_run(dataset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "unet"
+    assert main(["train", "--method", "unet", str(dataset), "--out", str(run), *QUICK]) == 0
+    return run
+
+
+def test_train_writes_checkpoints_and_refuses_an_existing_run(dataset, nam_run, capsys):
+    from wsnodule_core.training.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(nam_run / "last.pt")
+    assert checkpoint.kind == "nam-multigap" and checkpoint.train_config["image_size"] == 64
+    assert main(["train", str(dataset), "--out", str(nam_run), *QUICK]) == 1
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err
+
+
+def test_train_errors(tmp_path, dataset, capsys):
+    assert main(["train", str(tmp_path / "nothing"), "--out", str(tmp_path / "run")]) == 1
+    assert "no such data set folder" in capsys.readouterr().err
+    assert main(["train", str(dataset)]) == 1
+    assert "--out RUN_DIR" in capsys.readouterr().err
+    assert main(["train", "--method", "unet", "--n-gap", "2", str(dataset), "--out",
+                 str(tmp_path / "u")]) == 1
+    assert "NAM options" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_segment_writes_the_mask_and_maps_on_the_image_grid(dataset, nam_run, two_gap_checkpoint, tmp_path,
+                                                            capsys):
+    image_path = dataset / load_dataset(dataset).entries("test")[0]["image"]
+    image = read_volume(image_path)
+    output, maps = tmp_path / "mask.nrrd", tmp_path / "maps"
+    argv = ["segment", str(image_path), "--checkpoint", str(nam_run / "best.pt"), "--output", str(output),
+            "--maps", str(maps), "--multi-gap-checkpoint", str(two_gap_checkpoint), "--device", "cpu",
+            "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "device: cpu" in out and "wrote fine mask" in out
+    mask = read_volume(output)
+    assert mask.same_geometry(image)
+    assert mask.array.min() >= 0
+    fine = read_volume(maps / "fine.nii.gz")
+    np.testing.assert_array_equal(fine.array, mask.array)  # --mode fine (default) writes the fine mask
+    for name in ("nam", "multi_nam", "probability", "scope", "candidates", "coarse"):
+        assert read_volume(maps / f"{name}.nii.gz").same_geometry(image), name
+    scope = read_volume(maps / "scope.nii.gz").array
+    assert set(np.unique(scope)) <= {0, 1, 2}
+    scores = json.loads((maps / "rnam_scores.json").read_text())
+    probability = read_volume(maps / "probability.nii.gz").array
+    np.testing.assert_allclose(probability[:, 0, 0], scores["slice_probability"], rtol=1e-6)
+    assert len(scores["slice_probability"]) == image.shape[0]
+    n_labels = int(mask.array.max())
+    assert f"{n_labels} nodule(s)" in out
+    # never overwritten: refused before any work
+    assert main(argv) == 1
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_segment_a_dicom_series_to_dicom_seg(dataset, nam_run, tmp_path, capsys):
+    import pydicom
+
+    from wsnodule_core.io.synthetic_dicom import write_synthetic_series
+
+    case = load_dataset(dataset).load_case(load_dataset(dataset).entries("test")[0])
+    folder = tmp_path / "series"
+    write_synthetic_series(folder, np.rint(case.image.array), case.image.spacing, case.image.origin)
+    output = tmp_path / "seg.dcm"
+    assert main(["segment", str(folder), "--checkpoint", str(nam_run), "--output", str(output),
+                 "--mode", "coarse", "--device", "cpu", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    n_nodules = int(out.split(" nodule(s)")[0].rsplit(" ", 1)[-1])
+    if n_nodules == 0:
+        assert "was not written" in out and not output.exists()
+    else:
+        seg = pydicom.dcmread(output)
+        assert seg.Modality == "SEG" and len(seg.SegmentSequence) == n_nodules
+        series_uid = pydicom.dcmread(sorted(folder.iterdir())[0]).SeriesInstanceUID
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
+
+
+def test_segment_errors(dataset, nam_run, unet_run, tmp_path, capsys):
+    image_path = dataset / load_dataset(dataset).entries("test")[0]["image"]
+    base = ["segment", str(image_path), "--output", str(tmp_path / "m.nii.gz"), "--device", "cpu", "--quiet"]
+    assert main([*base, "--checkpoint", str(tmp_path / "missing.pt")]) == 1
+    assert "no such checkpoint" in capsys.readouterr().err
+    assert main([*base, "--checkpoint", str(unet_run)]) == 1
+    assert "not the NAM multi-GAP classifier" in capsys.readouterr().err
+    not_a_checkpoint = tmp_path / "x.pt"
+    not_a_checkpoint.write_bytes(b"hello")
+    assert main([*base, "--checkpoint", str(not_a_checkpoint)]) == 1
+    assert "cannot read it as a wsnodule checkpoint" in capsys.readouterr().err
+    assert main([*base[:3], str(tmp_path / "m.txt"), *base[4:], "--checkpoint", str(nam_run)]) == 1
+    assert "cannot write this file type" in capsys.readouterr().err
+    base[3] = str(tmp_path / "m.dcm")  # a DICOM-SEG needs a DICOM image
+    assert main([*base, "--checkpoint", str(nam_run)]) == 1
+    assert "not read from DICOM" in capsys.readouterr().err
+    assert not list(tmp_path.glob("m.*"))  # the failures wrote nothing
+
+
+@pytest.mark.slow
+def test_evaluate_writes_table_figure_and_metrics(dataset, nam_run, unet_run, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = ["evaluate", str(dataset), "--checkpoint", str(nam_run), "--checkpoint", f"U-net={unet_run}",
+            "--out", str(out), "--device", "cpu", "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["methods"]) == ["1-GAP Coarse", "1-GAP Fine", "U-net"]
+    for row in metrics["methods"].values():
+        for key in TABLE_1:
+            assert key in row
+        assert row["n_cases"] == 1
+    report = (out / "report.md").read_text()
+    assert "| 1-GAP Coarse |" in report and "| U-net |" in report and "| TPR |" in report
+    assert (out / "fig3_size.png").stat().st_size > 5000
+    assert "| 1-GAP Fine |" in printed
+    assert main(argv) == 1  # an earlier report is not overwritten
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_evaluate_errors(dataset, nam_run, tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "none"), "--checkpoint", str(nam_run), "--out",
+                 str(tmp_path / "o")]) == 1
+    assert "no such data set folder" in capsys.readouterr().err
+    assert main(["evaluate", str(dataset), "--checkpoint", str(tmp_path / "no.pt"), "--out",
+                 str(tmp_path / "o"), "--device", "cpu"]) == 1
+    assert "no such checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_names_parse():
+    from pathlib import Path
+
+    from wsnodule_core.cli.evaluate import parse_checkpoint
+
+    assert parse_checkpoint("2-GAP=runs/a/best.pt") == ("2-GAP", Path("runs/a/best.pt"))
+    assert parse_checkpoint("runs/a") == (None, Path("runs/a"))
