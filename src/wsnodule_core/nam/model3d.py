@@ -56,15 +56,17 @@ class MultiGap3DConfig:
         object.__setattr__(self, "channels", channels)
         object.__setattr__(self, "head_channels", int(self.head_channels or preset_head))
         if len(channels) < 1 or min(channels) < 1:
-            raise ModelConfigError(f"channels must be positive channel counts, one per block, got {channels}.")
+            raise ModelConfigError(
+                f"channels must be positive channel counts, one per block, got {channels}.")
         if self.n_gap not in (1, 2, 3) or self.n_gap > len(channels):
-            raise ModelConfigError(f"n_gap must be 1, 2 or 3 and at most the number of blocks ({len(channels)}), "
-                                   f"got {self.n_gap!r}.")
+            raise ModelConfigError(
+                f"n_gap must be 1, 2 or 3 and at most the number of blocks ({len(channels)}), "
+                f"got {self.n_gap!r}.")
         if self.norm not in NORMS:
             raise ModelConfigError(f"norm must be one of {NORMS}, got {self.norm!r}.")
         if self.head_channels < 1 or self.convs_per_block < 1:
-            raise ModelConfigError(f"head_channels and convs_per_block must be >= 1, got {self.head_channels} "
-                                   f"and {self.convs_per_block}.")
+            raise ModelConfigError(f"head_channels and convs_per_block must be >= 1, got "
+                                   f"{self.head_channels} and {self.convs_per_block}.")
         if int(self.n_classes) < 2 or int(self.in_channels) < 1:
             raise ModelConfigError(f"n_classes must be >= 2 (class 1 = nodule) and in_channels >= 1, got "
                                    f"{self.n_classes} and {self.in_channels}.")
@@ -152,11 +154,12 @@ class MultiGap3DClassifier(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         step = self.config.downsampling
         if x.ndim != 5 or x.shape[1] != self.config.in_channels:
-            raise ModelConfigError(f"the 3D classifier expects input of shape (B, {self.config.in_channels}, D, H, W), "
-                                   f"got {tuple(x.shape)}.")
+            raise ModelConfigError(f"the 3D classifier expects input of shape (B, {self.config.in_channels}, "
+                                   f"D, H, W), got {tuple(x.shape)}.")
         if any(int(s) % step or int(s) < step for s in x.shape[2:]):
-            raise ModelConfigError(f"every patch side must be a positive multiple of {step} (the model pools "
-                                   f"{len(self.blocks) - 1} times), got {tuple(x.shape[2:])}; crop or pad the patch.")
+            raise ModelConfigError(
+                f"every patch side must be a positive multiple of {step} (the model pools "
+                f"{len(self.blocks) - 1} times), got {tuple(x.shape[2:])}; crop or pad the patch.")
 
     def _branch_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self._check_input(x)
@@ -200,8 +203,10 @@ def nodule_activation_map_3d(output: MultiGap3DOutput, size: Sequence[int],
     total = None
     for b in chosen:
         if not 0 <= b < len(output.nams):
-            raise ModelConfigError(f"branch {b} does not exist: the model has {len(output.nams)} GAP branch(es).")
-        nam = F.interpolate(output.nams[b][:, None].float(), size=size, mode="trilinear", align_corners=False)[:, 0]
+            raise ModelConfigError(
+                f"branch {b} does not exist: the model has {len(output.nams)} GAP branch(es).")
+        nam = F.interpolate(output.nams[b][:, None].float(), size=size, mode="trilinear",
+                            align_corners=False)[:, 0]
         total = nam if total is None else total + nam
     if total is None:
         raise ModelConfigError("branches is empty: give at least one branch index.")
@@ -218,12 +223,14 @@ def load_classifier_3d(path: str | os.PathLike, device: str | torch.device | Non
 
     checkpoint = load_checkpoint(path)
     if checkpoint.kind != KIND_3D:
-        raise CheckpointError(f"{checkpoint.path}: holds a {checkpoint.kind or 'unknown'!r} model, not the 3D NAM "
-                              "classifier; give a checkpoint written by train_classifier_3d.")
+        raise CheckpointError(
+            f"{checkpoint.path}: holds a {checkpoint.kind or 'unknown'!r} model, not the 3D NAM "
+            "classifier; give a checkpoint written by train_classifier_3d.")
     model = MultiGap3DClassifier(MultiGap3DConfig.from_dict(checkpoint.model_config))
     try:
         model.load_state_dict(checkpoint.raw["model_state"])
     except (RuntimeError, KeyError) as error:
-        raise CheckpointError(f"{checkpoint.path}: its weights do not fit the model it describes ({error}).") from error
+        raise CheckpointError(
+            f"{checkpoint.path}: its weights do not fit the model it describes ({error}).") from error
     model.to(torch.device(device) if device is not None else torch.device("cpu"))
     return model.eval(), checkpoint

@@ -11,8 +11,9 @@ to [0, 1] (clipped), stored as float16.
 Training (:func:`train_classifier_3d`) reuses the project's training infrastructure
 (``wsnodule_core.training``: device choice, mixed precision on CUDA, class-balanced batches,
 self-describing checkpoints, callbacks): AdamW (or the paper's SGD with momentum), exponential LR
-decay, ``best.pt`` by validation accuracy and ``last.pt``, exact resume. Augmentation: random 90-degree rotations in the
-axial plane and flips along x and z (exact, no interpolation). Single process (no DDP).
+decay, ``best.pt`` by validation accuracy and ``last.pt``, exact resume. Augmentation: random
+90-degree rotations in the axial plane and flips along x and z (exact, no interpolation). Single
+process (no DDP).
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from wsnodule_core.errors import CheckpointError, ModelConfigError, SegmentationCancelled, TrainingDataError
+from wsnodule_core.errors import (CheckpointError, ModelConfigError, SegmentationCancelled, TrainingDataError,
+                                  WsnoduleError)
 from wsnodule_core.io.sitk_bridge import from_sitk, to_sitk
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.nam.model3d import KIND_3D, MultiGap3DClassifier, MultiGap3DConfig
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
-from wsnodule_core.training.checkpoint import (BEST, LAST, capture_rng_state, load_checkpoint, prepare_run_dir,
-                                               restore_rng_state, save_checkpoint)
+from wsnodule_core.training.checkpoint import (BEST, LAST, capture_rng_state, load_checkpoint,
+                                               prepare_run_dir, restore_rng_state, save_checkpoint)
 from wsnodule_core.training.device import amp_enabled, autocast, choose_device, grad_scaler
 from wsnodule_core.training.sampler import BalancedBatchSampler
 
@@ -111,11 +113,13 @@ class Patch3DConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "window", tuple(float(w) for w in self.window))
         if int(self.patch_size) < 4 or not self.spacing_mm > 0 or not 0 < self.centre_fraction <= 1:
-            raise ModelConfigError(f"Patch3DConfig: patch_size must be >= 4, spacing_mm > 0 and centre_fraction in "
-                                   f"(0, 1], got {self.patch_size}, {self.spacing_mm}, {self.centre_fraction}.")
+            raise ModelConfigError(
+                "Patch3DConfig: patch_size must be >= 4, spacing_mm > 0 and centre_fraction in (0, 1], got "
+                f"{self.patch_size}, {self.spacing_mm}, {self.centre_fraction}.")
         if self.positives_per_nodule < 1 or self.negatives_per_case < 0:
-            raise ModelConfigError("Patch3DConfig: positives_per_nodule must be >= 1 and negatives_per_case >= 0, "
-                                   f"got {self.positives_per_nodule} and {self.negatives_per_case}.")
+            raise ModelConfigError(
+                "Patch3DConfig: positives_per_nodule must be >= 1 and negatives_per_case >= 0, got "
+                f"{self.positives_per_nodule} and {self.negatives_per_case}.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -151,7 +155,8 @@ class PatchSet3D:
             return PatchSet3D(np.zeros((0, s, s, s), np.float16), np.zeros(0, np.int8), np.zeros(0, object),
                               np.zeros((0, 3)), config)
         return PatchSet3D(np.concatenate([p.images for p in sets]), np.concatenate([p.labels for p in sets]),
-                          np.concatenate([p.case_ids for p in sets]), np.concatenate([p.centres_xyz for p in sets]),
+                          np.concatenate([p.case_ids for p in sets]),
+                          np.concatenate([p.centres_xyz for p in sets]),
                           config)
 
 
@@ -168,7 +173,8 @@ def case_patches(case, config: Patch3DConfig = Patch3DConfig()) -> PatchSet3D:
     lung = np.pad(np.asarray(lungs.array) > 0, pad)
     rng = np.random.default_rng([int(config.seed), *[ord(c) for c in case.case_id]])
     half = s // 2
-    reach = max(0, int(math.floor(config.centre_fraction * s / 2.0)) - 1)  # jitter that keeps the centre inside
+    # the largest jitter that keeps the nodule centre inside the central region
+    reach = max(0, int(math.floor(config.centre_fraction * s / 2.0)) - 1)
     centres: list[np.ndarray] = []
     labels: list[int] = []
     for record in case.nodules:
@@ -181,7 +187,8 @@ def case_patches(case, config: Patch3DConfig = Patch3DConfig()) -> PatchSet3D:
         candidates = np.flatnonzero(lung)
         tries = 0
         found = 0
-        while candidates.size and found < config.negatives_per_case and tries < 30 * config.negatives_per_case:
+        want = config.negatives_per_case
+        while candidates.size and found < want and tries < 30 * want:
             tries += 1
             centre = np.array(np.unravel_index(int(candidates[rng.integers(candidates.size)]), lung.shape))
             start = centre - half
@@ -284,8 +291,9 @@ class Train3DConfig:
             raise ModelConfigError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}.")
         model = self.model_config()
         if self.patch_size % model.downsampling:
-            raise ModelConfigError(f"patch_size {self.patch_size} is not a multiple of {model.downsampling}, the "
-                                   "model's downsampling; pick another patch size or fewer blocks (channels).")
+            raise ModelConfigError(
+                f"patch_size {self.patch_size} is not a multiple of {model.downsampling}, the model's "
+                "downsampling; pick another patch size or fewer blocks (channels).")
 
     def model_config(self) -> MultiGap3DConfig:
         return MultiGap3DConfig(n_gap=self.n_gap, width=self.width, channels=self.channels,
@@ -370,7 +378,8 @@ def _optimizer(model: MultiGap3DClassifier, config: Train3DConfig):
     groups = [{"params": model.backbone_parameters(), "lr": config.lr, "name": "backbone"},
               {"params": model.new_parameters(), "lr": config.lr * config.new_layer_lr_factor, "name": "new"}]
     if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
     else:
         optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     return optimizer, torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
@@ -406,12 +415,14 @@ def train_classifier_3d(data, out_dir: str | os.PathLike, config: Train3DConfig 
     checkpoint = load_checkpoint(out / LAST) if resume else None
     if checkpoint is not None:
         if checkpoint.kind != KIND_3D:
-            raise CheckpointError(f"{out / LAST}: a {checkpoint.kind!r} run, not a 3D NAM run; give its own folder.")
+            raise CheckpointError(
+                f"{out / LAST}: a {checkpoint.kind!r} run, not a 3D NAM run; give its own folder.")
         saved = Train3DConfig.from_dict(checkpoint.train_config)
         config = saved if config is None else config
         if config.model_config() != saved.model_config():
-            raise CheckpointError(f"{out / LAST}: the run trained {saved.model_config()}, the config asks for "
-                                  f"{config.model_config()}; resume with the same model settings.")
+            raise CheckpointError(
+                f"{out / LAST}: the run trained {saved.model_config()}, the config asks for "
+                f"{config.model_config()}; resume with the same model settings.")
     config = config or Train3DConfig()
     choice = choose_device(config.device)
     device = choice.device
@@ -421,8 +432,9 @@ def train_classifier_3d(data, out_dir: str | os.PathLike, config: Train3DConfig 
         raise TrainingDataError("no training patches: the train split yields no labelled 3D patch; check its "
                                 "lungs and nodules, or the patch settings.")
     if train_set.config.patch_size != config.patch_size:
-        raise ModelConfigError(f"the patches are {train_set.config.patch_size} voxels wide but the config says "
-                               f"patch_size={config.patch_size}; cut them with config.patch_config().")
+        raise ModelConfigError(
+            f"the patches are {train_set.config.patch_size} voxels wide but the config says "
+            f"patch_size={config.patch_size}; cut them with config.patch_config().")
     say(f"training patches: {train_set.n_positive} with nodule, {train_set.n_negative} without; "
         f"validation: {len(val_set) if val_set is not None else 0}")
     use_amp = amp_enabled(device, config.amp)
@@ -445,14 +457,17 @@ def train_classifier_3d(data, out_dir: str | os.PathLike, config: Train3DConfig 
             scaler.load_state_dict(raw["scaler_state"])
         start_epoch, global_step = checkpoint.epoch, checkpoint.global_step
         step_in_epoch = int(raw.get("step_in_epoch", 0))
-        history, best_metric, best_epoch = list(checkpoint.history), checkpoint.best_metric, checkpoint.best_epoch
+        history = list(checkpoint.history)
+        best_metric, best_epoch = checkpoint.best_metric, checkpoint.best_epoch
         restore_rng_state(raw.get("rng", {}))
         aug_state = raw.get("augment_rng")
         say(f"resuming from {out / LAST} after epoch {start_epoch}, step {global_step}")
     images = torch.from_numpy(np.ascontiguousarray(train_set.images))
     labels = torch.from_numpy(train_set.labels.astype(np.int64))
     sampler = BalancedBatchSampler(train_set.labels, config.batch_size, config.seed)
-    steps = len(sampler) if config.max_steps_per_epoch is None else min(len(sampler), config.max_steps_per_epoch)
+    steps = len(sampler)
+    if config.max_steps_per_epoch is not None:
+        steps = min(steps, config.max_steps_per_epoch)
     total_steps = steps * config.epochs
     generator = torch.Generator()
     data_info = {"train": train_set.describe(), "val": val_set.describe() if val_set is not None else None}
@@ -462,16 +477,18 @@ def train_classifier_3d(data, out_dir: str | os.PathLike, config: Train3DConfig 
                     "epoch": epoch_done, "step_in_epoch": in_epoch, "global_step": global_step,
                     "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
                     "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
-                    "rng": capture_rng_state(), "augment_rng": generator.get_state(), "best_metric": best_metric,
-                    "best_epoch": best_epoch, "history": history, "data": data_info}
+                    "rng": capture_rng_state(), "augment_rng": generator.get_state(),
+                    "best_metric": best_metric, "best_epoch": best_epoch, "history": history,
+                    "data": data_info}
         for name in names:
             save_checkpoint(out / name, document)
 
     def result(epochs_done: int, cancelled: bool) -> Train3DResult:
         model.eval()
-        return Train3DResult(out, out / BEST if (out / BEST).exists() else None,
-                             out / LAST if (out / LAST).exists() else None, epochs_done, global_step, best_metric,
-                             best_epoch, history, cancelled, str(device), model)
+        best_path = out / BEST if (out / BEST).exists() else None
+        last_path = out / LAST if (out / LAST).exists() else None
+        return Train3DResult(out, best_path, last_path, epochs_done, global_step, best_metric, best_epoch,
+                             history, cancelled, str(device), model)
 
     model.train()
     for epoch in range(start_epoch, config.epochs):
@@ -540,8 +557,9 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m wsnodule_core.nam.patches3d DATA OUT [options]``: train the 3D classifier on a data set."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m wsnodule_core.nam.patches3d",
-                                     description="Train the 3D multi-GAP NAM classifier on patch-level labels.")
+    parser = argparse.ArgumentParser(
+        prog="python -m wsnodule_core.nam.patches3d",
+        description="Train the 3D multi-GAP NAM classifier on patch-level labels.")
     parser.add_argument("data", help="data-set folder written by `wsnodule data ...` (build_dataset)")
     parser.add_argument("out", help="run folder for best.pt / last.pt")
     defaults = Train3DConfig()
@@ -560,9 +578,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     values = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(Train3DConfig)}}
     config = Train3DConfig(**values, augment=not args.no_augment)
-    result = train_classifier_3d(args.data, args.out, None if args.resume else config, resume=args.resume,
-                                 overwrite=args.overwrite, log=print)
-    print(f"best: {result.best_path} (epoch {result.best_epoch}, {result.best_metric}); last: {result.last_path}")
+    try:
+        result = train_classifier_3d(args.data, args.out, None if args.resume else config, resume=args.resume,
+                                     overwrite=args.overwrite, log=print)
+    except WsnoduleError as error:
+        print(f"error: {error}")
+        return 2
+    print(f"best: {result.best_path} (epoch {result.best_epoch}, {result.best_metric}); "
+          f"last: {result.last_path}")
     return 0
 
 

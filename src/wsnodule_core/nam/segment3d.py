@@ -83,18 +83,20 @@ class Segment3DParams:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "window", tuple(float(w) for w in self.window))
-        if not 0.0 <= self.threshold <= 1.0 or not 0.0 <= self.threshold_fraction < 1.0 \
-                or not 0.0 <= self.scope_fraction < 1.0:
-            raise NamSegmentationError("Segment3DParams: threshold must be in [0, 1], threshold_fraction and "
-                                       f"scope_fraction in [0, 1) (got {self.threshold}, {self.threshold_fraction}, "
-                                       f"{self.scope_fraction}).")
+        fractions = (self.threshold_fraction, self.scope_fraction)
+        if not 0.0 <= self.threshold <= 1.0 or not all(0.0 <= f < 1.0 for f in fractions):
+            raise NamSegmentationError(
+                "Segment3DParams: threshold must be in [0, 1], threshold_fraction and scope_fraction in "
+                f"[0, 1) (got {self.threshold}, {self.threshold_fraction}, {self.scope_fraction}).")
         if self.n_phases < 2 or self.icm_sweeps < 0 or self.beta < 0 or self.batch_size < 1:
-            raise NamSegmentationError("Segment3DParams: n_phases must be >= 2, icm_sweeps and beta >= 0, batch_size "
-                                       f">= 1 (got {self.n_phases}, {self.icm_sweeps}, {self.beta}, {self.batch_size}).")
-        if min(self.grow_vox, self.fill_dilation_vox) < 0 or self.ring_width_vox < 1 or self.min_candidate_vox < 1 \
-                or self.peak_min_distance_vox < 1 or self.smooth_sigma_vox < 0:
-            raise NamSegmentationError("Segment3DParams: grow_vox and fill_dilation_vox must be >= 0, ring_width_vox, "
-                                       "min_candidate_vox and peak_min_distance_vox >= 1, smooth_sigma_vox >= 0.")
+            raise NamSegmentationError(
+                "Segment3DParams: n_phases must be >= 2, icm_sweeps and beta >= 0, batch_size >= 1 "
+                f"(got {self.n_phases}, {self.icm_sweeps}, {self.beta}, {self.batch_size}).")
+        if (min(self.grow_vox, self.fill_dilation_vox) < 0 or self.smooth_sigma_vox < 0
+                or min(self.ring_width_vox, self.min_candidate_vox, self.peak_min_distance_vox) < 1):
+            raise NamSegmentationError(
+                "Segment3DParams: grow_vox and fill_dilation_vox must be >= 0, ring_width_vox, "
+                "min_candidate_vox and peak_min_distance_vox >= 1, smooth_sigma_vox >= 0.")
 
     def dense_level(self) -> float:
         """``dense_min_hu`` in the network's [0, 1] units."""
@@ -271,9 +273,10 @@ def _forward(model, images01: np.ndarray, branches: Branches) -> tuple[np.ndarra
     return prob.cpu().float().numpy(), nam.cpu().float().numpy()
 
 
-def rnam_screening_3d(model, image01: np.ndarray, candidates: np.ndarray, n_candidates: int, scope: np.ndarray,
-                      nam: np.ndarray, *, dense: np.ndarray | None = None,
-                      params: Segment3DParams = Segment3DParams()) -> tuple[np.ndarray, np.ndarray, int | None]:
+def rnam_screening_3d(
+    model, image01: np.ndarray, candidates: np.ndarray, n_candidates: int, scope: np.ndarray, nam: np.ndarray,
+    *, dense: np.ndarray | None = None, params: Segment3DParams = Segment3DParams(),
+) -> tuple[np.ndarray, np.ndarray, int | None]:
     """Eq. 4 in 3D: the score of every candidate 1..n, their R-NAMs (n, D, H, W) and the chosen label.
 
     ``image01`` is the network input (D, H, W) in [0, 1], ``nam`` its NAM at that size with
@@ -282,11 +285,14 @@ def rnam_screening_3d(model, image01: np.ndarray, candidates: np.ndarray, n_cand
     image01 = np.asarray(image01, np.float32)
     if image01.ndim != 3 or np.shape(candidates) != image01.shape or np.shape(scope) != image01.shape \
             or np.shape(nam) != image01.shape:
-        raise NamSegmentationError(f"rnam_screening_3d: image {image01.shape}, candidates {np.shape(candidates)}, "
-                                   f"scope {np.shape(scope)} and NAM {np.shape(nam)} must share one 3D shape.")
+        raise NamSegmentationError(
+            f"rnam_screening_3d: image {image01.shape}, candidates {np.shape(candidates)}, scope "
+            f"{np.shape(scope)} and NAM {np.shape(nam)} must share one 3D shape.")
     if n_candidates == 0:
         return np.zeros(0, np.float32), np.zeros((0, *image01.shape), np.float32), None
-    exclude = (np.asarray(candidates) > 0) if dense is None else (np.asarray(dense, bool) | (np.asarray(candidates) > 0))
+    exclude = np.asarray(candidates) > 0
+    if dense is not None:
+        exclude = exclude | np.asarray(dense, bool)
     scope = np.asarray(scope, bool)
     scores, rnams = [], []
     was_training = bool(getattr(model, "training", False))
@@ -295,7 +301,8 @@ def rnam_screening_3d(model, image01: np.ndarray, candidates: np.ndarray, n_cand
         with torch.inference_mode():
             for start in range(1, n_candidates + 1, params.batch_size):
                 labels = range(start, min(n_candidates, start + params.batch_size - 1) + 1)
-                masked = np.stack([mask_candidate_3d(image01, candidates == j, exclude, params, j - 1) for j in labels])
+                masked = np.stack([mask_candidate_3d(image01, candidates == j, exclude, params, j - 1)
+                                   for j in labels])
                 _, rnam = _forward(model, masked, params.branches)
                 scores.append((((nam[None] - rnam) ** 2) * scope[None]).sum(axis=(1, 2, 3)))
                 rnams.append(rnam)
@@ -337,21 +344,23 @@ def _segment_from_maps(model, patch: Volume, image01: np.ndarray, probability: f
     is_nodule = probability >= params.threshold
     blobs = find_blobs_3d(nam, params) if is_nodule else []
     if not blobs:
-        return PatchSegmentation3D(probability, is_nodule, patch.with_array(np.zeros(shape, np.uint8)), nam_volume,
-                                   empty, np.zeros(shape, np.int32), 0, np.zeros(0, np.float32),
+        return PatchSegmentation3D(probability, is_nodule, patch.with_array(np.zeros(shape, np.uint8)),
+                                   nam_volume, empty, np.zeros(shape, np.int32), 0, np.zeros(0, np.float32),
                                    np.zeros((0, *shape), np.float32), None)
     scope = blobs[0].scope
     icm = icm_segment_3d(image01, params.n_phases, params.beta, params.icm_sweeps)
     dense_phases = np.flatnonzero(icm.means >= params.dense_level())
     dense = icm.phases >= dense_phases[0] if dense_phases.size else empty
     candidates, n = dense_candidates_3d(dense, scope, params)
-    scores, rnams, chosen = rnam_screening_3d(model, image01, candidates, n, scope, nam, dense=dense, params=params)
+    scores, rnams, chosen = rnam_screening_3d(model, image01, candidates, n, scope, nam, dense=dense,
+                                              params=params)
     mask = (candidates == chosen) if chosen is not None else empty
-    return PatchSegmentation3D(probability, is_nodule, patch.with_array(mask.astype(np.uint8)), nam_volume, scope,
-                               candidates, n, scores, rnams, chosen)
+    return PatchSegmentation3D(probability, is_nodule, patch.with_array(mask.astype(np.uint8)), nam_volume,
+                               scope, candidates, n, scores, rnams, chosen)
 
 
-def segment_patch_3d(model, patch: Volume, params: Segment3DParams = Segment3DParams()) -> PatchSegmentation3D:
+def segment_patch_3d(model, patch: Volume,
+                     params: Segment3DParams = Segment3DParams()) -> PatchSegmentation3D:
     """Classify a CT patch (HU, on the isotropic grid the model was trained on) and segment its nodule.
 
     A patch below ``params.threshold`` gets an empty mask (its NAM is still returned).
@@ -367,7 +376,8 @@ def segment_patch_3d(model, patch: Volume, params: Segment3DParams = Segment3DPa
     return _segment_from_maps(model, patch, image01, float(prob[0]), nam[0], params)
 
 
-def extract_patch_3d(volume: Volume, centre_xyz: Sequence[float], patch_size: int, spacing_mm: float) -> Volume:
+def extract_patch_3d(volume: Volume, centre_xyz: Sequence[float], patch_size: int,
+                     spacing_mm: float) -> Volume:
     """A cube of ``patch_size`` voxels at ``spacing_mm`` (isotropic) centred (voxel ``patch_size // 2``) on a
     world point, with the volume's direction; outside voxels are air."""
     from wsnodule_core.data.luna16 import extract_patch
@@ -377,8 +387,9 @@ def extract_patch_3d(volume: Volume, centre_xyz: Sequence[float], patch_size: in
 
 def paste_mask(mask: Volume, reference: Volume) -> np.ndarray:
     """A mask on another grid resampled onto ``reference``'s grid (linear, >= 0.5), by world position."""
-    moved = resample_to_grid(mask.with_array(np.asarray(mask.array, np.float32)), reference.shape, reference.spacing,
-                             reference.origin, reference.direction, interpolator="linear", fill=0.0)
+    moved = resample_to_grid(mask.with_array(np.asarray(mask.array, np.float32)), reference.shape,
+                             reference.spacing, reference.origin, reference.direction,
+                             interpolator="linear", fill=0.0)
     return np.asarray(moved.array) >= 0.5
 
 
@@ -414,7 +425,8 @@ def _starts(n: int, size: int, stride: int) -> np.ndarray:
 
 def segment_volume_3d(model, volume: Volume, lungs: np.ndarray | Volume | None, *, patch_size: int = 32,
                       stride: int | None = None, spacing_mm: float = 1.0,
-                      params: Segment3DParams = Segment3DParams(), keep_patches: bool = False,
+                      params: Segment3DParams = Segment3DParams(), central_only: bool = True,
+                      central_fraction: float = 0.5, keep_patches: bool = False,
                       progress: Callable[[int, int], None] | None = None,
                       cancel: Callable[[], bool] | None = None) -> VolumeSegmentation3D:
     """Slide the 3D NAM/R-NAM segmentation over a volume's lungs and assemble a label mask on its grid.
@@ -429,26 +441,35 @@ def segment_volume_3d(model, volume: Volume, lungs: np.ndarray | Volume | None, 
     stride
         Step between patches (voxels; default ``patch_size // 2``). A patch is run when its central
         half holds lung.
+    central_only, central_fraction
+        Keep a patch's chosen candidate only when its centroid lies in the central
+        ``central_fraction`` of the cube (what a positive training label means); off-centre nodules
+        are left to the patches that hold them more centrally, and patch-edge false positives drop.
     keep_patches
         Keep every nodule patch's :class:`PatchSegmentation3D` (NAMs, R-NAMs: memory heavy).
     progress, cancel
         ``progress(done, total)`` after each batch; ``cancel()`` True raises ``SegmentationCancelled``.
     """
-    lung_array = np.ones(volume.shape, bool) if lungs is None else np.asarray(check_mask_matches(lungs, volume)) > 0
+    if lungs is None:
+        lung_array = np.ones(volume.shape, bool)
+    else:
+        lung_array = np.asarray(check_mask_matches(lungs, volume)) > 0
     size = int(patch_size)
     stride = int(stride or max(1, size // 2))
     if size < 4 or stride < 1:
-        raise NamSegmentationError(f"segment_volume_3d: patch_size must be >= 4 and stride >= 1, got {size}, {stride}.")
+        raise NamSegmentationError(
+            f"segment_volume_3d: patch_size must be >= 4 and stride >= 1, got {size}, {stride}.")
     iso = resample_isotropic(volume, spacing_mm)
     iso_lungs = np.asarray(resample_isotropic(volume.with_array(lung_array.astype(np.uint8)), spacing_mm,
                                               interpolator="nearest", fill=0).array) > 0
     pad = [(0, max(0, size - n)) for n in iso.shape]
     hu = np.pad(np.asarray(iso.array, np.float32), pad, constant_values=AIR_HU)
     lung = np.pad(iso_lungs, pad)
-    grid = Volume(hu, iso.spacing, iso.origin, iso.direction, iso.metadata)  # padding only adds at the far end
+    # padding only adds voxels at the far end: the isotropic grid's geometry still holds
+    grid = Volume(hu, iso.spacing, iso.origin, iso.direction, iso.metadata)
     q0, q1 = size // 4, size - size // 4
-    starts = [(z, y, x) for z in _starts(hu.shape[0], size, stride) for y in _starts(hu.shape[1], size, stride)
-              for x in _starts(hu.shape[2], size, stride)
+    axes = [_starts(n, size, stride) for n in hu.shape]
+    starts = [(z, y, x) for z in axes[0] for y in axes[1] for x in axes[2]
               if lung[z + q0:z + q1, y + q0:y + q1, x + q0:x + q1].any()]
     found = np.zeros(hu.shape, bool)
     detections: list[Detection3D] = []
@@ -459,7 +480,8 @@ def segment_volume_3d(model, volume: Volume, lungs: np.ndarray | Volume | None, 
     try:
         for b in range(0, len(starts), params.batch_size):
             if cancel is not None and cancel():
-                raise SegmentationCancelled(f"the 3D NAM segmentation was cancelled after {b} of {len(starts)} patches.")
+                raise SegmentationCancelled(
+                    f"the 3D NAM segmentation was cancelled after {b} of {len(starts)} patches.")
             chunk = starts[b:b + params.batch_size]
             regions = [tuple(slice(s, s + size) for s in start) for start in chunk]
             images = np.stack([normalize_ct_3d(hu[r], params.window) for r in regions])
@@ -473,12 +495,16 @@ def segment_volume_3d(model, volume: Volume, lungs: np.ndarray | Volume | None, 
                 patch = Volume(hu[region], grid.spacing, tuple(origin), grid.direction, grid.metadata)
                 with torch.inference_mode():
                     result = _segment_from_maps(model, patch, image01, float(prob), nam, params)
-                if result.chosen is not None:
-                    chosen = np.asarray(result.mask.array) > 0
+                chosen = np.asarray(result.mask.array) > 0
+                if result.chosen is not None and central_only:
+                    centroid = np.argwhere(chosen).mean(axis=0)
+                    if np.any(np.abs(centroid - (size - 1) / 2.0) > central_fraction * size / 2.0):
+                        chosen[...] = False  # off-centre: left to a better-placed patch
+                if chosen.any():
                     found[region] |= chosen
                     centre = grid.index_to_world(np.asarray(start) + (size - 1) / 2.0)
-                    detections.append(Detection3D(tuple(float(c) for c in centre), float(prob), int(chosen.sum()),
-                                                  float(result.scores[result.chosen - 1])))
+                    detections.append(Detection3D(tuple(float(c) for c in centre), float(prob),
+                                                  int(chosen.sum()), float(result.scores[result.chosen - 1])))
                 if keep_patches:
                     kept.append(result)
             if progress is not None:
@@ -487,5 +513,5 @@ def segment_volume_3d(model, volume: Volume, lungs: np.ndarray | Volume | None, 
         model.train(was_training)
     on_input = paste_mask(grid.with_array(found.astype(np.uint8)), volume)
     labels, n = ndimage.label(on_input, structure=_CUBE)
-    return VolumeSegmentation3D(volume.with_array(labels.astype(np.uint16)), int(n), tuple(detections), len(starts),
-                                n_positive, tuple(kept))
+    return VolumeSegmentation3D(volume.with_array(labels.astype(np.uint16)), int(n), tuple(detections),
+                                len(starts), n_positive, tuple(kept))
