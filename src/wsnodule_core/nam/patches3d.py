@@ -36,6 +36,7 @@ from wsnodule_core.errors import (CheckpointError, ModelConfigError, Segmentatio
 from wsnodule_core.io.sitk_bridge import from_sitk, to_sitk
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.nam.model3d import KIND_3D, MultiGap3DClassifier, MultiGap3DConfig
+from wsnodule_core.nam.model import normalize_ct_slice
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
 from wsnodule_core.training.checkpoint import (BEST, LAST, capture_rng_state, load_checkpoint,
                                                prepare_run_dir, restore_rng_state, save_checkpoint)
@@ -85,14 +86,8 @@ def resample_to_grid(volume: Volume, shape, spacing, origin, direction, *, inter
 
 
 def normalize_ct_3d(hu, window: tuple[float, float] = (-1000.0, 400.0)):
-    """HU to [0, 1] over ``window`` (clipped); numpy -> float32 numpy, tensor -> float tensor."""
-    lo, hi = float(window[0]), float(window[1])
-    if not hi > lo:
-        raise ModelConfigError(f"window must be (low, high) with high > low, got {window}.")
-    if isinstance(hu, torch.Tensor):
-        return ((hu.float() - lo) / (hi - lo)).clamp_(0.0, 1.0)
-    array = (np.asarray(hu, dtype=np.float32) - np.float32(lo)) / np.float32(hi - lo)
-    return np.clip(array, 0.0, 1.0, out=array)
+    """HU to [0, 1] over ``window`` (clipped): :func:`normalize_ct_slice` with the 3D patches' window."""
+    return normalize_ct_slice(hu, window)
 
 
 # --- patch sets -------------------------------------------------------------------------------
