@@ -183,3 +183,22 @@ def test_real_classifier_on_a_phantom():
         assert result.probability.shape == (16,) and result.is_nodule.all()
         assert len(result.slices) == 16
         assert np.isfinite(result.nam.array).all() and np.isfinite(result.multi_nam.array).all()
+
+
+def test_candidates_outside_the_lungs_are_dropped_and_relabelled():
+    from wsnodule_core.nam.slice_segment import keep_lung_candidates
+
+    labels = np.zeros((10, 10), np.int32)
+    labels[1:3, 1:3] = 1  # fully in the lung
+    labels[5:7, 0:4] = 2  # half in the lung (x 0-1 inside): kept at 0.5
+    labels[8:10, 6:10] = 3  # chest wall: outside
+    lungs = np.zeros((10, 10), bool)
+    lungs[:, :2] = True
+    lungs[0:4, 0:4] = True
+    kept, count = keep_lung_candidates(labels, 3, lungs, 0.5)
+    assert count == 2
+    np.testing.assert_array_equal(kept[1:3, 1:3], 1)
+    np.testing.assert_array_equal(kept[5:7, 0:4], 2)
+    assert not kept[8:10, 6:10].any()
+    kept, count = keep_lung_candidates(labels, 3, lungs, 0.75)
+    assert count == 1 and set(np.unique(kept)) == {0, 1}

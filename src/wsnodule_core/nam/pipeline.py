@@ -136,7 +136,8 @@ def segment_volume(
     report = progress or (lambda done, total: None)
     _check(cancel)
     grid = network_grid(
-        volume, lungs, config.input_size, config.crop_pixel_spacing_mm, with_lungs=config.icm_init == "lung"
+        volume, lungs, config.input_size, config.crop_pixel_spacing_mm,
+        with_lungs=config.icm_init == "lung" or config.min_candidate_lung_fraction > 0,
     )
     probability, nam_vol, images, nams = _classify(model, grid, config, batch_size, report, cancel)
     multi_vol, multi_nams = None, {}

@@ -37,6 +37,11 @@ class NamConfig:
     icm_init
         ``"slice"``: k-means initialisation on the whole slice (the paper's "global intensity
         distribution"); ``"lung"``: on the lung mask only (needs ``lungs``; falls back to the slice).
+    min_candidate_lung_fraction
+        With lungs given, a candidate is kept only when at least this fraction of its pixels lies in
+        the lung mask (our lung masks include juxtapleural nodules), so a scope spilling over the
+        pleura cannot pick chest wall; 0 switches the filter off. Not in the paper: chosen after a
+        CPU-scale run whose NAM scope picked chest wall (``docs/nam_results.md``).
     top_k
         Blobs segmented per slice: 1 (the paper) or 2 (two-nodule mode).
     second_blob_min_ratio
@@ -64,6 +69,7 @@ class NamConfig:
     icm: IcmParams = field(default_factory=IcmParams)
     dense_min_hu: float | None = -500.0
     icm_init: str = "slice"
+    min_candidate_lung_fraction: float = 0.5
     fill: FillParams = field(default_factory=FillParams)
     top_k: int = 1
     second_blob_min_ratio: float = 0.5
@@ -86,6 +92,11 @@ class NamConfig:
         if self.coarse_mode not in ("all", "densest"):
             raise NamSegmentationError(
                 f"NamConfig.coarse_mode must be 'all' or 'densest', got {self.coarse_mode!r}."
+            )
+        if not 0.0 <= self.min_candidate_lung_fraction <= 1.0:
+            raise NamSegmentationError(
+                "NamConfig.min_candidate_lung_fraction must be in [0, 1], got "
+                f"{self.min_candidate_lung_fraction}."
             )
         if self.top_k not in (1, 2):
             raise NamSegmentationError(f"NamConfig.top_k must be 1 or 2 (two-nodule mode), got {self.top_k}.")

@@ -76,6 +76,21 @@ class SliceResult:
         return tuple(s.chosen_label for s in self.scopes if s.chosen_label is not None)
 
 
+def keep_lung_candidates(
+    labels: np.ndarray, count: int, lung_mask: np.ndarray, min_fraction: float
+) -> tuple[np.ndarray, int]:
+    """Drop candidates with less than ``min_fraction`` of their pixels in ``lung_mask``; relabel 1..n."""
+    if count == 0:
+        return labels, 0
+    lungs = np.asarray(lung_mask, bool)
+    area = np.bincount(labels.ravel(), minlength=count + 1)
+    inside = np.bincount(labels[lungs].ravel(), minlength=count + 1)
+    keep = np.flatnonzero(inside[1:] >= min_fraction * area[1:]) + 1
+    relabel = np.zeros(count + 1, labels.dtype)
+    relabel[keep] = np.arange(1, len(keep) + 1, dtype=labels.dtype)
+    return relabel[labels], len(keep)
+
+
 def segment_slice(
     model: torch.nn.Module,
     slice_hu: np.ndarray,
@@ -98,7 +113,9 @@ def segment_slice(
     multi_gap_model
         Optional multi-GAP classifier giving the finer scope C_multi inside C1.
     lung_mask
-        Optional (H, W) lungs, used when ``config.icm_init == "lung"``.
+        Optional (H, W) lungs: candidates mostly outside them are dropped
+        (``config.min_candidate_lung_fraction``), and ICM starts from them when
+        ``config.icm_init == "lung"``.
     force
         Segment even when the slice is not classified as a nodule slice.
     """
@@ -164,6 +181,8 @@ def segment_positive(
         scope = scope & ~taken
         taken |= scope
         labels, count = dense_candidates(dense, scope, config.icm)
+        if lung_mask is not None and config.min_candidate_lung_fraction > 0:
+            labels, count = keep_lung_candidates(labels, count, lung_mask, config.min_candidate_lung_fraction)
         candidates[labels > 0] = labels[labels > 0] + n
         own = tuple(range(n + 1, n + count + 1))
         region_of += [blob.scope] * count  # eq. 4 sums over C1 (= C without a multi-GAP model)
