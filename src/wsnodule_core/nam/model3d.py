@@ -219,18 +219,9 @@ def load_classifier_3d(path: str | os.PathLike, device: str | torch.device | Non
     Returns ``(model, checkpoint)``; ``checkpoint.train_config`` holds the patch spacing and
     window the model was trained with. ``device`` defaults to the CPU.
     """
-    from wsnodule_core.training.checkpoint import load_checkpoint
+    from wsnodule_core.training.checkpoint import load_model
 
-    checkpoint = load_checkpoint(path)
-    if checkpoint.kind != KIND_3D:
-        raise CheckpointError(
-            f"{checkpoint.path}: holds a {checkpoint.kind or 'unknown'!r} model, not the 3D NAM "
-            "classifier; give a checkpoint written by train_classifier_3d.")
-    model = MultiGap3DClassifier(MultiGap3DConfig.from_dict(checkpoint.model_config))
-    try:
-        model.load_state_dict(checkpoint.raw["model_state"])
-    except (RuntimeError, KeyError) as error:
-        raise CheckpointError(
-            f"{checkpoint.path}: its weights do not fit the model it describes ({error}).") from error
-    model.to(torch.device(device) if device is not None else torch.device("cpu"))
-    return model.eval(), checkpoint
+    return load_model(
+        path, KIND_3D, lambda c: MultiGap3DClassifier(MultiGap3DConfig.from_dict(c.model_config)),
+        "the 3D NAM classifier; give a checkpoint written by train_classifier_3d", device,
+    )

@@ -13,7 +13,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
 from wsnodule_core.training.checkpoint import (BEST, LAST, capture_rng_state, load_checkpoint,
                                                prepare_run_dir, restore_rng_state, save_checkpoint)
 from wsnodule_core.training.device import amp_enabled, autocast, choose_device, grad_scaler
+from wsnodule_core.training.result import RunResult, config_from_dict
 from wsnodule_core.training.sampler import BalancedBatchSampler
 
 #: The paper's initial learning rates by number of GAP branches.
@@ -106,25 +107,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return config_from_dict(cls, data)
 
 
-@dataclass(frozen=True, eq=False)
-class TrainResult:
-    """What a run left: its folder and checkpoints, how far it got, and the trained model (eval mode)."""
-
-    out_dir: Path
-    best_path: Path | None
-    last_path: Path | None
-    epochs_completed: int
-    global_step: int
-    best_metric: float | None
-    best_epoch: int | None
-    history: list[dict]
-    cancelled: bool
-    device: str
-    model: MultiGapClassifier = field(repr=False)
+TrainResult = RunResult  # what train_* returns; the model is a MultiGapClassifier
 
 
 def _resolve_data(data, config: TrainConfig, progress=None) -> tuple[SliceSet, SliceSet | None]:

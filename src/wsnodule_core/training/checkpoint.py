@@ -13,7 +13,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -142,18 +142,22 @@ def prepare_run_dir(out_dir: str | os.PathLike, *, resume: bool = False, overwri
     return out
 
 
-def load_classifier(path: str | os.PathLike, device: str | torch.device | None = None):
-    """The NAM classifier of a checkpoint (``best.pt``/``last.pt`` or its run folder), in eval mode.
+def load_model(
+    path: str | os.PathLike,
+    kind: str,
+    build: Callable[["Checkpoint"], torch.nn.Module],
+    expected: str,
+    device: str | torch.device | None = None,
+) -> tuple[torch.nn.Module, "Checkpoint"]:
+    """The model of a checkpoint of ``kind``, built by ``build(checkpoint)``, in eval mode on ``device``.
 
-    Returns ``(model, checkpoint)``; ``device`` defaults to the CPU.
+    ``path`` is ``best.pt``/``last.pt`` or its run folder; ``expected`` completes the error message
+    "holds a ... model, not <expected>" for a checkpoint of another kind. ``device`` defaults to the CPU.
     """
-    from wsnodule_core.nam.model import MultiGapClassifier, MultiGapConfig
-
     checkpoint = load_checkpoint(path)
-    if checkpoint.kind != "nam-multigap":
-        raise CheckpointError(f"{checkpoint.path}: holds a {checkpoint.kind or 'unknown'!r} model, not the "
-                              "NAM multi-GAP classifier; give a checkpoint from NAM training.")
-    model = MultiGapClassifier(MultiGapConfig.from_dict(checkpoint.model_config))
+    if checkpoint.kind != kind:
+        raise CheckpointError(f"{checkpoint.path}: holds a {checkpoint.kind or 'unknown'!r} model, not {expected}.")
+    model = build(checkpoint)
     try:
         model.load_state_dict(checkpoint.raw["model_state"])
     except (RuntimeError, KeyError) as error:
@@ -161,3 +165,16 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device | None =
             f"{checkpoint.path}: its weights do not fit the model it describes ({error}).") from error
     model.to(torch.device(device) if device is not None else torch.device("cpu"))
     return model.eval(), checkpoint
+
+
+def load_classifier(path: str | os.PathLike, device: str | torch.device | None = None):
+    """The NAM classifier of a checkpoint (``best.pt``/``last.pt`` or its run folder), in eval mode.
+
+    Returns ``(model, checkpoint)``; ``device`` defaults to the CPU.
+    """
+    from wsnodule_core.nam.model import MultiGapClassifier, MultiGapConfig
+
+    return load_model(
+        path, "nam-multigap", lambda c: MultiGapClassifier(MultiGapConfig.from_dict(c.model_config)),
+        "the NAM multi-GAP classifier; give a checkpoint from NAM training", device,
+    )

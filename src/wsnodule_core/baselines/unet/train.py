@@ -17,7 +17,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,10 @@ from wsnodule_core.errors import CheckpointError, ModelConfigError, TrainingData
 from wsnodule_core.training.augment import AugmentConfig, augment_batch
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
 from wsnodule_core.training.checkpoint import (BEST, LAST, Checkpoint, capture_rng_state, load_checkpoint,
-                                               prepare_run_dir, restore_rng_state, save_checkpoint)
+                                               load_model, prepare_run_dir, restore_rng_state,
+                                               save_checkpoint)
 from wsnodule_core.training.device import amp_enabled, autocast, choose_device, grad_scaler
+from wsnodule_core.training.result import RunResult, config_from_dict
 from wsnodule_core.training.sampler import BalancedBatchSampler
 
 KIND = "unet-baseline"
@@ -109,25 +111,10 @@ class UNetTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "UNetTrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return config_from_dict(cls, data)
 
 
-@dataclass(frozen=True, eq=False)
-class UNetTrainResult:
-    """What a run left: its folder and checkpoints, how far it got, and the trained model (eval mode)."""
-
-    out_dir: Path
-    best_path: Path | None
-    last_path: Path | None
-    epochs_completed: int
-    global_step: int
-    best_metric: float | None
-    best_epoch: int | None
-    history: list[dict]
-    cancelled: bool
-    device: str
-    model: UNetSegmenter = field(repr=False)
+UNetTrainResult = RunResult  # what train_* returns; the model is a UNetSegmenter
 
 
 def build_model(config: UNetTrainConfig) -> UNetSegmenter:
@@ -146,18 +133,8 @@ def load_unet(path: str | os.PathLike,
               device: str | torch.device | None = None) -> tuple[UNetSegmenter, Checkpoint]:
     """The U-Net of a checkpoint (``best.pt``/``last.pt`` or its run folder), in eval mode on
     ``device`` (default the CPU)."""
-    checkpoint = load_checkpoint(path)
-    if checkpoint.kind != KIND:
-        raise CheckpointError(f"{checkpoint.path}: holds a {checkpoint.kind or 'unknown'!r} model, not the "
-                              "U-Net baseline; give a checkpoint written by the U-Net training.")
-    model = UNetSegmenter(UNetConfig.from_dict(checkpoint.model_config))
-    try:
-        model.load_state_dict(checkpoint.raw["model_state"])
-    except (RuntimeError, KeyError) as error:
-        raise CheckpointError(f"{checkpoint.path}: its weights do not fit the U-Net it describes "
-                              f"({error}).") from error
-    model.to(torch.device(device) if device is not None else torch.device("cpu"))
-    return model.eval(), checkpoint
+    return load_model(path, KIND, lambda c: UNetSegmenter(UNetConfig.from_dict(c.model_config)),
+                      "the U-Net baseline; give a checkpoint written by the U-Net training", device)
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
