@@ -39,7 +39,7 @@ from wsnodule_core.nam.model3d import KIND_3D, MultiGap3DClassifier, MultiGap3DC
 from wsnodule_core.nam.model import normalize_ct_slice
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
 from wsnodule_core.training.checkpoint import (BEST, LAST, capture_rng_state, load_checkpoint,
-                                               prepare_run_dir, restore_rng_state, save_checkpoint)
+                                               prepare_run_dir, restore_training_state, save_checkpoint)
 from wsnodule_core.training.device import amp_enabled, autocast, choose_device, grad_scaler
 from wsnodule_core.training.result import RunResult, config_from_dict
 from wsnodule_core.training.sampler import BalancedBatchSampler
@@ -424,24 +424,12 @@ def train_classifier_3d(data, out_dir: str | os.PathLike, config: Train3DConfig 
     model = build_model_3d(config).to(device)
     optimizer, scheduler = _optimizer(model, config)
     scaler = grad_scaler(device, use_amp)
-    start_epoch, step_in_epoch, global_step = 0, 0, 0
-    history: list[dict] = []
-    best_metric: float | None = None
-    best_epoch: int | None = None
+    state = restore_training_state(checkpoint, model, optimizer, scheduler, scaler)
+    start_epoch, step_in_epoch, global_step = state.epoch, state.step_in_epoch, state.global_step
+    history, best_metric, best_epoch = state.history, state.best_metric, state.best_epoch
     aug_state = None
     if checkpoint is not None:
-        raw = checkpoint.raw
-        model.load_state_dict(raw["model_state"])
-        optimizer.load_state_dict(raw["optimizer_state"])
-        scheduler.load_state_dict(raw["scheduler_state"])
-        if raw.get("scaler_state"):
-            scaler.load_state_dict(raw["scaler_state"])
-        start_epoch, global_step = checkpoint.epoch, checkpoint.global_step
-        step_in_epoch = int(raw.get("step_in_epoch", 0))
-        history = list(checkpoint.history)
-        best_metric, best_epoch = checkpoint.best_metric, checkpoint.best_epoch
-        restore_rng_state(raw.get("rng", {}))
-        aug_state = raw.get("augment_rng")
+        aug_state = checkpoint.raw.get("augment_rng")
         say(f"resuming from {out / LAST} after epoch {start_epoch}, step {global_step}")
     images = torch.from_numpy(np.ascontiguousarray(train_set.images))
     labels = torch.from_numpy(train_set.labels.astype(np.int64))

@@ -27,7 +27,7 @@ from wsnodule_core.training import distributed as ddp
 from wsnodule_core.training.augment import AugmentConfig, augment_batch
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
 from wsnodule_core.training.checkpoint import (BEST, LAST, capture_rng_state, load_checkpoint,
-                                               prepare_run_dir, restore_rng_state, save_checkpoint)
+                                               prepare_run_dir, restore_training_state, save_checkpoint)
 from wsnodule_core.training.device import amp_enabled, autocast, choose_device, grad_scaler
 from wsnodule_core.training.result import RunResult, config_from_dict
 from wsnodule_core.training.sampler import BalancedBatchSampler
@@ -263,23 +263,12 @@ def _train(data, out: Path, config: TrainConfig, callbacks: TrainCallbacks, chec
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(model, config)
     scaler = grad_scaler(device, use_amp)
-    start_epoch, step_in_epoch, global_step = 0, 0, 0
-    history: list[dict] = []
-    best_metric, best_epoch = None, None
+    state = restore_training_state(checkpoint, model, optimizer, scheduler, scaler)
+    start_epoch, step_in_epoch, global_step = state.epoch, state.step_in_epoch, state.global_step
+    history, best_metric, best_epoch = state.history, state.best_metric, state.best_epoch
     aug_state = None
     if checkpoint is not None:
-        raw = checkpoint.raw
-        model.load_state_dict(raw["model_state"])
-        optimizer.load_state_dict(raw["optimizer_state"])
-        scheduler.load_state_dict(raw["scheduler_state"])
-        if raw.get("scaler_state"):
-            scaler.load_state_dict(raw["scaler_state"])
-        start_epoch, global_step = checkpoint.epoch, checkpoint.global_step
-        step_in_epoch = int(raw.get("step_in_epoch", 0))
-        history = list(checkpoint.history)
-        best_metric, best_epoch = checkpoint.best_metric, checkpoint.best_epoch
-        restore_rng_state(raw.get("rng", {}))
-        aug_state = (raw.get("augment_rng") or {}).get(str(ctx.rank))
+        aug_state = (checkpoint.raw.get("augment_rng") or {}).get(str(ctx.rank))
         say(f"resuming from {out / LAST} after epoch {start_epoch}, step {global_step}")
     net = model
     if ctx.enabled:

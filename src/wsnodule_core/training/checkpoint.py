@@ -178,3 +178,31 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device | None =
         path, "nam-multigap", lambda c: MultiGapClassifier(MultiGapConfig.from_dict(c.model_config)),
         "the NAM multi-GAP classifier; give a checkpoint from NAM training", device,
     )
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """Where a run stands: counters, history and best metric (all zero/empty for a fresh run)."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_metric: float | None = None
+    best_epoch: int | None = None
+
+
+def restore_training_state(checkpoint: "Checkpoint | None", model: torch.nn.Module, optimizer, scheduler,
+                           scaler) -> ResumeState:
+    """Load model, optimiser, scheduler, scaler and RNG states from ``checkpoint`` (None: a fresh run)."""
+    if checkpoint is None:
+        return ResumeState()
+    raw = checkpoint.raw
+    model.load_state_dict(raw["model_state"])
+    optimizer.load_state_dict(raw["optimizer_state"])
+    scheduler.load_state_dict(raw["scheduler_state"])
+    if raw.get("scaler_state"):
+        scaler.load_state_dict(raw["scaler_state"])
+    restore_rng_state(raw.get("rng", {}))
+    return ResumeState(checkpoint.epoch, int(raw.get("step_in_epoch", 0)), checkpoint.global_step,
+                       list(checkpoint.history), checkpoint.best_metric, checkpoint.best_epoch)
