@@ -1,0 +1,1 @@
+"""Dock widgets of the plugin, one module each; :mod:`._base` holds what they share."""

@@ -1,0 +1,79 @@
+"""What every wsnodule dock widget has: the viewer, the viewer's session, a task panel, layer pickers.
+
+A new widget (flow guidance, sparse annotations, ...) subclasses :class:`WsnoduleWidget`, builds
+its controls in ``__init__``, adds ``self.tasks`` where its progress should show, and runs heavy
+work with ``self.tasks.run(name, fn, on_result)``: ``fn(reporter)`` runs in a thread worker and
+must only touch numpy/torch objects, ``on_result`` runs on the main thread and adds the layers.
+Then it is listed in ``napari.yaml`` (a command and a widget entry).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import napari
+from qtpy.QtWidgets import QComboBox, QVBoxLayout, QWidget
+
+from napari_wsnodule._session import PluginSession, session_for
+from napari_wsnodule._tasks import TaskPanel
+
+
+class LayerPicker(QComboBox):
+    """A combo box of the viewer's layers of some types, kept in sync with the layer list.
+
+    ``layer()`` returns the layer object itself: a task that captured it keeps writing to that
+    layer even if the user renames or re-selects layers meanwhile.
+    """
+
+    def __init__(self, viewer: napari.Viewer, layer_types: tuple[type, ...], *, allow_none: bool = False,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._types = layer_types
+        self._allow_none = allow_none
+        events = viewer.layers.events
+        for event in (events.inserted, events.removed, events.reordered):
+            event.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, *_: Any) -> None:
+        current = self.layer()
+        self.blockSignals(True)
+        self.clear()
+        if self._allow_none:
+            self.addItem("(none)", None)
+        for layer in self._viewer.layers:
+            if isinstance(layer, self._types):
+                self.addItem(layer.name, layer)
+        if current is not None:
+            for i in range(self.count()):
+                if self.itemData(i) is current:
+                    self.setCurrentIndex(i)
+        self.blockSignals(False)
+
+    def layer(self) -> Any:
+        return self.currentData() if self.count() else None
+
+    def select(self, layer: Any) -> None:
+        self.refresh()
+        for i in range(self.count()):
+            if self.itemData(i) is layer:
+                self.setCurrentIndex(i)
+                return
+
+
+class WsnoduleWidget(QWidget):
+    """Base of the dock widgets: ``viewer``, ``session`` and ``tasks`` (a :class:`TaskPanel`)."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session: PluginSession = session_for(napari_viewer)
+        self.tasks = TaskPanel(self)
+        self.setLayout(QVBoxLayout())
+
+    def image_picker(self, **kwargs: Any) -> LayerPicker:
+        return LayerPicker(self.viewer, (napari.layers.Image,), **kwargs)
+
+    def labels_picker(self, **kwargs: Any) -> LayerPicker:
+        return LayerPicker(self.viewer, (napari.layers.Labels,), **kwargs)
