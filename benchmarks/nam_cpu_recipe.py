@@ -51,7 +51,13 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--image-size", type=int, help="crop side in pixels")
     p.add_argument("--pixel-spacing", type=float, help="crop pixel spacing in mm")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--optimizer", choices=("sgd", "adam", "adamw"))
+    p.add_argument("--bn-recal", type=int, help="BatchNorm recalibration batches after each epoch")
+    p.add_argument("--select-metric", choices=("balanced_accuracy", "tuned_balanced_accuracy", "auc"),
+                   help="validation metric that picks best.pt")
     p.add_argument("--threshold", type=float, help="slice probability threshold for segmentation")
+    p.add_argument("--val-threshold", action="store_true",
+                   help="segment with the threshold best.pt chose on the validation slices")
     p.add_argument("--skip-train", action="store_true", help="reuse OUT/train/best.pt")
     return p.parse_args()
 
@@ -76,7 +82,10 @@ def main() -> None:
     changes = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
                                  "lr_decay": args.lr_decay, "min_nodule_area_mm2": args.min_area,
                                  "max_steps_per_epoch": args.max_steps_per_epoch,
-                                 "image_size": args.image_size, "pixel_spacing_mm": args.pixel_spacing}.items() if v is not None}
+                                 "image_size": args.image_size, "pixel_spacing_mm": args.pixel_spacing,
+                                 "optimizer": args.optimizer, "select_metric": args.select_metric,
+                                 "bn_recalibration_batches": args.bn_recal,
+                                 }.items() if v is not None}
     if args.no_augment:
         changes["augment"] = False
     recipe = recipe.with_train(**changes)
@@ -109,8 +118,14 @@ def main() -> None:
         history = result.history
         from wsnodule_core.training.checkpoint import load_classifier
         model, _ = load_classifier(result.best_path or result.last_path, device="cpu")
-        print(f"best epoch {result.best_epoch}, best balanced val accuracy {result.best_metric}", flush=True)
+        print(f"best epoch {result.best_epoch}, best {recipe.train.select_metric} {result.best_metric}",
+              flush=True)
     t_train = time.perf_counter() - t0
+    if args.val_threshold:
+        from dataclasses import replace
+        recipe = replace(recipe, segment=recipe.segment.with_checkpoint_threshold(out / "train" / "best.pt"))
+        print(f"segmentation threshold from validation: {recipe.segment.probability_threshold:.3f}",
+              flush=True)
 
     tests = [e for e in dataset.entries() if e["split"] == "test"]
     nam_evals, blob_evals, t_seg, t_blob, n_nodule_slices = [], [], 0.0, 0.0, 0

@@ -24,7 +24,8 @@ class NamConfig:
     crop_pixel_spacing_mm
         Resample the lung crop in-plane to this spacing first (None: native spacing, as the paper).
     probability_threshold
-        A slice is a "nodule slice" when P(nodule) >= this.
+        A slice is a "nodule slice" when P(nodule) >= this. :meth:`with_checkpoint_threshold` sets
+        the one a training run chose on its validation slices.
     nam_branches
         Branches of ``model`` summed into its NAM (``"all"`` or indices, deepest first). With
         ``multi_gap_model`` the paper's 1-GAP NAM is ``(0,)`` of a 1-GAP model = ``"all"``.
@@ -83,6 +84,10 @@ class NamConfig:
             raise NamSegmentationError(
                 f"NamConfig.window must be (low, high) with low < high, got {self.window}."
             )
+        if not 0.0 <= self.probability_threshold <= 1.0:
+            raise NamSegmentationError(
+                f"NamConfig.probability_threshold must be in [0, 1], got {self.probability_threshold}."
+            )
         if self.input_size < 32:
             raise NamSegmentationError(f"NamConfig.input_size must be >= 32 pixels, got {self.input_size}.")
         if self.icm_init not in ("slice", "lung"):
@@ -105,6 +110,15 @@ class NamConfig:
                 "NamConfig: rnam_batch_size must be >= 1 and max_kept_rnams >= 0, got "
                 f"{self.rnam_batch_size} and {self.max_kept_rnams}."
             )
+
+    def with_checkpoint_threshold(self, checkpoint_path) -> "NamConfig":
+        """A copy whose ``probability_threshold`` is the one recorded in a NAM training checkpoint
+        (chosen on its validation slices); unchanged when the checkpoint records none (older
+        checkpoints, runs without validation)."""
+        from wsnodule_core.nam.train import checkpoint_threshold
+
+        threshold = checkpoint_threshold(checkpoint_path)
+        return self if threshold is None else replace(self, probability_threshold=threshold)
 
     def icm_params(self) -> IcmParams:
         """``icm`` with ``dense_min_hu`` turned into the window-normalised units ICM works in."""

@@ -2,8 +2,11 @@
 
 SGD with momentum 0.9; the new layers (heads + FC) at 10x the backbone learning rate; initial
 LR 1e-2 / 2e-3 / 1e-3 for 1- / 2- / 3-GAP; decay 0.99 per epoch; class-balanced batches of 30.
-Checkpoints ``best.pt`` (by balanced validation accuracy) and ``last.pt`` describe themselves and
-resume exactly. Run several GPUs with ``torchrun --nproc_per_node=N -m wsnodule_core.nam.train``.
+``TrainConfig.optimizer`` also offers Adam / AdamW (same two LR groups). Checkpoints ``best.pt``
+(by balanced validation accuracy, or ``select_metric``) and ``last.pt`` describe themselves and
+resume exactly; they record the slice probability threshold that maximised balanced validation
+accuracy (``probability_threshold``; see :func:`checkpoint_threshold`). Run several GPUs with
+``torchrun --nproc_per_node=N -m wsnodule_core.nam.train``.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ from wsnodule_core.training.sampler import BalancedBatchSampler
 #: The paper's initial learning rates by number of GAP branches.
 PAPER_LR = {1: 1e-2, 2: 2e-3, 3: 1e-3}
 KIND = "nam-multigap"
+OPTIMIZERS = ("sgd", "adam", "adamw")
+#: Validation metrics that can pick the best checkpoint (``TrainConfig.select_metric``).
+SELECT_METRICS = ("balanced_accuracy", "tuned_balanced_accuracy", "auc")
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,10 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_decay: float = 0.99                 # ExponentialLR gamma, per epoch
+    optimizer: str = "sgd"                 # "sgd" (the paper, uses momentum), "adam" or "adamw"
+    select_metric: str = "balanced_accuracy"  # validation metric of best.pt (SELECT_METRICS)
+    bn_recalibration_batches: int = 0      # >0: re-estimate BatchNorm statistics on this many
+                                           # un-augmented training batches after each epoch
     batch_size: int = 30
     epochs: int = 30
     epoch_size: str = "balanced"           # "balanced": 2 x the smaller class per epoch; "all": every slice
@@ -78,11 +88,19 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.n_gap not in PAPER_LR:
             raise ModelConfigError(f"n_gap must be 1, 2 or 3, got {self.n_gap!r}.")
+        if int(self.bn_recalibration_batches) < 0:
+            raise ModelConfigError(
+                f"bn_recalibration_batches must be >= 0, got {self.bn_recalibration_batches!r}.")
         for name in ("batch_size", "epochs", "image_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ModelConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}.")
         if self.lr is not None and not self.lr > 0:
             raise ModelConfigError(f"lr must be positive, got {self.lr!r}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise ModelConfigError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}.")
+        if self.select_metric not in SELECT_METRICS:
+            raise ModelConfigError(f"select_metric must be one of {list(SELECT_METRICS)}, got "
+                                   f"{self.select_metric!r}.")
 
     @property
     def backbone_lr(self) -> float:
@@ -153,14 +171,91 @@ def build_model(config: TrainConfig) -> MultiGapClassifier:
 
 
 def make_optimizer(model: MultiGapClassifier, config: TrainConfig):
-    """SGD with two parameter groups (backbone; heads + FC at ``new_layer_lr_factor`` x) and ExponentialLR."""
+    """``config.optimizer`` (SGD with momentum, Adam or AdamW) with two parameter groups (backbone;
+    heads + FC at ``new_layer_lr_factor`` x), and ExponentialLR."""
     new_lr = config.backbone_lr * config.new_layer_lr_factor
-    optimizer = torch.optim.SGD(
-        [{"params": model.backbone_parameters(), "lr": config.backbone_lr, "name": "backbone"},
-         {"params": model.new_parameters(), "lr": new_lr, "name": "new"}],
-        lr=config.backbone_lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    groups = [{"params": model.backbone_parameters(), "lr": config.backbone_lr, "name": "backbone"},
+              {"params": model.new_parameters(), "lr": new_lr, "name": "new"}]
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=config.backbone_lr, momentum=config.momentum,
+                                    weight_decay=config.weight_decay)
+    else:
+        kind = torch.optim.Adam if config.optimizer == "adam" else torch.optim.AdamW
+        optimizer = kind(groups, lr=config.backbone_lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
     return optimizer, scheduler
+
+
+def best_threshold(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """The threshold on P(nodule) that maximises balanced accuracy on ``(probabilities, labels)``,
+    and that accuracy. Thresholds lie halfway between consecutive distinct probabilities; among equal
+    accuracies the one nearest 0.5 wins. (0.5, nan) when a class is missing."""
+    p = np.asarray(probabilities, np.float64).ravel()
+    y = np.asarray(labels).ravel() > 0
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return 0.5, float("nan")
+    order = np.argsort(-p, kind="stable")
+    p, y = p[order], y[order]
+    tp, fp = np.cumsum(y), np.cumsum(~y)       # predicting the top k+1 positive
+    cut = np.flatnonzero(np.r_[p[1:] < p[:-1], True])  # last index of each run of equal values
+    bal = np.r_[0.5, 0.5 * (tp[cut] / n_pos + 1.0 - fp[cut] / n_neg)]
+    lower = np.r_[p[cut[:-1] + 1], 0.0]        # the next smaller probability below each cut
+    thresholds = np.r_[(p[0] + 1.0) / 2.0, (p[cut] + lower) / 2.0]
+    best = np.flatnonzero(np.isclose(bal, bal.max()))
+    pick = best[np.argmin(np.abs(thresholds[best] - 0.5))]
+    return float(thresholds[pick]), float(bal[pick])
+
+
+def roc_auc(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties counted half); nan when a class is missing."""
+    from scipy.stats import rankdata
+
+    p = np.asarray(probabilities, np.float64).ravel()
+    y = np.asarray(labels).ravel() > 0
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(p)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def checkpoint_threshold(path: str | os.PathLike) -> float | None:
+    """The slice probability threshold a NAM checkpoint recorded from its validation slices (the one
+    maximising balanced accuracy at the saved epoch); None for checkpoints without one (older
+    versions, or runs without validation slices)."""
+    value = load_checkpoint(path).raw.get("probability_threshold")
+    return None if value is None else float(value)
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: torch.nn.Module, images: torch.Tensor, n_batches: int, batch_size: int,
+                           seed: int, device: torch.device, channels_last: bool = False) -> int:
+    """Re-estimate every BatchNorm layer's running statistics as the plain average over
+    ``n_batches`` random batches of ``images`` (no augmentation), so that evaluation sees the
+    statistics of un-augmented slices rather than the last few augmented training batches.
+    Returns the number of images used (0 when the model has no BatchNorm)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or n_batches < 1 or len(images) == 0:
+        return 0
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = model.training
+    model.train()
+    order = np.random.default_rng([seed, 29]).permutation(len(images))[:n_batches * batch_size]
+    try:
+        for start in range(0, len(order), batch_size):
+            x = images[torch.as_tensor(order[start:start + batch_size])].to(device).float()[:, None]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            model(x)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return len(order)
 
 
 def _aug_seed(seed: int, epoch: int, rank: int) -> int:
@@ -171,13 +266,15 @@ def _aug_seed(seed: int, epoch: int, rank: int) -> int:
 def evaluate(model: MultiGapClassifier, slices: SliceSet, device: torch.device, *, batch_size: int = 64,
              ctx: ddp.DistContext | None = None, use_amp: bool = False, channels_last: bool = False) -> dict:
     """Loss, accuracy, balanced accuracy (mean of sensitivity and specificity), sensitivity and
-    specificity on ``slices`` (sharded over DDP ranks, summed)."""
+    specificity on ``slices`` (sharded over DDP ranks, summed); also ROC ``auc``, the ``threshold``
+    on P(nodule) maximising balanced accuracy and that ``tuned_balanced_accuracy``."""
     ctx = ctx or ddp.DistContext()
     was_training = model.training
     model.eval()
     totals = torch.zeros(5, dtype=torch.float64)  # loss sum, n, correct, true pos, true neg
     positives = float(slices.n_positive)
     idx = np.arange(ctx.rank, len(slices), ctx.world_size)
+    probabilities = []
     for start in range(0, len(idx), batch_size):
         chunk = idx[start:start + batch_size]
         x = torch.from_numpy(slices.images[chunk]).to(device).float()[:, None]
@@ -187,11 +284,20 @@ def evaluate(model: MultiGapClassifier, slices: SliceSet, device: torch.device, 
         with autocast(device, use_amp):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        probabilities.append(torch.softmax(logits.float(), 1)[:, 1].cpu().numpy())
         pred = logits.argmax(1)
         totals += torch.tensor([loss.item(), len(chunk), (pred == y).sum().item(),
                                 ((pred == 1) & (y == 1)).sum().item(), ((pred == 0) & (y == 0)).sum().item()],
                                dtype=torch.float64)
     totals = ddp.all_reduce_sum(totals, ctx)
+    probs = np.concatenate(probabilities) if probabilities else np.zeros(0)
+    labels = slices.labels[idx]
+    if ctx.enabled:
+        gathered = [None] * ctx.world_size
+        torch.distributed.all_gather_object(gathered, (probs, labels))
+        probs = np.concatenate([g[0] for g in gathered])
+        labels = np.concatenate([g[1] for g in gathered])
+    threshold, tuned = best_threshold(probs, labels)
     model.train(was_training)
     n = max(float(totals[1]), 1.0)
     negatives = float(len(slices) - positives)
@@ -200,7 +306,8 @@ def evaluate(model: MultiGapClassifier, slices: SliceSet, device: torch.device, 
     rates = [r for r in (sensitivity, specificity) if r == r]
     return {"loss": float(totals[0]) / n, "accuracy": float(totals[2]) / n,
             "balanced_accuracy": float(np.mean(rates)) if rates else float("nan"),
-            "sensitivity": sensitivity, "specificity": specificity}
+            "sensitivity": sensitivity, "specificity": specificity, "auc": roc_auc(probs, labels),
+            "threshold": threshold, "tuned_balanced_accuracy": tuned}
 
 
 def train_classifier(data, out_dir: str | os.PathLike, config: TrainConfig | None = None,
@@ -299,7 +406,8 @@ def _train(data, out: Path, config: TrainConfig, callbacks: TrainCallbacks, chec
                 "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
                 "rng": capture_rng_state(), "augment_rng": aug, "best_metric": best_metric,
                 "best_epoch": best_epoch, "history": history, "data": data_info,
-                "world_size": ctx.world_size}
+                "world_size": ctx.world_size,
+                "probability_threshold": history[-1].get("val_threshold") if history else None}
 
     def save(names: tuple[str, ...], epoch_done: int, in_epoch: int) -> None:
         ddp.average_buffers(model, ctx)
@@ -354,6 +462,9 @@ def _train(data, out: Path, config: TrainConfig, callbacks: TrainCallbacks, chec
                 say(f"stopped at epoch {epoch + 1}, step {global_step}; {out / LAST} saved")
                 return _result(out, epoch, global_step, best_metric, best_epoch, history, True, device, model)
         scheduler.step()
+        if config.bn_recalibration_batches:
+            recalibrate_batch_norm(model, images, config.bn_recalibration_batches, config.batch_size,
+                                   _aug_seed(config.seed, epoch, ctx.rank), device, config.channels_last)
         ddp.average_buffers(model, ctx)
         sums = ddp.all_reduce_sum(sums, ctx)
         metrics = {"epoch": epoch + 1, "train_loss": float(sums[0] / max(float(sums[1]), 1.0)),
@@ -366,7 +477,9 @@ def _train(data, out: Path, config: TrainConfig, callbacks: TrainCallbacks, chec
         metrics["seconds"] = time.monotonic() - started
         history.append(metrics)
         # the paper picks by accuracy on a balanced set; our validation slices are not balanced
-        score = metrics.get("val_balanced_accuracy", metrics["train_accuracy"])
+        score = metrics.get(f"val_{config.select_metric}", metrics["train_accuracy"])
+        if score != score:  # nan: a class missing from the validation slices
+            score = metrics["train_accuracy"]
         improved = best_metric is None or score > best_metric
         if improved:
             best_metric, best_epoch = float(score), epoch + 1
