@@ -1,22 +1,44 @@
-"""npe2 reader: DICOM series folders, NIfTI, MetaImage and NRRD, opened with their geometry."""
+"""npe2 reader: DICOM series folders (or one of their files), NIfTI, MetaImage and NRRD, with geometry."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable
 
+from pydicom.misc import is_dicom
+
+from wsnodule_core.errors import MultipleSeriesError
 from wsnodule_core.io import read_volume
 from wsnodule_core.io.volume import Volume
-from napari_wsnodule._geometry import layer_geometry
+from napari_wsnodule._geometry import VOLUME_KEY, layer_geometry
 
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mhd", ".nrrd", ".nhdr")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
 LUNG_WINDOW = (-1350.0, 150.0)  # level -600 HU, width 1500 HU
+MEDIASTINUM_WINDOW = (-160.0, 240.0)  # level 40 HU, width 400 HU
+DICOM_PROBE_FILES = 20  # a folder is taken as DICOM when one of its first files is
 
 LayerData = tuple[Any, dict[str, Any], str]
 
 
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        return path.is_file() and not path.name.startswith(".") and is_dicom(path)
+    except OSError:
+        return False
+
+
+def _is_dicom_folder(path: Path) -> bool:
+    try:
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    except OSError:
+        return False
+    return any(_is_dicom_file(p) for p in files[:DICOM_PROBE_FILES])
+
+
 def _is_volume_path(path: Path) -> bool:
-    return path.is_dir() or any(path.name.lower().endswith(s) for s in VOLUME_SUFFIXES)
+    if path.is_dir():
+        return _is_dicom_folder(path)
+    return any(path.name.lower().endswith(s) for s in VOLUME_SUFFIXES) or _is_dicom_file(path)
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
@@ -27,9 +49,18 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
     return read_layers
 
 
+def layer_name(path: str | Path) -> str:
+    """A layer name from a file or folder name, without the volume extension."""
+    name = Path(path).name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def volume_layer_data(volume: Volume, name: str) -> LayerData:
     """An image layer for a CT volume: lung window, geometry kept, the Volume in the layer's metadata."""
-    kwargs: dict[str, Any] = {"name": name, "metadata": {"wsnodule_volume": volume}, **layer_geometry(volume)}
+    kwargs: dict[str, Any] = {"name": name, "metadata": {VOLUME_KEY: volume}, **layer_geometry(volume)}
     if volume.metadata.is_ct:
         kwargs["contrast_limits"] = LUNG_WINDOW
     return (volume.array, kwargs, "image")
@@ -39,10 +70,13 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
     paths = [path] if isinstance(path, str) else list(path)
     layers = []
     for p in paths:
-        volume = read_volume(p)
-        name = Path(p).name
-        for suffix in VOLUME_SUFFIXES:
-            if name.lower().endswith(suffix):
-                name = name[: -len(suffix)]
-        layers.append(volume_layer_data(volume, name))
+        try:
+            volume = read_volume(p)
+        except MultipleSeriesError as error:
+            raise MultipleSeriesError(
+                f"{error}\nIn napari, open this folder with the Load CT widget (Plugins > wsnodule > Load "
+                "CT), which lets you pick the series."
+            ) from error
+        source = volume.metadata.source_path if volume.metadata.source_format == "dicom" else None
+        layers.append(volume_layer_data(volume, layer_name(source or p)))
     return layers

@@ -333,11 +333,11 @@ def _case_entry(case: Case, files: dict[str, str], split: str, subject: str) -> 
     }
 
 
-def _dataset_document(name: str, source: str, entries: list[dict], parameters: dict) -> dict:
+def dataset_document(name: str, source: str, entries: list[dict], parameters: dict) -> dict:
+    """The dataset.json document of a data set made by ``source`` with these case ``entries``."""
     from wsnodule_core import __version__
 
-    counts = {s: sum(1 for e in entries if e["split"] == s) for s in SPLITS}
-    return {
+    document = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -347,17 +347,20 @@ def _dataset_document(name: str, source: str, entries: list[dict], parameters: d
         "tensorImageSize": "3D",
         "modality": {"0": "CT"},
         "labels": {"0": "background", "1": "nodule"},
-        "numTraining": counts["train"],
-        "numValidation": counts["val"],
-        "numTest": counts["test"],
         "wsnodule_version": __version__,
         "parameters": parameters,
-        # MSD-style lists (paths relative to this file): monai.data.load_decathlon_datalist reads them
-        "training": _msd_list(entries, "train"),
-        "validation": _msd_list(entries, "val"),
-        "test": _msd_list(entries, "test"),
-        "cases": entries,
     }
+    return with_entries(document, entries)
+
+
+def with_entries(document: dict, entries: list[dict]) -> dict:
+    """A copy of a dataset.json ``document`` holding ``entries`` as its cases, with the split counts
+    and the MSD-style lists (paths relative to the file: ``monai.data.load_decathlon_datalist``
+    reads them) brought up to date."""
+    counts = {s: sum(1 for e in entries if e["split"] == s) for s in SPLITS}
+    return {**document, "numTraining": counts["train"], "numValidation": counts["val"],
+            "numTest": counts["test"], "training": _msd_list(entries, "train"),
+            "validation": _msd_list(entries, "val"), "test": _msd_list(entries, "test"), "cases": entries}
 
 
 def _msd_list(entries: list[dict], split: str) -> list[dict]:
@@ -669,7 +672,7 @@ def _write_document(out: Path, name: str, source: str, entries: list[dict], para
     json_path = out / "dataset.json"
     if json_path.exists() and not overwrite:
         raise OutputExistsError(f"{json_path} exists; pass overwrite=True to replace it.")
-    document = _dataset_document(name, source, entries, parameters)
+    document = dataset_document(name, source, entries, parameters)
     json_path.write_text(json.dumps(document, indent=1) + "\n")
     counts = {s: sum(1 for e in entries if e["split"] == s) for s in SPLITS}
     return DatasetInfo(out, json_path, len(entries), counts, sum(len(e["nodules"]) for e in entries), 0)

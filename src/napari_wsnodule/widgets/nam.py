@@ -1,0 +1,385 @@
+"""The NAM widget: segment the open CT with a NAM model and show what the network sees.
+
+Layers, all on the CT's grid and tied to the CT layer picked when Segment was pressed: the NAM
+(and multi-GAP NAM) as additive heat maps, the screening scope and the ICM candidates as
+outlines, the R-NAMs (the chosen candidate's on each nodule slice, or the one picked in the
+table), and the fine and coarse nodule masks as new Labels layers (never over an older mask the
+user may have corrected). The table lists every candidate of every nodule slice with its eq. 4
+score; a click shows its R-NAM and moves the viewer to it.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import napari
+import numpy as np
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QPushButton,
+                            QSpinBox, QWidget)
+
+from napari_wsnodule._geometry import VOLUME_KEY, volume_of_layer
+from napari_wsnodule._layers import GENERATED_KEY, SOURCE_KEY, add_volume_layer, show_map
+from napari_wsnodule._session import LoadedModel
+from napari_wsnodule._tasks import TaskReporter
+from napari_wsnodule.widgets._base import WsnoduleWidget
+from napari_wsnodule.widgets._view import jump_to, read_only_table, table_item
+from wsnodule_core.errors import LungSegmentationError, WsnoduleError
+from wsnodule_core.io.volume import Volume
+from wsnodule_core.nam.pipeline import NamConfig, NamSegmentation, segment_volume
+
+NAM_KIND = "nam-multigap"
+TABLE_COLUMNS = ("slice", "P(nodule)", "candidate", "area (mm²)", "score", "chosen", "R-NAM")
+NO_MODEL = ("No NAM model is loaded. Train one or load a NAM checkpoint in the Model widget "
+            "(Plugins > wsnodule > Model), then press Segment again.")
+
+
+@dataclass(frozen=True, eq=False)
+class NamRun:
+    """What one segmentation task hands back to the main thread."""
+
+    source: Any               # the CT layer picked when the task started
+    volume: Volume            # the CT as segmented (the layer's geometry)
+    result: NamSegmentation
+    rnam: Volume              # per nodule slice, the R-NAM of its chosen candidate (0 elsewhere)
+    model_name: str
+    multi_gap_name: str | None
+
+
+def _n_gap(model: LoadedModel) -> int:
+    return int(getattr(getattr(model.model, "config", None), "n_gap", 1))
+
+
+def checkpoint_defaults(model: LoadedModel | None) -> NamConfig:
+    """The NamConfig matching a model's checkpoint: crop size and spacing of its training slices and
+    the slice threshold its validation chose (plain defaults without a checkpoint)."""
+    checkpoint = None if model is None else model.checkpoint
+    if checkpoint is None or not hasattr(checkpoint, "train_config"):
+        return NamConfig()
+    from wsnodule_core.evaluation import nam_config_from_checkpoint
+
+    config = nam_config_from_checkpoint(checkpoint)
+    threshold = getattr(checkpoint, "raw", {}).get("probability_threshold")
+    return config if threshold is None else replace(config, probability_threshold=float(threshold))
+
+
+def rnam_volume(result: NamSegmentation) -> Volume:
+    """On each nodule slice, the R-NAM of its (first) chosen candidate when it was kept; 0 elsewhere."""
+    array = np.zeros(result.nam.shape, np.float32)
+    for s in result.slices:
+        for c in s.candidates:
+            if c.rnam is not None and s.chosen and c.label == s.chosen[0]:
+                array[s.z] = c.rnam
+    return result.nam.with_array(array)
+
+
+class NamWidget(WsnoduleWidget):
+    """Run NAM / R-NAM segmentation on a CT layer and show every intermediate map."""
+
+    def __init__(self, napari_viewer: napari.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(napari_viewer, parent)
+        self.last_run: NamRun | None = None
+        self.last_layers: dict[str, Any] = {}
+        self.last_error_text: str | None = None
+        self._rnam_layer = None
+        self._defaults_of: LoadedModel | None = None
+        self._showing: tuple | None = None  # (run, layers so far, steps left) while adding layers
+        layout = self.layout()
+        layout.addWidget(self._inputs_box())
+        layout.addWidget(self._options_box())
+        self.segment_button = QPushButton("Segment")
+        self.segment_button.clicked.connect(self.start_segmentation)
+        layout.addWidget(self.segment_button)
+        layout.addWidget(self.tasks)
+        self.summary_label = QLabel("")
+        self.summary_label.setWordWrap(True)
+        layout.addWidget(self.summary_label)
+        self.rnam_table = read_only_table(TABLE_COLUMNS)
+        self.rnam_table.setMinimumHeight(160)
+        self.rnam_table.itemSelectionChanged.connect(self._row_selected)
+        layout.addWidget(self.rnam_table, 1)
+        self.session.models_changed.connect(self.refresh_models)
+        self.refresh_models()
+
+    # --- layout -----------------------------------------------------------------------------
+
+    def _inputs_box(self) -> QGroupBox:
+        box = QGroupBox("Input")
+        form = QFormLayout(box)
+        self.image_combo = self.image_picker()
+        self.image_combo.setToolTip("The CT in Hounsfield units.")
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("The classifier that picks the nodule slices and makes the NAMs and "
+                                    "R-NAMs (the paper's 1-GAP model).")
+        self.model_combo.currentIndexChanged.connect(self._model_changed)
+        self.multi_gap_combo = QComboBox()
+        self.multi_gap_combo.setToolTip("Optional: a 2- or 3-GAP model whose NAM narrows the screening scope "
+                                        "(the paper's multi-GAP segmentation).")
+        form.addRow("CT", self.image_combo)
+        form.addRow("NAM model", self.model_combo)
+        form.addRow("Multi-GAP model", self.multi_gap_combo)
+        return box
+
+    def _options_box(self) -> QGroupBox:
+        box = QGroupBox("Options")
+        form = QFormLayout(box)
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0.0, 1.0)
+        self.threshold_spin.setDecimals(3)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setToolTip("A slice is a nodule slice when P(nodule) is at least this (default: "
+                                       "the threshold the model's training chose on its validation slices).")
+        self.input_size_spin = QSpinBox()
+        self.input_size_spin.setRange(32, 2048)
+        self.input_size_spin.setSuffix(" px")
+        self.input_size_spin.setToolTip("Side of the network input (default: the model's training crop).")
+        self.lungs_check = QCheckBox("Crop around the lungs (segments the lungs first)")
+        self.lungs_check.setChecked(True)
+        self.two_nodules_check = QCheckBox("Up to two nodules per slice")
+        self.coarse_combo = QComboBox()
+        self.coarse_combo.addItem("every candidate in the scope", "all")
+        self.coarse_combo.addItem("the densest candidate", "densest")
+        form.addRow("Slice threshold", self.threshold_spin)
+        form.addRow("Network input", self.input_size_spin)
+        form.addRow(self.lungs_check)
+        form.addRow(self.two_nodules_check)
+        form.addRow("Coarse mask", self.coarse_combo)
+        return box
+
+    # --- models -----------------------------------------------------------------------------
+
+    def refresh_models(self, *_: Any) -> None:
+        """List the session's NAM models (keeping the current choices when they are still there)."""
+        models = self.session.models_of_kind(NAM_KIND)
+        for combo, allow_none in ((self.model_combo, False), (self.multi_gap_combo, True)):
+            current = combo.currentData()
+            combo.blockSignals(True)
+            combo.clear()
+            if allow_none:
+                combo.addItem("(none)", None)
+            for model in models:
+                if allow_none and _n_gap(model) < 2:
+                    continue
+                combo.addItem(f"{model.name} ({_n_gap(model)}-GAP)", model)
+            for i in range(combo.count()):
+                if combo.itemData(i) is current:
+                    combo.setCurrentIndex(i)
+            combo.blockSignals(False)
+        self._model_changed()
+
+    def selected_model(self) -> LoadedModel | None:
+        return self.model_combo.currentData() if self.model_combo.count() else None
+
+    def _model_changed(self, *_: Any) -> None:
+        """A newly picked model brings its checkpoint's threshold and input size (the user's values stay
+        while the same model remains picked)."""
+        model = self.selected_model()
+        if model is self._defaults_of and model is not None:
+            return
+        self._defaults_of = model
+        defaults = checkpoint_defaults(model)
+        self.threshold_spin.setValue(defaults.probability_threshold)
+        self.input_size_spin.setValue(defaults.input_size)
+
+    def nam_config(self) -> NamConfig:
+        """The options as a NamConfig (crop spacing from the model's checkpoint)."""
+        base = checkpoint_defaults(self.selected_model())
+        return replace(base, probability_threshold=float(self.threshold_spin.value()),
+                       input_size=int(self.input_size_spin.value()),
+                       top_k=2 if self.two_nodules_check.isChecked() else 1,
+                       coarse_mode=str(self.coarse_combo.currentData()))
+
+    # --- the task ---------------------------------------------------------------------------
+
+    def _error(self, text: str) -> None:
+        self.last_error_text = text
+        show_error(text)
+
+    def start_segmentation(self) -> None:
+        source = self.image_combo.layer()
+        if source is None:
+            self._error("Open a CT first (File > Open, or the Load CT widget), then press Segment.")
+            return
+        model = self.selected_model()
+        if model is None:
+            self._error(NO_MODEL)
+            return
+        if self.showing:
+            show_info("The previous results are still being added to the viewer; press Segment again in a "
+                      "moment.")
+            return
+        multi = self.multi_gap_combo.currentData()
+        try:
+            volume = volume_of_layer(source)
+            config = self.nam_config()
+        except WsnoduleError as error:
+            self._error(f"Cannot segment {source.name!r}: {error}")
+            return
+        use_lungs = self.lungs_check.isChecked()
+
+        def work(reporter: TaskReporter) -> NamRun:
+            lungs = None
+            if use_lungs:
+                from wsnodule_core.data.lung import segment_lungs
+
+                reporter.stage("segmenting the lungs")
+                try:
+                    lungs = segment_lungs(volume, progress=reporter.progress_fn("segmenting the lungs"))
+                except LungSegmentationError as error:
+                    hint = "Or untick 'Crop around the lungs' to give the network whole slices."
+                    raise LungSegmentationError(f"{error} {hint}") from error
+                reporter.raise_if_cancelled()
+            result = segment_volume(
+                model.model, volume, lungs=lungs, config=config,
+                multi_gap_model=None if multi is None else multi.model,
+                progress=reporter.progress_fn("NAM: classifying slices, screening candidates"),
+                cancel=reporter.cancelled)
+            return NamRun(source, volume, result, rnam_volume(result), model.name,
+                          None if multi is None else multi.name)
+
+        self.tasks.run(f"NAM segmentation of {source.name}", work, self.show_run)
+
+    # --- results ----------------------------------------------------------------------------
+
+    @property
+    def showing(self) -> bool:
+        """True while the layers of a finished run are still being added."""
+        return self._showing is not None
+
+    def show_run(self, run: NamRun) -> None:
+        """Put a finished segmentation into the viewer (main thread), one layer per event-loop turn:
+        napari needs about 0.1-0.3 s to add a layer, so the window keeps answering in between."""
+        result, source = run.result, run.source
+        base = source.name
+        nam_max = float(result.nam.array.max()) if result.nam.array.size else 0.0
+        limits = (0.0, nam_max if nam_max > 0 else 1.0)
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("nam", lambda: self._map(result.nam, f"{base}: NAM", source, "nam:nam", "inferno", limits))]
+        if result.multi_nam is not None:
+            multi_max = float(result.multi_nam.array.max())
+            multi_limits = (0.0, multi_max if multi_max > 0 else 1.0)
+            steps.append(("multi_nam", lambda: self._map(result.multi_nam, f"{base}: multi-GAP NAM", source,
+                                                         "nam:multi_nam", "green", multi_limits)))
+        steps += [
+            ("rnam", lambda: self._map(run.rnam, f"{base}: R-NAM", source, "nam:rnam", "cyan", limits)),
+            ("scope", lambda: self._outline(result.scope, f"{base}: scope", source, "nam:scope")),
+            ("candidates", lambda: self._outline(result.candidates, f"{base}: candidates", source,
+                                                 "nam:candidates")),
+            # the nodule masks are results to correct: always new layers
+            ("coarse", lambda: add_volume_layer(self.viewer, result.coarse, "labels",
+                                                f"{base}: nodules (coarse)", source=source,
+                                                generated="nam:coarse", visible=False)),
+            ("fine", lambda: add_volume_layer(self.viewer, result.fine, "labels", f"{base}: nodules (fine)",
+                                              source=source, generated="nam:fine")),
+        ]
+        self._showing = (run, {}, deque(steps))
+        QTimer.singleShot(0, self._show_next)
+
+    def _show_next(self) -> None:
+        if self._showing is None:
+            return
+        run, layers, steps = self._showing
+        key, make = steps.popleft()
+        try:
+            layers[key] = make()
+        except Exception as error:  # noqa: BLE001 - shown to the user like a task error
+            self._showing = None
+            traceback.print_exception(type(error), error, error.__traceback__)
+            self._error(f"Showing the NAM results failed ({type(error).__name__}: {error}).")
+            return
+        if steps:
+            QTimer.singleShot(0, self._show_next)
+            return
+        self._showing = None
+        self._shown(run, layers)
+
+    def _shown(self, run: NamRun, layers: dict[str, Any]) -> None:
+        result = run.result
+        self.last_run, self.last_layers, self._rnam_layer = run, layers, layers["rnam"]
+        self._fill_table(result)
+        n_slices = len(result.slices)
+        multi = f" with {run.multi_gap_name}" if run.multi_gap_name else ""
+        self.summary_label.setText(
+            f"{run.model_name}{multi}: {n_slices} nodule slice(s) of {len(result.probability)}, "
+            f"{result.n_nodules} nodule(s) in '{layers['fine'].name}'. Correct it with the paint and erase "
+            "tools, then measure and export it in 'Nodules and export'.")
+        show_info(f"NAM segmentation of {run.source.name}: {result.n_nodules} nodule(s) on {n_slices} nodule "
+                  "slice(s).")
+
+    def _map(self, volume: Volume, name: str, source: Any, generated: str, colormap: str,
+             limits: tuple[float, float]):
+        layer = show_map(self.viewer, volume, name, source=source, generated=generated, colormap=colormap,
+                         blending="additive", opacity=0.7, contrast_limits=limits)
+        layer.contrast_limits_range = limits
+        layer.contrast_limits = limits
+        return layer
+
+    def _outline(self, volume: Volume, name: str, source: Any, generated: str):
+        """A label map shown as outlines; refreshed in place only while nobody has edited it."""
+        for layer in self.viewer.layers:
+            meta = getattr(layer, "metadata", {})
+            shown = meta.get(VOLUME_KEY)
+            if (isinstance(layer, napari.layers.Labels) and meta.get(GENERATED_KEY) == generated
+                    and meta.get(SOURCE_KEY) is source and isinstance(shown, Volume)
+                    and layer.data.shape == volume.shape and np.array_equal(layer.data, shown.array)):
+                layer.data = volume.array.astype(np.int32)
+                layer.metadata[VOLUME_KEY] = volume
+                return layer
+        layer = add_volume_layer(self.viewer, volume, "labels", name, source=source, generated=generated,
+                                 opacity=0.8)
+        layer.contour = 1
+        return layer
+
+    def _fill_table(self, result: NamSegmentation) -> None:
+        table = self.rnam_table
+        table.setSortingEnabled(False)
+        table.setRowCount(0)
+        pixel_mm2 = float(result.candidates.spacing[1] * result.candidates.spacing[2])
+        candidates = result.candidates.array
+        for s in result.slices:
+            counts = np.bincount(candidates[s.z].ravel(), minlength=len(s.candidates) + 1)
+            rows = [(c.label, counts[c.label] * pixel_mm2, c.score, c.label in s.chosen, c.rnam is not None)
+                    for c in s.candidates] or [(0, None, None, False, False)]
+            for label, area, score, chosen, kept in rows:
+                r = table.rowCount()
+                table.insertRow(r)
+                cells = [
+                    table_item(str(s.z), s.z, key=[s.z, label]),
+                    table_item(f"{s.probability:.3f}", s.probability),
+                    table_item(str(label) if label else "–", label),
+                    table_item("–" if area is None else f"{area:.1f}", -1.0 if area is None else area),
+                    table_item("–" if score is None else f"{score:.4g}", -np.inf if score is None else score),
+                    table_item("✓" if chosen else "", int(chosen)),
+                    table_item("shown on click" if kept else ("–" if label else ""), int(kept)),
+                ]
+                for column, item in enumerate(cells):
+                    table.setItem(r, column, item)
+        table.setSortingEnabled(True)
+
+    def _row_selected(self) -> None:
+        rows = {index.row() for index in self.rnam_table.selectedIndexes()}
+        if len(rows) == 1:
+            self.show_candidate(rows.pop())
+
+    def show_candidate(self, row: int) -> None:
+        """Show the R-NAM of the table row's candidate on its slice and move the viewer there."""
+        if self.last_run is None or not 0 <= row < self.rnam_table.rowCount():
+            return
+        z, label = (int(v) for v in self.rnam_table.item(row, 0).data(Qt.UserRole))
+        result = self.last_run.result
+        slice_info = next((s for s in result.slices if s.z == z), None)
+        candidates = () if slice_info is None else slice_info.candidates
+        candidate = next((c for c in candidates if c.label == label), None)
+        layer = self._rnam_layer
+        shown = layer is not None and layer in self.viewer.layers
+        if candidate is not None and candidate.rnam is not None and shown:
+            layer.data[z] = candidate.rnam
+            layer.refresh()
+        where = np.argwhere(result.candidates.array[z] == label) if label else np.empty((0, 2))
+        centre = where.mean(axis=0) if len(where) else np.asarray(result.candidates.shape[1:]) / 2.0 - 0.5
+        source = self.last_run.source
+        jump_to(self.viewer, source if source in self.viewer.layers else layer, (z, *centre))

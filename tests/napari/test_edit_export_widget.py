@@ -1,0 +1,202 @@
+"""The "Nodules and export" widget: the nodule table (values, clicks, live updates after edits),
+export with the CT's geometry and no overwrite, DICOM-SEG, and saving cases as training data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from napari_wsnodule._layers import add_volume_layer
+from napari_wsnodule.widgets._view import camera_of
+from napari_wsnodule.widgets.edit_export import EditExportWidget
+from wsnodule_core.data.cases import make_phantom_case
+from wsnodule_core.data.dataset import load_dataset
+from wsnodule_core.io import read_volume
+from wsnodule_core.io.synthetic_dicom import write_synthetic_series
+from wsnodule_core.io.volume import Volume
+from wsnodule_core.nam.slices import SliceConfig, slices_from_dataset
+
+pytestmark = pytest.mark.gui
+WAIT_MS = 30_000
+SPACING = (2.0, 0.8, 0.7)
+ORIGIN = (-40.0, 25.0, 100.0)  # x, y, z
+
+
+def sphere(shape, centre_zyx, radius_mm):
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(shape, SPACING)), indexing="ij")
+    c = np.asarray(centre_zyx) * SPACING
+    return (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= radius_mm**2
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    shown: list[str] = []
+    for where in ("napari_wsnodule.widgets.edit_export.show_error", "napari_wsnodule._tasks.show_error"):
+        monkeypatch.setattr(where, shown.append)
+    monkeypatch.setattr("napari_wsnodule.widgets.edit_export.show_info", lambda text: None)
+    return shown
+
+
+def _setup(make_napari_viewer, ct: Volume, mask: np.ndarray):
+    viewer = make_napari_viewer()
+    image = add_volume_layer(viewer, ct, "image", "ct")
+    labels = add_volume_layer(viewer, ct.with_array(mask.astype(np.int32)), "labels", "nodules", source=image)
+    widget = EditExportWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    return viewer, widget, image, labels
+
+
+def _ct(shape=(20, 64, 72)) -> Volume:
+    rng = np.random.default_rng(0)
+    return Volume(rng.normal(-800, 30, shape).astype(np.int16), SPACING, ORIGIN)
+
+
+def _wait_table(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.measuring, timeout=WAIT_MS)
+
+
+def _rows(widget):
+    table = widget.nodule_table
+    return [[table.item(r, c).text() for c in range(table.columnCount())] for r in range(table.rowCount())]
+
+
+def test_table_measures_a_sphere_and_follows_edits(make_napari_viewer, qtbot, errors):
+    radius = 7.0
+    mask = sphere((20, 64, 72), (10, 32, 40), radius)
+    viewer, widget, image, labels = _setup(make_napari_viewer, _ct(), mask)
+    assert widget.labels_combo.layer() is labels and widget.image_combo.layer() is image
+    _wait_table(qtbot, widget)
+    [row] = _rows(widget)
+    longest, eq_diameter, volume = (float(v) for v in row[2:5])
+    assert volume == pytest.approx(4 / 3 * math.pi * radius**3, rel=0.03)
+    assert volume == pytest.approx(round(mask.sum() * np.prod(SPACING), 1), abs=0.051)
+    assert eq_diameter == pytest.approx(2 * radius, rel=0.02)
+    assert 2 * radius - math.hypot(*SPACING[1:]) - 0.05 <= longest <= 2 * radius + 0.05
+    assert row[1] == "7–13" and row[5] == "1"  # |z - 20 mm| <= 7 mm at 2 mm slices
+    assert "1 nodule" in widget.count_label.text()
+
+    # painting a second nodule (one napari edit) adds a row once the edits pause
+    zz, yy, xx = np.nonzero(sphere((20, 64, 72), (3, 10, 12), 3.0))
+    labels.data_setitem((zz, yy, xx), 2)
+    assert widget.measuring
+    _wait_table(qtbot, widget)
+    rows = _rows(widget)
+    assert [r[1] for r in rows] == ["2–4", "7–13"] and rows[0][5] == "2"
+    # two touching label values are one component, or two nodules by label value
+    edge = int(np.flatnonzero(mask[10, 32]).max())
+    labels.data_setitem((np.array([10, 10]), np.array([32, 32]), np.array([edge + 1, edge + 2])), 3)
+    _wait_table(qtbot, widget)
+    assert len(_rows(widget)) == 2 and _rows(widget)[1][5] == "1, 3"
+    widget.grouping_combo.setCurrentIndex(widget.grouping_combo.findData("labels"))
+    _wait_table(qtbot, widget)
+    assert [r[5] for r in _rows(widget)] == ["2", "1", "3"]
+    # erasing the painted nodule removes its row
+    widget.grouping_combo.setCurrentIndex(widget.grouping_combo.findData("components"))
+    labels.data_setitem((zz, yy, xx), 0)
+    _wait_table(qtbot, widget)
+    assert len(_rows(widget)) == 1
+    assert errors == []
+
+
+def test_clicking_a_row_moves_the_viewer_to_the_nodule(make_napari_viewer, qtbot):
+    mask = sphere((20, 64, 72), (4, 16, 20), 4.0).astype(np.int32)
+    mask[sphere((20, 64, 72), (15, 48, 50), 4.0)] = 1
+    viewer, widget, image, labels = _setup(make_napari_viewer, _ct(), mask)
+    _wait_table(qtbot, widget)
+    assert [r[1] for r in _rows(widget)] == ["2–6", "13–17"]
+    for row, (z, y, x) in ((1, (15, 48, 50)), (0, (4, 16, 20))):
+        widget.nodule_table.selectRow(row)
+        assert viewer.dims.current_step[0] == z
+        assert round(image.world_to_data(viewer.dims.point)[0]) == z
+        np.testing.assert_allclose(camera_of(viewer).center[-2:], image.data_to_world((z, y, x))[1:], atol=0.1)
+
+
+def test_export_keeps_the_geometry_and_never_overwrites(make_napari_viewer, qtbot, tmp_path, errors):
+    ct = _ct((12, 40, 44))
+    mask = sphere(ct.shape, (6, 20, 22), 5.0).astype(np.int32) * 2
+    viewer, widget, image, labels = _setup(make_napari_viewer, ct, mask)
+    for name in ("mask.nii.gz", "mask.nrrd"):
+        widget.export_path_edit.setText(str(tmp_path / name))
+        widget.export_button.click()
+        qtbot.waitUntil(lambda: not widget.tasks.busy, timeout=WAIT_MS)
+        assert widget.tasks.last_outcome == "done", errors
+        written = read_volume(tmp_path / name)
+        assert written.same_geometry(ct) and written.origin == pytest.approx(ORIGIN)
+        np.testing.assert_array_equal(written.array, mask)
+    before = (tmp_path / "mask.nii.gz").read_bytes()
+    labels.data[:] = 0  # the user erases everything, then exports to the same file again
+    widget.export_path_edit.setText(str(tmp_path / "mask.nii.gz"))
+    widget.export_button.click()
+    assert not widget.tasks.busy and "never overwrites" in errors[-1]
+    assert (tmp_path / "mask.nii.gz").read_bytes() == before
+    # a DICOM-SEG needs a CT read from DICOM
+    widget.export_path_edit.setText(str(tmp_path / "seg.dcm"))
+    widget.export_button.click()
+    qtbot.waitUntil(lambda: not widget.tasks.busy, timeout=WAIT_MS)
+    assert widget.tasks.last_outcome == "failed" and "not from a DICOM series" in errors[-1]
+    assert not (tmp_path / "seg.dcm").exists()
+    widget.export_path_edit.setText(str(tmp_path / "mask.png"))
+    widget.export_button.click()
+    assert "unknown mask format" in errors[-1]
+    # a labels layer that is not on the CT's grid is refused
+    moved = viewer.add_labels(mask, name="moved", scale=(1.0, 1.0, 1.0))
+    widget.labels_combo.select(moved)
+    widget.image_combo.select(image)
+    widget.export_path_edit.setText(str(tmp_path / "moved.nii.gz"))
+    widget.export_button.click()
+    assert "does not lie on the grid" in errors[-1] and not (tmp_path / "moved.nii.gz").exists()
+
+
+def test_dicom_seg_export_references_the_series(make_napari_viewer, qtbot, tmp_path, errors):
+    import pydicom
+
+    hu = np.random.default_rng(1).normal(-800, 30, (6, 32, 32)).round()
+    series = tmp_path / "series"
+    write_synthetic_series(series, hu, spacing=(2.5, 0.9, 0.9), origin=(-20.0, -30.0, 40.0))
+    ct = read_volume(series)
+    mask = np.zeros(ct.shape, np.int32)
+    mask[2:4, 10:15, 12:18] = 1
+    viewer, widget, image, labels = _setup(make_napari_viewer, ct, mask)
+    widget.export_path_edit.setText(str(tmp_path / "seg.dcm"))
+    widget.export_button.click()
+    qtbot.waitUntil(lambda: not widget.tasks.busy, timeout=WAIT_MS)
+    assert widget.tasks.last_outcome == "done", errors
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert seg.Modality == "SEG"
+    instances = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    referenced = {item.ReferencedSOPInstanceUID for item in instances}
+    sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in ct.metadata.dicom_files}
+    assert referenced == sources
+
+
+def test_save_as_training_data_twice_gives_two_cases(make_napari_viewer, qtbot, tmp_path, errors):
+    case = make_phantom_case("p", seed=3, shape=(16, 64, 64), spacing=(5.0, 5.0, 5.0))
+    lungs = np.argwhere(case.lungs)
+    mask = np.zeros(case.image.shape, np.int32)
+    z, y, x = lungs[len(lungs) // 2]
+    mask[z : z + 2, y - 1 : y + 2, x - 1 : x + 2] = 1
+    viewer, widget, image, labels = _setup(make_napari_viewer, case.image, mask)
+    folder = tmp_path / "my cases"
+    widget.training_folder_edit.setText(str(folder))
+    for split in ("train", "val"):
+        widget.split_combo.setCurrentIndex(widget.split_combo.findData(split))
+        widget.save_training_button.click()
+        qtbot.waitUntil(lambda: not widget.tasks.busy, timeout=WAIT_MS)
+        assert widget.tasks.last_outcome == "done", errors
+    assert widget.last_saved.case_id == "user_002" and widget.last_saved.n_cases == 2
+    dataset = load_dataset(folder)
+    entries = [(e["case_id"], e["split"]) for e in dataset.entries()]
+    assert entries == [("user_001", "train"), ("user_002", "val")]
+    loaded = dataset.load_case(dataset.entries()[0])
+    assert loaded.image.same_geometry(case.image)
+    np.testing.assert_array_equal(loaded.mask.array > 0, mask > 0)
+    slices = slices_from_dataset(folder, "val", SliceConfig(size=64))
+    assert set(slices.slice_index[slices.labels == 1].tolist()) == {int(z), int(z) + 1}
+    # a taken case id is refused with the reason
+    widget.case_id_edit.setText("user_001")
+    widget.save_training_button.click()
+    qtbot.waitUntil(lambda: not widget.tasks.busy, timeout=WAIT_MS)
+    assert widget.tasks.last_outcome == "failed" and "already holds a case 'user_001'" in errors[-1]
+    assert len(load_dataset(folder)) == 2
