@@ -82,7 +82,7 @@ def test_training_on_a_dataset_folder_adds_the_model_and_refuses_to_overwrite_th
     assert result.epochs_completed == 2 and not result.cancelled
     assert (out / BEST).is_file() and (out / LAST).is_file()
     assert len(widget.loss_values) == result.global_step > 0
-    assert all(np.isfinite(widget.loss_values)) and widget.loss_plot.n_draws >= 2
+    assert all(np.isfinite(widget.loss_values)) and widget.loss_plot.n_updates >= 2
     [model] = widget.session.models_of_kind("nam-multigap")
     assert model.path == out / BEST and model.checkpoint.epoch == result.best_epoch
     assert model.device.device == torch.device("cpu") and not model.model.training
@@ -230,3 +230,22 @@ def test_asking_for_cuda_without_it_shows_the_fallback(make_napari_viewer):
     assert widget.device_choice().device == torch.device("cpu")
     widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
     assert "not available" not in widget.device_label.text()
+
+
+def test_loss_plot_maps_the_losses_into_its_box(qtbot):
+    from napari_wsnodule.widgets._loss_plot import MARGIN, MAX_POINTS, LossPlot
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    assert plot.points(200, 100) == []
+    plot.set_values([2.0, 1.0, float("nan"), 0.5])
+    points = plot.points(200, 100)
+    assert len(points) == 3  # the nan is left out
+    xs, ys = zip(*points)
+    assert xs[0] == MARGIN[0] and xs[-1] == MARGIN[0] + 200
+    assert ys[0] < ys[1] < ys[2] <= MARGIN[1] + 100  # lower loss, lower on the screen (larger y)
+    assert ys[0] >= MARGIN[1]
+    plot.set_values(np.linspace(3, 1, 5 * MAX_POINTS))
+    assert len(plot.points(200, 100)) == MAX_POINTS
+    plot.show()
+    plot.grab()  # paints without error

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileD
 from napari_wsnodule._geometry import mask_volume, volume_of_layer
 from napari_wsnodule._session import LoadedModel
 from napari_wsnodule._tasks import TaskReporter
+from napari_wsnodule._warm_up import warm_up_torch_in_background
 from napari_wsnodule.widgets._base import WsnoduleWidget
 from napari_wsnodule.widgets._loss_plot import LossPlot
 from napari_wsnodule.widgets._view import row_of
@@ -93,6 +94,7 @@ class ModelWidget(WsnoduleWidget):
         self.last_saved: Path | None = None
         self.last_error_text: str | None = None
         self._training = False
+        warm_up_torch_in_background()
         layout = self.layout()
         layout.addWidget(self._device_box())
         layout.addWidget(self._train_box())

@@ -33,6 +33,10 @@ from wsnodule_core.io.volume import Volume
 from wsnodule_core.nam.pipeline import NamConfig, NamSegmentation, segment_volume
 
 NAM_KIND = "nam-multigap"
+TABLE_CHUNK = 40  # table rows added per event-loop turn
+# Pause between two result steps: with 0, the next step's zero-timer ran before the canvas repaint
+# and input events were served, so the freezes of several layer additions added up.
+STEP_GAP_MS = 15
 TABLE_COLUMNS = ("slice", "P(nodule)", "candidate", "area (mm²)", "score", "chosen", "R-NAM")
 NO_MODEL = ("No NAM model is loaded. Train one or load a NAM checkpoint in the Model widget "
             "(Plugins > wsnodule > Model), then press Segment again.")
@@ -88,6 +92,7 @@ class NamWidget(WsnoduleWidget):
         self._rnam_layer = None
         self._defaults_of: LoadedModel | None = None
         self._showing: tuple | None = None  # (run, layers so far, steps left) while adding layers
+        self._table_rows: deque = deque()  # candidate rows still to be listed
         layout = self.layout()
         layout.addWidget(self._inputs_box())
         layout.addWidget(self._options_box())
@@ -247,12 +252,13 @@ class NamWidget(WsnoduleWidget):
 
     @property
     def showing(self) -> bool:
-        """True while the layers of a finished run are still being added."""
-        return self._showing is not None
+        """True while the layers (or table rows) of a finished run are still being added."""
+        return self._showing is not None or bool(self._table_rows)
 
     def show_run(self, run: NamRun) -> None:
-        """Put a finished segmentation into the viewer (main thread), one layer per event-loop turn:
-        napari needs about 0.1-0.3 s to add a layer, so the window keeps answering in between."""
+        """Put a finished segmentation into the viewer (main thread), one layer per event-loop turn
+        with a short pause between: napari needs about 0.1-0.2 s to add a layer, so the window keeps
+        answering in between."""
         result, source = run.result, run.source
         base = source.name
         nam_max = float(result.nam.array.max()) if result.nam.array.size else 0.0
@@ -292,7 +298,7 @@ class NamWidget(WsnoduleWidget):
             self._error(f"Showing the NAM results failed ({type(error).__name__}: {error}).")
             return
         if steps:
-            QTimer.singleShot(0, self._show_next)
+            QTimer.singleShot(STEP_GAP_MS, self._show_next)
             return
         self._showing = None
         self._shown(run, layers)
@@ -335,30 +341,42 @@ class NamWidget(WsnoduleWidget):
         return layer
 
     def _fill_table(self, result: NamSegmentation) -> None:
+        """List every candidate, TABLE_CHUNK rows per event-loop turn (a run that segments every
+        slice has hundreds of rows; filling them at once froze the window for 0.1-0.3 s)."""
         table = self.rnam_table
         table.setSortingEnabled(False)
         table.setRowCount(0)
         pixel_mm2 = float(result.candidates.spacing[1] * result.candidates.spacing[2])
         candidates = result.candidates.array
+        rows = []
         for s in result.slices:
             counts = np.bincount(candidates[s.z].ravel(), minlength=len(s.candidates) + 1)
-            rows = [(c.label, counts[c.label] * pixel_mm2, c.score, c.label in s.chosen, c.rnam is not None)
-                    for c in s.candidates] or [(0, None, None, False, False)]
-            for label, area, score, chosen, kept in rows:
-                r = table.rowCount()
-                table.insertRow(r)
-                cells = [
-                    table_item(str(s.z), s.z, key=[s.z, label]),
-                    table_item(f"{s.probability:.3f}", s.probability),
-                    table_item(str(label) if label else "–", label),
-                    table_item("–" if area is None else f"{area:.1f}", -1.0 if area is None else area),
-                    table_item("–" if score is None else f"{score:.4g}", -np.inf if score is None else score),
-                    table_item("✓" if chosen else "", int(chosen)),
-                    table_item("shown on click" if kept else ("–" if label else ""), int(kept)),
-                ]
-                for column, item in enumerate(cells):
-                    table.setItem(r, column, item)
-        table.setSortingEnabled(True)
+            rows += [(s, c.label, counts[c.label] * pixel_mm2, c.score, c.label in s.chosen, c.rnam is not None)
+                     for c in s.candidates] or [(s, 0, None, None, False, False)]
+        self._table_rows = deque(rows)
+        self._add_table_rows()
+
+    def _add_table_rows(self) -> None:
+        table, rows = self.rnam_table, self._table_rows
+        for _ in range(min(TABLE_CHUNK, len(rows))):
+            s, label, area, score, chosen, kept = rows.popleft()
+            r = table.rowCount()
+            table.insertRow(r)
+            cells = [
+                table_item(str(s.z), s.z, key=[s.z, label]),
+                table_item(f"{s.probability:.3f}", s.probability),
+                table_item(str(label) if label else "–", label),
+                table_item("–" if area is None else f"{area:.1f}", -1.0 if area is None else area),
+                table_item("–" if score is None else f"{score:.4g}", -np.inf if score is None else score),
+                table_item("✓" if chosen else "", int(chosen)),
+                table_item("shown on click" if kept else ("–" if label else ""), int(kept)),
+            ]
+            for column, item in enumerate(cells):
+                table.setItem(r, column, item)
+        if rows:
+            QTimer.singleShot(STEP_GAP_MS, self._add_table_rows)
+        else:
+            table.setSortingEnabled(True)
 
     def _row_selected(self) -> None:
         rows = {index.row() for index in self.rnam_table.selectedIndexes()}

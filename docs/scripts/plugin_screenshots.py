@@ -1,0 +1,126 @@
+"""Open the plugin, use each widget as a user would, and save a screenshot of each at work.
+
+Usage (from the repository root; napari needs a screen, a virtual one will do)::
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/scripts/plugin_screenshots.py [--images docs/images]
+
+Writes ``plugin_load.png``, ``plugin_model.png``, ``plugin_nam.png`` and ``plugin_edit_export.png``
+(the pictures of docs/plugin.md): the phantom sample in the lung window, a NAM classifier trained
+on it from the Model widget, its segmentation with every map, and the nodule table of the result.
+Takes about a minute on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from _event_loop import run_until  # noqa: E402
+
+
+def _settle(seconds: float = 0.5) -> None:
+    until = time.perf_counter() + seconds
+    run_until(lambda: time.perf_counter() >= until, seconds + 10)
+
+
+def _chosen_row_on_a_nodule(table, truth) -> int | None:
+    """The first table row of a chosen candidate on a slice with a true nodule (else any chosen one)."""
+    from qtpy.QtCore import Qt
+
+    chosen = [r for r in range(table.rowCount()) if table.item(r, 5).text()]
+    on_nodule = [r for r in chosen if truth[int(table.item(r, 0).data(Qt.UserRole)[0])].any()]
+    return (on_nodule or chosen or [None])[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, default=Path("docs/images"), help="folder of the PNGs")
+    parser.add_argument("--epochs", type=int, default=12, help="training epochs in the Model widget")
+    args = parser.parse_args(argv)
+    args.images.mkdir(parents=True, exist_ok=True)
+
+    import napari
+    import torch
+
+    from napari_wsnodule.widgets.edit_export import EditExportWidget
+    from napari_wsnodule.widgets.load import LoadWidget
+    from napari_wsnodule.widgets.model import ModelWidget
+    from napari_wsnodule.widgets.nam import NamWidget
+
+    torch.set_num_threads(1)
+    viewer = napari.Viewer(show=True, title="napari-wsnodule")
+    viewer.window.resize(1500, 950)
+    image, truth = viewer.open_sample("napari-wsnodule", "phantom")
+    viewer.dims.set_point(0, viewer.dims.range[0].start + 22 * image.scale[0])
+    docks = []
+
+    def shoot(name: str, widget, title: str) -> None:
+        for dock in docks:
+            viewer.window.remove_dock_widget(dock)
+        docks.clear()
+        docks.append(viewer.window.add_dock_widget(widget, name=title, area="right"))
+        _settle(1.0)
+        path = args.images / f"plugin_{name}.png"
+        viewer.window.screenshot(str(path), canvas_only=False)
+        print(f"wrote {path}")
+
+    load = LoadWidget(viewer)
+    docks.append(viewer.window.add_dock_widget(load, name="Load", area="right"))
+    load.window_layer.select(image)
+    load.mediastinum_button.click()
+    load.lung_button.click()
+    shoot("load", load, "Load")
+
+    model = ModelWidget(viewer)
+    model.source_combo.setCurrentIndex(model.source_combo.findData("layers"))
+    model.image_combo.select(image)
+    model.labels_combo.select(truth)
+    model.device_combo.setCurrentIndex(model.device_combo.findData("auto"))
+    model.epochs_spin.setValue(args.epochs)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.out_edit.setText(str(Path(tmp) / "phantom-run"))
+        docks.append(viewer.window.add_dock_widget(model, name="Model", area="right"))
+        model.train_button.click()
+        run_until(lambda: not model.tasks.busy, 1800)
+        if model.tasks.last_outcome != "done":
+            raise SystemExit(f"training did not finish: {model.tasks.last_outcome}, {model.last_error_text}")
+        shoot("model", model, "Model")
+
+        nam = NamWidget(viewer)
+        nam.image_combo.select(image)
+        docks.append(viewer.window.add_dock_widget(nam, name="NAM", area="right"))
+        nam.segment_button.click()
+        run_until(lambda: not nam.tasks.busy and not nam.showing, 600)
+        if nam.last_run is None:
+            raise SystemExit(f"segmentation failed: {nam.last_error_text}")
+        truth.visible = False
+        for key in ("scope", "candidates", "coarse"):  # listed, not shown: one picture cannot hold all
+            nam.last_layers[key].visible = False
+        nam.last_layers["nam"].opacity = 0.45
+        row = _chosen_row_on_a_nodule(nam.rnam_table, truth.data)
+        if row is not None:
+            nam.rnam_table.selectRow(row)  # shows that candidate's R-NAM and moves the viewer there
+        shoot("nam", nam, "NAM")
+
+        for layer in viewer.layers:
+            layer.visible = layer is image or layer is nam.last_layers["fine"]
+        edit = EditExportWidget(viewer)
+        edit.labels_combo.select(nam.last_layers["fine"] if nam.last_run.result.n_nodules else truth)
+        edit.labels_combo.layer().visible = True
+        docks.append(viewer.window.add_dock_widget(edit, name="Nodules and export", area="right"))
+        run_until(lambda: not edit.measuring, 120)
+        if edit.nodule_table.rowCount():
+            edit.nodule_table.selectRow(0)
+        edit.export_path_edit.setText(str(Path.home() / "phantom-nodules.nii.gz"))
+        shoot("edit_export", edit, "Nodules and export")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
