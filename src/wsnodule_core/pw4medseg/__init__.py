@@ -1,0 +1,1 @@
+"""PW4MedSeg: probabilistic pseudo-labels from sparse annotations and the probabilistic transformer."""
