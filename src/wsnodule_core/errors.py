@@ -154,6 +154,24 @@ class SegmentationCancelled(WsnoduleError):
     """A segmentation was cancelled by its ``cancel`` callback before it finished."""
 
 
+# --- PW4MedSeg ---------------------------------------------------------------
+
+
+class SparseAnnotationError(WsnoduleError, ValueError):
+    """A sparse annotation is malformed, outside its volume grid, or contradicts another one."""
+
+
+class LossInputError(TrainingDataError):
+    """Logits, targets, confidence or ignore masks given to the loss do not fit together."""
+
+
+# --- rectified-flow guidance ---------------------------------------------------
+
+
+class SamplingCancelled(SegmentationCancelled):
+    """An ODE integration was cancelled by its ``cancel`` callback before it finished."""
+
+
 # --- warnings --------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from wsnodule_core.errors import ModelConfigError, SegmentationCancelled
+from wsnodule_core.errors import ModelConfigError, SamplingCancelled
 from wsnodule_core.training.device import autocast
 
 #: The velocity this package's networks predict; :func:`convert_velocity` maps to the other sign.
@@ -41,10 +41,6 @@ MAISI_T = 1000
 
 VelocityField = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepHook = Callable[[torch.Tensor, float, torch.Tensor, int], "tuple[torch.Tensor, torch.Tensor] | None"]
-
-
-class SamplingCancelled(SegmentationCancelled):
-    """An ODE integration was cancelled by its ``cancel`` callback before it finished."""
 
 
 @dataclass(frozen=True, eq=False)

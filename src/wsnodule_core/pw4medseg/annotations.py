@@ -20,16 +20,12 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import ndimage
 
-from wsnodule_core.errors import WsnoduleError
+from wsnodule_core.errors import SparseAnnotationError
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.nodules import nodule_label_map
 
 Index = tuple[float, float, float]
 IntIndex = tuple[int, int, int]
-
-
-class SparseAnnotationError(WsnoduleError, ValueError):
-    """A sparse annotation is malformed, outside its volume grid, or contradicts another one."""
 
 
 # --- annotation types -------------------------------------------------------

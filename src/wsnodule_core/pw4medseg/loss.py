@@ -25,13 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsnodule_core.errors import ModelConfigError, TrainingDataError
+from wsnodule_core.errors import LossInputError, ModelConfigError
 
 CLASSIFICATION = ("focal", "bce")
-
-
-class LossInputError(TrainingDataError):
-    """Logits, targets, confidence or ignore masks given to the loss do not fit together."""
 
 
 @dataclass(frozen=True)
