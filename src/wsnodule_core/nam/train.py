@@ -12,10 +12,8 @@ accuracy (``probability_threshold``; see :func:`checkpoint_threshold`). Run seve
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,9 +27,10 @@ from wsnodule_core.nam.slices import SliceConfig, SliceSet, slices_from_dataset
 from wsnodule_core.training import distributed as ddp
 from wsnodule_core.training.augment import AugmentConfig, augment_batch
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
-from wsnodule_core.training.checkpoint import (BEST, LAST, capture_rng_state, load_checkpoint,
+from wsnodule_core.training.checkpoint import (LAST, capture_rng_state, load_checkpoint,
                                                prepare_run_dir, restore_training_state, save_checkpoint)
 from wsnodule_core.training.device import amp_enabled, autocast, choose_device, grad_scaler
+from wsnodule_core.training.loop import EpochLoop, RunState, optimizer_step
 from wsnodule_core.training.result import RunResult, config_from_dict
 from wsnodule_core.training.sampler import BalancedBatchSampler
 
@@ -370,13 +369,11 @@ def _train(data, out: Path, config: TrainConfig, callbacks: TrainCallbacks, chec
         model = model.to(memory_format=torch.channels_last)
     optimizer, scheduler = make_optimizer(model, config)
     scaler = grad_scaler(device, use_amp)
-    state = restore_training_state(checkpoint, model, optimizer, scheduler, scaler)
-    start_epoch, step_in_epoch, global_step = state.epoch, state.step_in_epoch, state.global_step
-    history, best_metric, best_epoch = state.history, state.best_metric, state.best_epoch
+    state = RunState.resumed(restore_training_state(checkpoint, model, optimizer, scheduler, scaler), checkpoint)
     aug_state = None
     if checkpoint is not None:
         aug_state = (checkpoint.raw.get("augment_rng") or {}).get(str(ctx.rank))
-        say(f"resuming from {out / LAST} after epoch {start_epoch}, step {global_step}")
+        say(f"resuming from {out / LAST} after epoch {state.epoch}, step {state.global_step}")
     net = model
     if ctx.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -387,80 +384,28 @@ def _train(data, out: Path, config: TrainConfig, callbacks: TrainCallbacks, chec
                                    config.epoch_size)
     steps_per_epoch = len(sampler) if config.max_steps_per_epoch is None else min(len(sampler),
                                                                                   config.max_steps_per_epoch)
-    total_steps = steps_per_epoch * config.epochs
     augment = config.augment_config()
-    generator = torch.Generator()
     data_info = {"train": train_set.describe(), "val": val_set.describe() if val_set is not None else None}
-    cancelled = False
-    epoch = start_epoch
 
-    def payload(epoch_done: int, in_epoch: int) -> dict:
-        aug = {str(ctx.rank): generator.get_state()}
-        if ctx.enabled:  # every rank's augmentation stream, so a mid-epoch resume is exact on all ranks
-            gathered = [None] * ctx.world_size
-            torch.distributed.all_gather_object(gathered, generator.get_state())
-            aug = {str(r): s for r, s in enumerate(gathered)}
-        return {"kind": KIND, "model_config": model.config.to_dict(), "train_config": config.to_dict(),
-                "epoch": epoch_done, "step_in_epoch": in_epoch, "global_step": global_step,
-                "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
-                "rng": capture_rng_state(), "augment_rng": aug, "best_metric": best_metric,
-                "best_epoch": best_epoch, "history": history, "data": data_info,
-                "world_size": ctx.world_size,
-                "probability_threshold": history[-1].get("val_threshold") if history else None}
-
-    def save(names: tuple[str, ...], epoch_done: int, in_epoch: int) -> None:
-        ddp.average_buffers(model, ctx)
-        document = payload(epoch_done, in_epoch)
-        if ctx.is_main:
-            for name in names:
-                save_checkpoint(out / name, document)
-        ddp.barrier(ctx)
-
-    model.train()
-    for epoch in range(start_epoch, config.epochs):
-        started = time.monotonic()
+    def batches(epoch: int) -> list:
         sampler.set_epoch(epoch)
-        batches = list(sampler)[:steps_per_epoch]
-        first = 0
-        if epoch == start_epoch and aug_state is not None and step_in_epoch > 0:
-            generator.set_state(aug_state)
-            first = step_in_epoch
-        else:
-            generator.manual_seed(_aug_seed(config.seed, epoch, ctx.rank))
-        sums = torch.zeros(3, dtype=torch.float64)  # loss sum, n, correct
-        stream = _batch_stream(images, labels, batches[first:], config, device)
-        for b, (x, y) in enumerate(stream, start=first):
-            x = x.float()[:, None]
-            if config.augment:
-                x = augment_batch(x, generator, augment)
-            if config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, use_amp):
-                logits = net(x)
-            loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            global_step += 1
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise TrainingDataError(f"the training loss became {loss_value} at step {global_step}; lower "
-                                        f"the learning rate (lr={config.backbone_lr}) or check the data.")
-            sums += torch.tensor([loss_value * len(y), len(y),
-                                  float((logits.argmax(1) == y).sum())], dtype=torch.float64)
-            if ctx.is_main:
-                callbacks.on_step(global_step, total_steps, loss_value)
-            stop = torch.tensor([float(callbacks.should_stop())], dtype=torch.float64)
-            if ddp.all_reduce_sum(stop, ctx).item() > 0:
-                cancelled = True
-                done_in_epoch = b + 1
-                if done_in_epoch == len(batches):
-                    break
-                save((LAST,), epoch, done_in_epoch)
-                say(f"stopped at epoch {epoch + 1}, step {global_step}; {out / LAST} saved")
-                return _result(out, epoch, global_step, best_metric, best_epoch, history, True, device, model)
+        return list(sampler)[:steps_per_epoch]
+
+    def train_step(items, generator: torch.Generator) -> tuple[float, torch.Tensor]:
+        x, y = items
+        x = x.float()[:, None]
+        if config.augment:
+            x = augment_batch(x, generator, augment)
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, use_amp):
+            logits = net(x)
+        loss = F.cross_entropy(logits.float(), y)
+        value = optimizer_step(loss, optimizer, scaler, step=state.global_step + 1, lr=config.backbone_lr)
+        return value, torch.tensor([value * len(y), len(y), float((logits.argmax(1) == y).sum())],
+                                   dtype=torch.float64)
+
+    def end_epoch(epoch: int, sums: torch.Tensor) -> tuple[dict, float]:
         scheduler.step()
         if config.bn_recalibration_batches:
             recalibrate_batch_norm(model, images, config.bn_recalibration_batches, config.batch_size,
@@ -474,24 +419,40 @@ def _train(data, out: Path, config: TrainConfig, callbacks: TrainCallbacks, chec
             val = evaluate(model, val_set, device, batch_size=config.eval_batch_size, ctx=ctx,
                            use_amp=use_amp, channels_last=config.channels_last)
             metrics.update({f"val_{k}": v for k, v in val.items()})
-        metrics["seconds"] = time.monotonic() - started
-        history.append(metrics)
         # the paper picks by accuracy on a balanced set; our validation slices are not balanced
         score = metrics.get(f"val_{config.select_metric}", metrics["train_accuracy"])
         if score != score:  # nan: a class missing from the validation slices
             score = metrics["train_accuracy"]
-        improved = best_metric is None or score > best_metric
-        if improved:
-            best_metric, best_epoch = float(score), epoch + 1
-        save((LAST, BEST) if improved else (LAST,), epoch + 1, 0)
-        say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        return metrics, score
+
+    def save(names: tuple[str, ...], run: RunState) -> None:
+        ddp.average_buffers(model, ctx)
+        aug = {str(ctx.rank): loop.generator.get_state()}
+        if ctx.enabled:  # every rank's augmentation stream, so a mid-epoch resume is exact on all ranks
+            gathered = [None] * ctx.world_size
+            torch.distributed.all_gather_object(gathered, loop.generator.get_state())
+            aug = {str(r): s for r, s in enumerate(gathered)}
+        document = {"kind": KIND, "model_config": model.config.to_dict(), "train_config": config.to_dict(),
+                    **run.fields(), "model_state": model.state_dict(),
+                    "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
+                    "scaler_state": scaler.state_dict(), "rng": capture_rng_state(), "augment_rng": aug,
+                    "data": data_info, "world_size": ctx.world_size,
+                    "probability_threshold": run.history[-1].get("val_threshold") if run.history else None}
         if ctx.is_main:
-            callbacks.on_epoch(epoch + 1, metrics)
-        if cancelled:
-            say(f"stopped after epoch {epoch + 1}; {out / LAST} saved")
-            return _result(out, epoch + 1, global_step, best_metric, best_epoch, history, True, device, model)
-    return _result(out, max(start_epoch, config.epochs), global_step, best_metric, best_epoch, history, False,
-                   device, model)
+            for name in names:
+                save_checkpoint(out / name, document)
+        ddp.barrier(ctx)
+
+    def stop_all(flag: bool) -> bool:
+        return ddp.all_reduce_sum(torch.tensor([float(flag)], dtype=torch.float64), ctx).item() > 0
+
+    loop = EpochLoop(config.epochs, steps_per_epoch, batches, train_step, end_epoch, save,
+                     lambda epoch: _aug_seed(config.seed, epoch, ctx.rank), callbacks, say, out,
+                     load=lambda remaining: _batch_stream(images, labels, remaining, config, device),
+                     stop_all=stop_all, is_main=ctx.is_main, n_sums=3)
+    model.train()
+    epochs_done, cancelled = loop.run(state, aug_state)
+    return state.result(out, epochs_done, cancelled, device, model)
 
 
 def _batch_stream(images: torch.Tensor, labels: torch.Tensor, batches: list, config: TrainConfig,
@@ -507,14 +468,6 @@ def _batch_stream(images: torch.Tensor, labels: torch.Tensor, batches: list, con
     for batch in batches:
         index = torch.as_tensor(batch)
         yield images[index].to(device, non_blocking=True), labels[index].to(device, non_blocking=True)
-
-
-def _result(out, epochs, step, best_metric, best_epoch, history, cancelled, device, model) -> TrainResult:
-    model.eval()
-    best = out / BEST if (out / BEST).exists() else None
-    last = out / LAST if (out / LAST).exists() else None
-    return TrainResult(out, best, last, epochs, step, best_metric, best_epoch, history, cancelled, str(device),
-                       model)
 
 
 def main(argv: list[str] | None = None) -> int:

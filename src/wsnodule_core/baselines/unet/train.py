@@ -16,7 +16,6 @@ import contextlib
 import math
 import os
 import random
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,10 +26,11 @@ from wsnodule_core.baselines.unet.model import UNetConfig, UNetSegmenter
 from wsnodule_core.errors import CheckpointError, ModelConfigError, TrainingDataError
 from wsnodule_core.training.augment import AugmentConfig, augment_batch
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
-from wsnodule_core.training.checkpoint import (BEST, LAST, Checkpoint, capture_rng_state, load_checkpoint,
+from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_checkpoint,
                                                load_model, prepare_run_dir, restore_training_state,
                                                save_checkpoint)
 from wsnodule_core.training.device import amp_enabled, autocast, choose_device, grad_scaler
+from wsnodule_core.training.loop import EpochLoop, RunState, optimizer_step
 from wsnodule_core.training.result import RunResult, config_from_dict
 from wsnodule_core.training.sampler import BalancedBatchSampler
 
@@ -291,110 +291,66 @@ def _train(data, out: Path, config: UNetTrainConfig, callbacks: TrainCallbacks, 
     model = build_model(config).to(device)
     optimizer, scheduler = make_optimizer(model, config)
     scaler = grad_scaler(device, use_amp)
-    state = restore_training_state(checkpoint, model, optimizer, scheduler, scaler)
-    start_epoch, step_in_epoch, global_step = state.epoch, state.step_in_epoch, state.global_step
-    history, best_metric, best_epoch = state.history, state.best_metric, state.best_epoch
+    state = RunState.resumed(restore_training_state(checkpoint, model, optimizer, scheduler, scaler), checkpoint)
     aug_state = None
-    partial, stop_requested = (0.0, 0), False
     if checkpoint is not None:
         aug_state = checkpoint.raw.get("augment_rng")
-        partial = tuple(checkpoint.raw.get("epoch_loss", (0.0, 0)))
-        say(f"resuming from {out / LAST} after epoch {start_epoch}, step {global_step}")
+        if not state.epoch_sums and state.step_in_epoch:  # runs saved before epoch_sums existed
+            state.epoch_sums = [float(v) for v in checkpoint.raw.get("epoch_loss", (0.0, 0))]
+        say(f"resuming from {out / LAST} after epoch {state.epoch}, step {state.global_step}")
     images = torch.from_numpy(np.ascontiguousarray(train_set.images))
     masks = torch.from_numpy(np.ascontiguousarray(train_set.masks > 0))
     sampler = BalancedBatchSampler(train_set.labels, config.batch_size, config.seed,
                                    epoch_size=config.epoch_size)
     steps_per_epoch = len(sampler) if config.max_steps_per_epoch is None else min(len(sampler),
                                                                                   config.max_steps_per_epoch)
-    total_steps = steps_per_epoch * config.epochs
     augment = AugmentConfig()
-    generator = torch.Generator()
     data_info = {"train": train_set.describe(), "val": val_set.describe() if val_set is not None else None}
 
-    def save(names: tuple[str, ...], epoch_done: int, in_epoch: int, running=(0.0, 0)) -> None:
-        document = {"kind": KIND, "model_config": model.config.to_dict(), "train_config": config.to_dict(),
-                    "epoch": epoch_done, "step_in_epoch": in_epoch, "global_step": global_step,
-                    "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                    "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
-                    "rng": capture_rng_state(), "augment_rng": generator.get_state(),
-                    "epoch_loss": [float(running[0]), int(running[1])],
-                    "best_metric": best_metric, "best_epoch": best_epoch, "history": history,
-                    "data": data_info}
-        for name in names:
-            save_checkpoint(out / name, document)
-
-    model.train()
-    for epoch in range(start_epoch, config.epochs):
-        started = time.monotonic()
+    def batches(epoch: int) -> list:
         sampler.set_epoch(epoch)
-        batches = list(sampler)[:steps_per_epoch]
-        first = 0
-        if epoch == start_epoch and aug_state is not None and step_in_epoch > 0:
-            generator.set_state(aug_state)
-            first = step_in_epoch
-        else:
-            generator.manual_seed(_aug_seed(config.seed, epoch))
-        loss_sum, n_batches = 0.0, 0
-        if first:  # the interrupted epoch's running loss, so its metrics match an uninterrupted run
-            loss_sum, n_batches = partial
-        for b in range(first, len(batches)):
-            index = torch.as_tensor(batches[b])
-            x = images[index].to(device).float()[:, None]
-            g = masks[index].to(device).float()[:, None]
-            if config.augment:
-                x, g = augment_pair(x, g, generator, augment)
-            with autocast(device, use_amp):
-                logits = model(x)
-            loss = negative_dice_loss(logits, g, mode=config.loss, smooth=config.smooth)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            global_step += 1
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise TrainingDataError(f"the training loss became {loss_value} at step {global_step}; lower "
-                                        f"the learning rate (lr={config.lr}) or check the data.")
-            loss_sum, n_batches = loss_sum + loss_value, n_batches + 1
-            callbacks.on_step(global_step, total_steps, loss_value)
-            if callbacks.should_stop():
-                stop_requested = True
-                if b + 1 < len(batches):
-                    save((LAST,), epoch, b + 1, (loss_sum, n_batches))
-                    say(f"stopped at epoch {epoch + 1}, step {global_step}; {out / LAST} saved")
-                    return _result(out, epoch, global_step, best_metric, best_epoch, history, True, device,
-                                   model)
+        return list(sampler)[:steps_per_epoch]
+
+    def train_step(batch, generator: torch.Generator) -> tuple[float, torch.Tensor]:
+        index = torch.as_tensor(batch)
+        x = images[index].to(device).float()[:, None]
+        g = masks[index].to(device).float()[:, None]
+        if config.augment:
+            x, g = augment_pair(x, g, generator, augment)
+        with autocast(device, use_amp):
+            logits = model(x)
+        loss = negative_dice_loss(logits, g, mode=config.loss, smooth=config.smooth)
+        value = optimizer_step(loss, optimizer, scaler, step=state.global_step + 1, lr=config.lr)
+        return value, torch.tensor([value, 1.0], dtype=torch.float64)
+
+    def end_epoch(epoch: int, sums: torch.Tensor) -> tuple[dict, float]:
         scheduler.step()
-        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(n_batches, 1),
-                   "train_dice": -loss_sum / max(n_batches, 1), "lr": optimizer.param_groups[0]["lr"]}
+        loss_sum, n_batches = float(sums[0]), max(float(sums[1]), 1.0)
+        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / n_batches, "train_dice": -loss_sum / n_batches,
+                   "lr": optimizer.param_groups[0]["lr"]}
         if val_set is not None:
             val = evaluate(model, val_set, device, batch_size=config.eval_batch_size,
                            threshold=config.threshold, loss=config.loss, smooth=config.smooth,
                            use_amp=use_amp)
             metrics.update({f"val_{k}": v for k, v in val.items()})
-        metrics["seconds"] = time.monotonic() - started
-        history.append(metrics)
         score = metrics.get("val_dice", float("nan"))
         if not math.isfinite(score):  # no validation slice with a nodule: the training Dice decides
             score = metrics["train_dice"]
-        improved = best_metric is None or score > best_metric
-        if improved:
-            best_metric, best_epoch = float(score), epoch + 1
-        save((LAST, BEST) if improved else (LAST,), epoch + 1, 0)
-        say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
-        callbacks.on_epoch(epoch + 1, metrics)
-        if stop_requested and epoch + 1 < config.epochs:
-            say(f"stopped after epoch {epoch + 1}; {out / LAST} saved")
-            return _result(out, epoch + 1, global_step, best_metric, best_epoch, history, True, device, model)
-    return _result(out, max(start_epoch, config.epochs), global_step, best_metric, best_epoch, history, False,
-                   device, model)
+        return metrics, score
 
+    def save(names: tuple[str, ...], run: RunState) -> None:
+        document = {"kind": KIND, "model_config": model.config.to_dict(), "train_config": config.to_dict(),
+                    **run.fields(), "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                    "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
+                    "rng": capture_rng_state(), "augment_rng": loop.generator.get_state(), "data": data_info}
+        for name in names:
+            save_checkpoint(out / name, document)
 
-def _result(out, epochs, step, best_metric, best_epoch, history, cancelled, device, model) -> UNetTrainResult:
-    model.eval()
-    return UNetTrainResult(out, out / BEST if (out / BEST).exists() else None,
-                           out / LAST if (out / LAST).exists() else None, epochs, step, best_metric,
-                           best_epoch, history, cancelled, str(device), model)
+    loop = EpochLoop(config.epochs, steps_per_epoch, batches, train_step, end_epoch, save,
+                     lambda epoch: _aug_seed(config.seed, epoch), callbacks, say, out, n_sums=2)
+    model.train()
+    epochs_done, cancelled = loop.run(state, aug_state)
+    return state.result(out, epochs_done, cancelled, device, model)
 
 
 def main(argv: list[str] | None = None) -> int:
