@@ -182,3 +182,22 @@ def test_checkpoint_names_parse():
 
     assert parse_checkpoint("2-GAP=runs/a/best.pt") == ("2-GAP", Path("runs/a/best.pt"))
     assert parse_checkpoint("runs/a") == (None, Path("runs/a"))
+
+
+def test_train_the_flow_prior_then_resume_it_for_more_steps(dataset, tmp_path, capsys):
+    from wsnodule_core.flow.train_prior import load_prior
+    from wsnodule_core.training.checkpoint import load_checkpoint
+
+    run = tmp_path / "prior"
+    tiny = ["--steps", "2", "--steps-per-epoch", "1", "--patch-size", "16", "--batch-size", "1", "--device", "cpu",
+            "--quiet"]
+    assert main(["train", "--method", "flow-prior", str(dataset), "--out", str(run), *tiny]) == 0
+    assert load_checkpoint(run / "last.pt").global_step == 2
+    model, config = load_prior(run / "last.pt")
+    assert config.patch == 16 and config.steps == 2
+    assert main(["train", "--method", "flow-prior", str(dataset), "--out", str(run), "--resume", "--steps", "3",
+                 "--quiet"]) == 0
+    assert load_checkpoint(run / "last.pt").global_step == 3
+    capsys.readouterr()
+    assert main(["train", "--method", "flow-prior", str(dataset), "--out", str(tmp_path / "p2"), "--epochs", "3"]) != 0
+    assert "--epochs: not options of --method flow-prior" in capsys.readouterr().err

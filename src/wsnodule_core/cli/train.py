@@ -1,4 +1,5 @@
-"""``wsnodule train``: train the NAM multi-GAP classifier (weak slice labels) or the U-Net baseline."""
+"""``wsnodule train``: the NAM multi-GAP classifier (weak slice labels), the U-Net baseline, or the
+rectified-flow prior (no labels)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,21 @@ import sys
 
 from wsnodule_core.cli.progress import TextProgress
 
-METHODS = ("nam", "unet")
+METHODS = ("nam", "unet", "flow-prior")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from wsnodule_core.flow.cli_support import add_prior_arguments
     from wsnodule_core.nam.cli_support import add_train_arguments
 
     parser = subparsers.add_parser(
-        "train", help="Train a model on a data set folder (NAM classifier or U-Net baseline).",
+        "train", help="Train a model on a data set folder (NAM classifier, U-Net baseline, flow prior).",
         description=(
             "Train on the train split of a data set folder (validation: its val split) and write best.pt and "
             "last.pt into the run folder. --method nam (default) trains the multi-GAP classifier from slice "
             "labels only (weak supervision); --method unet the fully supervised U-Net baseline from the "
-            "nodule masks. An existing run is refused unless --resume or --overwrite."
+            "nodule masks; --method flow-prior the 3D rectified-flow prior on unlabelled CT patches of the "
+            "train split (last.pt with EMA weights). An existing run is refused unless --resume or --overwrite."
         ),
     )
     parser.add_argument("--method", choices=METHODS, default="nam", help="what to train (default nam)")
@@ -34,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "[paper; compact with --width narrow]")
     unet.add_argument("--unet-loss", choices=("batch", "per_slice"), default="batch",
                       help="negative Dice over the mini-batch (paper) or averaged per slice [batch]")
+    add_prior_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -66,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
         from wsnodule_core.nam.cli_support import run_train
 
         return run_train(args)
+    if args.method == "flow-prior":
+        from wsnodule_core.flow.cli_support import run_train_prior
+
+        return run_train_prior(args)
     return run_unet(args)
 
 

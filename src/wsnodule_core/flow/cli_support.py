@@ -1,0 +1,82 @@
+"""``wsnodule train --method flow-prior``: the options of the rectified-flow prior and its run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+#: Options of the NAM/U-Net recipes that mean nothing to the prior (it counts steps, not epochs).
+_NOT_FOR_PRIOR = ("n_gap", "width", "vgg16_weights", "epochs", "lr_decay", "image_size", "min_nodule_area",
+                  "max_steps_per_epoch")
+
+
+def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("rectified-flow prior (--method flow-prior)")
+    group.add_argument("--flow-preset", choices=("compact", "gpu"), default="compact",
+                       help="compact: 3-level UNet, 32^3 patches at 1.5 mm (CPU); gpu: 4 levels with "
+                            "attention, 64^3 at 1 mm [compact]")
+    group.add_argument("--steps", type=int, default=None, help="optimiser steps in all [preset]")
+    group.add_argument("--steps-per-epoch", type=int, default=None,
+                       help="steps between checkpoints and reports [preset]")
+    group.add_argument("--patch-size", type=int, default=None, help="patch edge in voxels [preset]")
+    group.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the saved weights [preset]")
+    group.add_argument("--t-sampling", choices=("uniform", "logit-normal"), default=None,
+                       help="how training times are drawn [uniform]")
+
+
+def prior_config_from_args(args: argparse.Namespace):
+    """The :class:`PriorTrainConfig` of the preset with the options given; with ``--resume``, the
+    run's own settings with a new ``--steps`` (train longer) or ``--device``."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from wsnodule_core.errors import ModelConfigError
+    from wsnodule_core.flow.train_prior import PriorTrainConfig
+    from wsnodule_core.training.checkpoint import LAST, load_checkpoint
+
+    if args.resume:
+        if not (Path(args.out) / LAST).exists():
+            return None  # train_prior says there is nothing to resume
+        saved = PriorTrainConfig.from_dict(load_checkpoint(Path(args.out) / LAST).train_config)
+        return replace(saved, **{name: getattr(args, name) for name in ("steps", "device")
+                                 if getattr(args, name, None) is not None})
+
+    given = [name for name in _NOT_FOR_PRIOR if getattr(args, name, None) is not None]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ModelConfigError(f"{flags}: not options of --method flow-prior (it trains for --steps); drop them.")
+    changes = {name: getattr(args, name) for name in ("steps", "steps_per_epoch", "patch_size", "ema_decay",
+                                                      "t_sampling", "lr", "batch_size", "seed", "device")
+               if getattr(args, name, None) is not None}
+    if getattr(args, "pixel_spacing", None) is not None:
+        changes["spacing_mm"] = args.pixel_spacing
+    if args.no_amp:
+        changes["amp"] = False
+    if args.deterministic:
+        changes["deterministic"] = True
+    return PriorTrainConfig.for_preset(args.flow_preset, **changes)
+
+
+def run_train_prior(args: argparse.Namespace) -> int:
+    """Train the prior on the data set's train split, with a text progress bar; 0 on success."""
+    from wsnodule_core.cli.progress import TextProgress
+    from wsnodule_core.flow.train_prior import train_prior
+    from wsnodule_core.training.callbacks import TrainCallbacks
+
+    config = prior_config_from_args(args)
+    main_process = os.environ.get("RANK", "0") == "0"
+    bar = None if args.quiet or not main_process else TextProgress("training the flow prior")
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if bar is not None:
+            bar(step, total)
+
+    def log(text: str) -> None:
+        sys.stderr.write(("\n" if bar is not None else "") + text + "\n")
+
+    result = train_prior(args.data, args.out, config, TrainCallbacks(step_fn=on_step), resume=args.resume,
+                         overwrite=args.overwrite, log=log)
+    if main_process:
+        print(f"trained {result.global_step} steps on {result.device}; prior (EMA weights) in {result.last_path}")
+    return 0
