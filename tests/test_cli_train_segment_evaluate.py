@@ -201,3 +201,21 @@ def test_train_the_flow_prior_then_resume_it_for_more_steps(dataset, tmp_path, c
     capsys.readouterr()
     assert main(["train", "--method", "flow-prior", str(dataset), "--out", str(tmp_path / "p2"), "--epochs", "3"]) != 0
     assert "--epochs: not options of --method flow-prior" in capsys.readouterr().err
+
+
+def test_train_pw4medseg_from_simulated_points_then_evaluate_it(dataset, tmp_path, capsys):
+    from wsnodule_core.training.checkpoint import load_checkpoint
+
+    run = tmp_path / "pw"
+    tiny = ["--annotation", "points:5", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "1",
+            "--crop-size", "16", "--pixel-spacing", "6", "--device", "cpu", "--quiet"]
+    assert main(["train", "--method", "pw4medseg", str(dataset), "--out", str(run), *tiny]) == 0
+    checkpoint = load_checkpoint(run / "last.pt")
+    assert checkpoint.kind == "pw4medseg" and checkpoint.global_step == 2
+    assert checkpoint.train_config["annotation"]["n_points"] == 5
+    capsys.readouterr()
+    assert main(["evaluate", str(dataset), "--checkpoint", str(run), "--out", str(tmp_path / "eval"),
+                 "--quiet"]) == 0
+    assert "PW4MedSeg (points:5)" in (tmp_path / "eval" / "report.md").read_text()
+    assert main(["train", "--method", "pw4medseg", str(dataset), "--out", str(tmp_path / "pw2"), "--n-gap", "2"]) != 0
+    assert "--n-gap: not options of --method pw4medseg" in capsys.readouterr().err

@@ -127,8 +127,9 @@ def load_segmenters(
     """Segmenters for checkpoints, named ``name`` or by their model (``"<n>-GAP"``, ``"U-net"``).
 
     The kind of each checkpoint decides: a NAM classifier (``nam-multigap``) gives a
-    :class:`NamSegmenter`, a U-Net (``unet-baseline``) a :class:`UNetVolumeSegmenter`; any
-    other is refused. With ``combine`` and a 1-GAP checkpoint among them, every 2-/3-GAP
+    :class:`NamSegmenter`, a U-Net (``unet-baseline``) a :class:`UNetVolumeSegmenter`, a PW4MedSeg
+    network (``pw4medseg``) a :class:`~wsnodule_core.pw4medseg.infer.PwSegmenter`; any other is
+    refused. With ``combine`` and a 1-GAP checkpoint among them, every 2-/3-GAP
     checkpoint is run as the paper's multi-GAP segmentation with the (first) 1-GAP model;
     otherwise each NAM checkpoint segments alone.
     """
@@ -146,9 +147,15 @@ def load_segmenters(
 
             model, checkpoint = load_unet(path, device)
             default = "U-net"
+        elif kind == "pw4medseg":
+            from wsnodule_core.pw4medseg.infer import PwSegmenter
+
+            model, checkpoint = PwSegmenter(path, device=device), None
+            default = f"PW4MedSeg ({model.config.annotation.describe()})"
         else:
             raise CheckpointError(f"{path}: holds a {kind or 'unknown'!r} model; `evaluate` runs NAM "
-                                  "classifiers and U-Nets (checkpoints written by `wsnodule train`).")
+                                  "classifiers, U-Nets and PW4MedSeg networks (checkpoints written by "
+                                  "`wsnodule train`).")
         loaded.append((name or default, kind, model, checkpoint))
     names = [n for n, *_ in loaded]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -159,6 +166,8 @@ def load_segmenters(
     for name, kind, model, checkpoint in loaded:
         if kind == "unet-baseline":
             out[name] = UNetVolumeSegmenter(model)
+        elif kind == "pw4medseg":
+            out[name] = model
         elif combine and one_gap is not None and model.config.n_gap > 1:
             config = nam_config_from_checkpoint(one_gap[1], **(nam_overrides or {}))
             out[name] = NamSegmenter(one_gap[0], config, multi_gap_model=model)

@@ -1,5 +1,5 @@
 """``wsnodule train``: the NAM multi-GAP classifier (weak slice labels), the U-Net baseline, or the
-rectified-flow prior (no labels)."""
+rectified-flow prior (no labels), or PW4MedSeg (sparse annotations)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import sys
 
 from wsnodule_core.cli.progress import TextProgress
 
-METHODS = ("nam", "unet", "flow-prior")
+METHODS = ("nam", "unet", "flow-prior", "pw4medseg")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from wsnodule_core.flow.cli_support import add_prior_arguments
     from wsnodule_core.nam.cli_support import add_train_arguments
+    from wsnodule_core.pw4medseg.cli_support import add_pw_arguments
 
     parser = subparsers.add_parser(
         "train", help="Train a model on a data set folder (NAM classifier, U-Net baseline, flow prior).",
@@ -22,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "last.pt into the run folder. --method nam (default) trains the multi-GAP classifier from slice "
             "labels only (weak supervision); --method unet the fully supervised U-Net baseline from the "
             "nodule masks; --method flow-prior the 3D rectified-flow prior on unlabelled CT patches of the "
-            "train split (last.pt with EMA weights). An existing run is refused unless --resume or --overwrite."
+            "train split (last.pt with EMA weights); --method pw4medseg the probabilistic transformer from "
+            "simulated sparse annotations (--annotation). An existing run is refused unless --resume or "
+            "--overwrite."
         ),
     )
     parser.add_argument("--method", choices=METHODS, default="nam", help="what to train (default nam)")
@@ -38,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     unet.add_argument("--unet-loss", choices=("batch", "per_slice"), default="batch",
                       help="negative Dice over the mini-batch (paper) or averaged per slice [batch]")
     add_prior_arguments(parser)
+    add_pw_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -74,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
         from wsnodule_core.flow.cli_support import run_train_prior
 
         return run_train_prior(args)
+    if args.method == "pw4medseg":
+        from wsnodule_core.pw4medseg.cli_support import run_train_pw
+
+        return run_train_pw(args)
     return run_unet(args)
 
 

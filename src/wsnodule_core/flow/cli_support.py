@@ -8,7 +8,7 @@ import sys
 
 #: Options of the NAM/U-Net recipes that mean nothing to the prior (it counts steps, not epochs).
 _NOT_FOR_PRIOR = ("n_gap", "width", "vgg16_weights", "epochs", "lr_decay", "image_size", "min_nodule_area",
-                  "max_steps_per_epoch")
+                  "max_steps_per_epoch", "annotation", "crop_size", "intensity")
 
 
 def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +18,7 @@ def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
                             "attention, 64^3 at 1 mm [compact]")
     group.add_argument("--steps", type=int, default=None, help="optimiser steps in all [preset]")
     group.add_argument("--steps-per-epoch", type=int, default=None,
-                       help="steps between checkpoints and reports [preset]")
+                       help="steps between checkpoints and reports (also pw4medseg: steps per epoch) [preset]")
     group.add_argument("--patch-size", type=int, default=None, help="patch edge in voxels [preset]")
     group.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the saved weights [preset]")
     group.add_argument("--t-sampling", choices=("uniform", "logit-normal"), default=None,
@@ -47,7 +47,8 @@ def prior_config_from_args(args: argparse.Namespace):
         flags = ", ".join("--" + name.replace("_", "-") for name in given)
         raise ModelConfigError(f"{flags}: not options of --method flow-prior (it trains for --steps); drop them.")
     changes = {name: getattr(args, name) for name in ("steps", "steps_per_epoch", "patch_size", "ema_decay",
-                                                      "t_sampling", "lr", "batch_size", "seed", "device")
+                                                      "t_sampling", "warmup_steps", "lr", "batch_size", "seed",
+                                                      "device")
                if getattr(args, name, None) is not None}
     if getattr(args, "pixel_spacing", None) is not None:
         changes["spacing_mm"] = args.pixel_spacing

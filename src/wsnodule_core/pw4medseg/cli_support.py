@@ -1,0 +1,74 @@
+"""``wsnodule train --method pw4medseg``: the options of the PW4MedSeg network and its run."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+#: Options of the NAM recipe that mean nothing to PW4MedSeg.
+_NOT_FOR_PW = ("n_gap", "width", "vgg16_weights", "lr_decay", "image_size", "min_nodule_area", "max_steps_per_epoch",
+               "steps", "patch_size", "ema_decay", "t_sampling")
+
+
+def add_pw_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("PW4MedSeg (--method pw4medseg)")
+    group.add_argument("--pw-preset", choices=("compact", "paper"), default="compact",
+                       help="compact: 4-layer probabilistic UNETR on 32^3 crops at 2 mm (CPU); paper: ViT-B "
+                            "UNETR, 96^3 at 1 mm, the authors' recipe [compact]")
+    group.add_argument("--annotation", default=None, metavar="KIND[:ARG]",
+                       help="targets from simulated annotations: points:N, boxes:tight, boxes:loose, slices:F, "
+                            "or full (the masks: the fully supervised reference) [points:200]")
+    group.add_argument("--crop-size", type=int, default=None, help="crop edge in voxels [preset]")
+    group.add_argument("--intensity", choices=("ct", "zscore", "percentile"), default=None,
+                       help="ct: HU window; zscore/percentile: no Hounsfield units assumed (MRI) [ct]")
+    group.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps [preset]")
+
+
+def pw_config_from_args(args: argparse.Namespace):
+    """The :class:`PwTrainConfig` of the preset with the options given (None with ``--resume``: the
+    run's own)."""
+    from wsnodule_core.errors import ModelConfigError
+    from wsnodule_core.pw4medseg.train import PwTrainConfig
+
+    given = [name for name in _NOT_FOR_PW if getattr(args, name, None) is not None]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ModelConfigError(f"{flags}: not options of --method pw4medseg; drop them.")
+    if args.resume:
+        return None
+    values = {name: getattr(args, name) for name in ("annotation", "crop_size", "intensity", "warmup_steps",
+                                                      "epochs", "lr", "batch_size", "seed", "device")
+              if getattr(args, name, None) is not None}
+    if getattr(args, "steps_per_epoch", None) is not None:  # shared with --method flow-prior
+        values["steps_per_epoch"] = args.steps_per_epoch
+    if getattr(args, "pixel_spacing", None) is not None:
+        values["spacing_mm"] = args.pixel_spacing
+    if args.no_amp:
+        values["amp"] = False
+    if args.deterministic:
+        values["deterministic"] = True
+    return PwTrainConfig.paper(**values) if args.pw_preset == "paper" else PwTrainConfig(**values)
+
+
+def run_train_pw(args: argparse.Namespace) -> int:
+    """Train on the data set's train split (validation: its val split); 0 on success."""
+    from wsnodule_core.cli.progress import TextProgress
+    from wsnodule_core.pw4medseg.train import train_pw4medseg
+    from wsnodule_core.training.callbacks import TrainCallbacks
+
+    config = pw_config_from_args(args)
+    bar = None if args.quiet else TextProgress("training PW4MedSeg")
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if bar is not None:
+            bar(step, total)
+
+    def log(text: str) -> None:
+        sys.stderr.write(("\n" if bar is not None else "") + text + "\n")
+
+    result = train_pw4medseg(args.data, args.out, config, TrainCallbacks(step_fn=on_step), resume=args.resume,
+                             overwrite=args.overwrite, log=log)
+    best = f"{result.best_metric:.3f} (epoch {result.best_epoch})" if result.best_metric is not None else "-"
+    print(f"trained {result.epochs_completed} epoch(s), {result.global_step} steps on {result.device}; "
+          f"best validation Dice {best}; checkpoints in {result.out_dir}")
+    return 0
