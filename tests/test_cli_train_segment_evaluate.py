@@ -217,5 +217,14 @@ def test_train_pw4medseg_from_simulated_points_then_evaluate_it(dataset, tmp_pat
     assert main(["evaluate", str(dataset), "--checkpoint", str(run), "--out", str(tmp_path / "eval"),
                  "--quiet"]) == 0
     assert "PW4MedSeg (points:5)" in (tmp_path / "eval" / "report.md").read_text()
+    case = load_dataset(dataset).entries("test")[0]
+    image = dataset / case["image"]
+    out = tmp_path / "pw_mask.nii.gz"
+    assert main(["segment", str(image), "--checkpoint", str(run), "--output", str(out), "--maps",
+                 str(tmp_path / "pw_maps"), "--passes", "2", "--quiet"]) == 0
+    ct, mask = read_volume(image), read_volume(out)
+    assert mask.shape == ct.shape and mask.same_geometry(ct)
+    uncertainty = read_volume(tmp_path / "pw_maps" / "uncertainty.nii.gz")
+    assert uncertainty.same_geometry(ct) and float(uncertainty.array.max()) > 0.0  # two sampled passes differ
     assert main(["train", "--method", "pw4medseg", str(dataset), "--out", str(tmp_path / "pw2"), "--n-gap", "2"]) != 0
     assert "--n-gap: not options of --method pw4medseg" in capsys.readouterr().err

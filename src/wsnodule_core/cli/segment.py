@@ -15,17 +15,18 @@ MAP_NAMES = ("nam", "multi_nam", "probability", "scope", "candidates", "coarse",
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "segment", help="Segment the nodules of a CT volume with a trained NAM checkpoint.",
+        "segment", help="Segment the nodules of a CT volume with a trained NAM or PW4MedSeg checkpoint.",
         description=(
             "Read IMAGE (DICOM folder or file, NIfTI, NRRD or MetaImage), segment its lungs, run the "
-            "NAM/R-NAM segmentation of a trained checkpoint and write the nodule label mask (one label "
+            "NAM/R-NAM segmentation of a trained checkpoint (or K passes of a PW4MedSeg one) and write the "
+            "nodule label mask (one label "
             "per 3D nodule) on the image's own grid. MASK may end in .nii.gz, .nii, .nrrd, .mhd or "
             ".mha, or .dcm for a DICOM-SEG (only when IMAGE is a DICOM series)."
         ),
     )
     parser.add_argument("image", type=Path, metavar="IMAGE", help="the CT to segment")
     parser.add_argument("--checkpoint", required=True, type=Path, metavar="CKPT",
-                        help="NAM checkpoint (best.pt/last.pt of `wsnodule train`, or its run folder)")
+                        help="NAM or PW4MedSeg checkpoint (best.pt/last.pt of `wsnodule train`, or its run folder)")
     parser.add_argument("--output", required=True, type=Path, metavar="MASK", help="mask file to write")
     parser.add_argument("--multi-gap-checkpoint", type=Path, metavar="CKPT2",
                         help="a 2-/3-GAP checkpoint whose NAM narrows the screening scope (the paper's "
@@ -37,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--maps", type=Path, metavar="DIR",
                         help="also write the NAM, multi-GAP NAM, slice probability, scope, candidates, "
                              "coarse and fine masks (NIfTI, image geometry) and rnam_scores.json here")
+    parser.add_argument("--passes", type=int, default=6,
+                        help="PW4MedSeg checkpoints: stochastic passes averaged (the paper: 6)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace MASK and the maps if they exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -53,7 +56,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
     if output.suffix.lower() != ".dcm":
         require_format(output, "write")
     if args.maps is not None:
-        existing = [args.maps / f"{n}.nii.gz" for n in MAP_NAMES] + [args.maps / "rnam_scores.json"]
+        existing = [args.maps / f"{n}.nii.gz" for n in (*MAP_NAMES, "uncertainty")] + [args.maps / "rnam_scores.json"]
         taken = [p for p in existing if p.exists()]
         if taken and not args.overwrite:
             raise OutputExistsError(f"{taken[0]} already exists; choose another --maps folder or pass "
@@ -133,17 +136,19 @@ def run(args: argparse.Namespace) -> int:
     from wsnodule_core.evaluation import nam_config_from_checkpoint
     from wsnodule_core.io import read_volume
     from wsnodule_core.nam.pipeline import segment_volume
-    from wsnodule_core.training.checkpoint import load_classifier
+    from wsnodule_core.training.checkpoint import load_checkpoint, load_classifier
     from wsnodule_core.training.device import choose_device
 
     _check_outputs(args)
     choice = choose_device(args.device)
     print(choice.describe())
+    bar = (lambda label: None) if args.quiet else TextProgress
+    if load_checkpoint(args.checkpoint).kind == "pw4medseg":
+        return run_pw4medseg(args, choice.device, bar)
     model, checkpoint = load_classifier(args.checkpoint, choice.device)
     multi = None
     if args.multi_gap_checkpoint is not None:
         multi, _ = load_classifier(args.multi_gap_checkpoint, choice.device)
-    bar = (lambda label: None) if args.quiet else TextProgress
     volume = read_volume(args.image)
     _check_dicom_seg(args.output, volume)
     lungs = segment_lungs(volume, progress=bar("lungs")).lungs
@@ -168,5 +173,37 @@ def run(args: argparse.Namespace) -> int:
         for row in nodules:
             print(f"{row['label']:>5}  {row['volume_mm3']:>10.1f}  {row['diameter_mm']:>11.1f}  "
                   f"{row['slices'][0]}-{row['slices'][1]}")
+    sys.stdout.flush()
+    return 0
+
+
+def run_pw4medseg(args: argparse.Namespace, device, bar) -> int:
+    """A PW4MedSeg checkpoint: K stochastic passes; the mask (one label per connected nodule) and, with
+    ``--maps``, the mean probability and the uncertainty (spread of the passes) on the image's grid."""
+    from scipy import ndimage
+
+    from wsnodule_core.io import read_volume, write_volume
+    from wsnodule_core.pw4medseg.infer import predict_volume
+    from wsnodule_core.pw4medseg.train import load_pw4medseg
+
+    model, config = load_pw4medseg(args.checkpoint, device)
+    volume = read_volume(args.image)
+    _check_dicom_seg(args.output, volume)
+    prediction = predict_volume(model, volume, config, passes=args.passes, device=device, seed=0,
+                                progress=bar(f"PW4MedSeg, {args.passes} passes"))
+    labels, n = ndimage.label(prediction.mask.array > 0, structure=np.ones((3, 3, 3)))
+    mask = volume.with_array(labels.astype(np.int32))
+    if args.output.suffix.lower() == ".dcm" and n == 0:
+        print(f"no nodule found: a DICOM-SEG needs at least one segment, so {args.output} was not written")
+    else:
+        print(f"wrote mask: {_write_output(mask, volume, args.output, args.overwrite)}")
+    if args.maps is not None:
+        args.maps.mkdir(parents=True, exist_ok=True)
+        for name in ("probability", "uncertainty"):
+            write_volume(getattr(prediction, name), args.maps / f"{name}.nii.gz", overwrite=args.overwrite)
+        print(f"wrote maps: {args.maps}")
+    for row in nodule_summary(labels, volume.spacing):
+        print(f"nodule {row['label']}: {row['volume_mm3']:.1f} mm3, {row['diameter_mm']:.1f} mm, slices "
+              f"{row['slices'][0]}-{row['slices'][1]}")
     sys.stdout.flush()
     return 0
