@@ -172,6 +172,14 @@ class SamplingCancelled(SegmentationCancelled):
     """An ODE integration was cancelled by its ``cancel`` callback before it finished."""
 
 
+class FlowProtocolError(ModelConfigError):
+    """The prior and the predictor were trained on different patches (size, spacing, HU window, range)."""
+
+
+class PatchCentreError(GeometryMismatchError):
+    """A patch centre cannot be used (outside the CT, or no point to take it from)."""
+
+
 # --- warnings --------------------------------------------------------------
 
 

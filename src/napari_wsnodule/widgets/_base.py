@@ -12,10 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import napari
-from qtpy.QtWidgets import QComboBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QLabel, QVBoxLayout, QWidget
 
 from napari_wsnodule._session import PluginSession, session_for
 from napari_wsnodule._tasks import TaskPanel
+
+DEVICES = (("Auto", "auto"), ("CPU", "cpu"), ("CUDA", "cuda"), ("MPS (Apple)", "mps"))
 
 
 class LayerPicker(QComboBox):
@@ -77,3 +79,29 @@ class WsnoduleWidget(QWidget):
 
     def labels_picker(self, **kwargs: Any) -> LayerPicker:
         return LayerPicker(self.viewer, (napari.layers.Labels,), **kwargs)
+
+
+def device_text(preference: str) -> str:
+    """What ``choose_device(preference)`` gives, with the GPU's name and why a wish was not met."""
+    from wsnodule_core.training.device import choose_device
+
+    choice = choose_device(preference)
+    text = f"Using: {choice.device}"
+    if choice.device.type == "cuda":
+        import torch
+
+        text += f" ({torch.cuda.get_device_name(choice.device)})"
+    if choice.fallback_reason:
+        text += f" — {choice.fallback_reason}"
+    return text
+
+
+def device_picker() -> tuple[QComboBox, QLabel]:
+    """The device combo (Auto, CPU, CUDA, MPS) and a label that says what it resolves to, kept in step."""
+    combo, label = QComboBox(), QLabel()
+    label.setWordWrap(True)
+    for text, value in DEVICES:
+        combo.addItem(text, value)
+    combo.currentIndexChanged.connect(lambda *_: label.setText(device_text(str(combo.currentData()))))
+    label.setText(device_text(str(combo.currentData())))
+    return combo, label

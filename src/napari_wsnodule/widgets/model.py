@@ -23,7 +23,7 @@ from napari_wsnodule._geometry import mask_volume, volume_of_layer
 from napari_wsnodule._session import LoadedModel
 from napari_wsnodule._tasks import TaskReporter
 from napari_wsnodule._warm_up import warm_up_torch_in_background
-from napari_wsnodule.widgets._base import WsnoduleWidget
+from napari_wsnodule.widgets._base import WsnoduleWidget, device_picker
 from napari_wsnodule.widgets._loss_plot import LossPlot
 from napari_wsnodule.widgets._view import row_of
 from wsnodule_core.errors import CheckpointError, ModelConfigError, WsnoduleError
@@ -35,7 +35,6 @@ from wsnodule_core.training.device import DeviceChoice, choose_device
 from wsnodule_core.training.export import copy_checkpoint
 
 UNET_KIND = "unet-baseline"
-DEVICES = (("Auto", "auto"), ("CPU", "cpu"), ("CUDA", "cuda"), ("MPS (Apple)", "mps"))
 SOURCE_DATASET, SOURCE_LAYERS = "dataset", "layers"
 VAL_FRACTION = 0.2  # of the open volume's slices held out for validation
 
@@ -105,7 +104,6 @@ class ModelWidget(WsnoduleWidget):
         self.tasks.task_finished.connect(self._on_task_finished)
         self.session.models_changed.connect(self.refresh_models)
         self._source_changed()
-        self._update_device_label()
         self._update_resume()
         self.refresh_models()
 
@@ -114,12 +112,7 @@ class ModelWidget(WsnoduleWidget):
     def _device_box(self) -> QGroupBox:
         box = QGroupBox("Device")
         form = QFormLayout(box)
-        self.device_combo = QComboBox()
-        for text, value in DEVICES:
-            self.device_combo.addItem(text, value)
-        self.device_combo.currentIndexChanged.connect(self._update_device_label)
-        self.device_label = QLabel()
-        self.device_label.setWordWrap(True)
+        self.device_combo, self.device_label = device_picker()
         form.addRow("Run on", self.device_combo)
         form.addRow(self.device_label)
         return box
@@ -261,17 +254,6 @@ class ModelWidget(WsnoduleWidget):
 
     def device_choice(self) -> DeviceChoice:
         return choose_device(self.device_combo.currentData())
-
-    def _update_device_label(self, *_: Any) -> None:
-        choice = self.device_choice()
-        text = f"Using: {choice.device}"
-        if choice.device.type == "cuda":
-            import torch
-
-            text += f" ({torch.cuda.get_device_name(choice.device)})"
-        if choice.fallback_reason:
-            text += f" — {choice.fallback_reason}"
-        self.device_label.setText(text)
 
     def _source_changed(self, *_: Any) -> None:
         from_dataset = self.source_combo.currentData() == SOURCE_DATASET

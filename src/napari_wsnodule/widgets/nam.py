@@ -10,7 +10,6 @@ score; a click shows its R-NAM and moves the viewer to it.
 
 from __future__ import annotations
 
-import traceback
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -27,6 +26,7 @@ from napari_wsnodule._layers import GENERATED_KEY, SOURCE_KEY, add_volume_layer,
 from napari_wsnodule._session import LoadedModel
 from napari_wsnodule._tasks import TaskReporter
 from napari_wsnodule.widgets._base import WsnoduleWidget
+from napari_wsnodule.widgets._staged import STEP_GAP_MS, StagedSteps
 from napari_wsnodule.widgets._view import jump_to, read_only_table, table_item
 from wsnodule_core.errors import LungSegmentationError, WsnoduleError
 from wsnodule_core.io.volume import Volume
@@ -34,9 +34,6 @@ from wsnodule_core.nam.pipeline import NamConfig, NamSegmentation, segment_volum
 
 NAM_KIND = "nam-multigap"
 TABLE_CHUNK = 40  # table rows added per event-loop turn
-# Pause between two result steps: with 0, the next step's zero-timer ran before the canvas repaint
-# and input events were served, so the freezes of several layer additions added up.
-STEP_GAP_MS = 15
 TABLE_COLUMNS = ("slice", "P(nodule)", "candidate", "area (mm²)", "score", "chosen", "R-NAM")
 NO_MODEL = ("No NAM model is loaded. Train one or load a NAM checkpoint in the Model widget "
             "(Plugins > wsnodule > Model), then press Segment again.")
@@ -91,7 +88,7 @@ class NamWidget(WsnoduleWidget):
         self.last_error_text: str | None = None
         self._rnam_layer = None
         self._defaults_of: LoadedModel | None = None
-        self._showing: tuple | None = None  # (run, layers so far, steps left) while adding layers
+        self._staged = StagedSteps(self._error, "the NAM results")
         self._table_rows: deque = deque()  # candidate rows still to be listed
         layout = self.layout()
         layout.addWidget(self._inputs_box())
@@ -253,7 +250,7 @@ class NamWidget(WsnoduleWidget):
     @property
     def showing(self) -> bool:
         """True while the layers (or table rows) of a finished run are still being added."""
-        return self._showing is not None or bool(self._table_rows)
+        return self._staged.busy or bool(self._table_rows)
 
     def show_run(self, run: NamRun) -> None:
         """Put a finished segmentation into the viewer (main thread), one layer per event-loop turn
@@ -282,26 +279,7 @@ class NamWidget(WsnoduleWidget):
             ("fine", lambda: add_volume_layer(self.viewer, result.fine, "labels", f"{base}: nodules (fine)",
                                               source=source, generated="nam:fine")),
         ]
-        self._showing = (run, {}, deque(steps))
-        QTimer.singleShot(0, self._show_next)
-
-    def _show_next(self) -> None:
-        if self._showing is None:
-            return
-        run, layers, steps = self._showing
-        key, make = steps.popleft()
-        try:
-            layers[key] = make()
-        except Exception as error:  # noqa: BLE001 - shown to the user like a task error
-            self._showing = None
-            traceback.print_exception(type(error), error, error.__traceback__)
-            self._error(f"Showing the NAM results failed ({type(error).__name__}: {error}).")
-            return
-        if steps:
-            QTimer.singleShot(STEP_GAP_MS, self._show_next)
-            return
-        self._showing = None
-        self._shown(run, layers)
+        self._staged.start(steps, lambda layers: self._shown(run, layers))
 
     def _shown(self, run: NamRun, layers: dict[str, Any]) -> None:
         result = run.result

@@ -14,8 +14,6 @@ as the soft target and its confidence as the voxel weights (see :func:`train_on_
 
 from __future__ import annotations
 
-import traceback
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,7 +22,7 @@ import napari
 import numpy as np
 from napari.utils.notifications import show_error, show_info
 from napari.utils.transforms import Affine
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                             QListWidget, QListWidgetItem, QPushButton, QSpinBox, QVBoxLayout, QWidget)
 
@@ -33,7 +31,8 @@ from napari_wsnodule._layers import add_volume_layer, show_map, unique_layer_nam
 from napari_wsnodule._session import LoadedModel
 from napari_wsnodule._tasks import TaskReporter
 from napari_wsnodule._warm_up import warm_up_torch_in_background
-from napari_wsnodule.widgets._base import LayerPicker, WsnoduleWidget
+from napari_wsnodule.widgets._base import LayerPicker, WsnoduleWidget, device_picker
+from napari_wsnodule.widgets._staged import StagedSteps
 from napari_wsnodule.widgets._loss_plot import LossPlot
 from napari_wsnodule.widgets._view import row_of
 from wsnodule_core.errors import LungSegmentationError, SparseAnnotationError, WsnoduleError
@@ -47,9 +46,7 @@ from wsnodule_core.training.device import DeviceChoice, choose_device
 MARKS_KEY = "wsnodule_slice_marks"   # CT layer metadata: {z index: True (nodule) / False (no nodule)}
 ANNOTATES_KEY = "wsnodule_annotates"  # annotation layer metadata: the CT layer it was made for
 GROUP_MM = 30.0   # points closer than this (single linkage) are one nodule: LIDC nodules are 3-30 mm
-STEP_GAP_MS = 15  # pause between two result layers (see widgets/nam.py)
 RUN_FILES = ("best.pt", "last.pt")
-DEVICES = (("Auto", "auto"), ("CPU", "cpu"), ("CUDA", "cuda"), ("MPS (Apple)", "mps"))
 NO_CT = "Open a CT first (File > Open, or the Load CT widget) and pick it under 'CT'."
 NO_ANNOTATIONS = ("There is nothing to learn from: click nodule points in a Points layer, draw rectangles around "
                   "nodules in a Shapes layer (the 'Add points layer' / 'Add boxes layer' buttons make them), "
@@ -231,7 +228,7 @@ class Pw4MedSegWidget(WsnoduleWidget):
         self.last_error_text: str | None = None
         self._training = False
         self.train_overrides: dict[str, Any] = {}
-        self._showing: tuple | None = None  # (steps left, done callback) while adding result layers
+        self._staged = StagedSteps(self._error)
         warm_up_torch_in_background()
         layout = self.layout()
         layout.addWidget(self._annotations_box())
@@ -247,7 +244,6 @@ class Pw4MedSegWidget(WsnoduleWidget):
         self.tasks.task_finished.connect(self._on_task_finished)
         self.session.models_changed.connect(self.refresh_models)
         self.image_combo.currentIndexChanged.connect(self.refresh_marks)
-        self._update_device_label()
         self.refresh_models()
         self.refresh_marks()
 
@@ -318,12 +314,7 @@ class Pw4MedSegWidget(WsnoduleWidget):
         box = QGroupBox("Train on this CT")
         outer = QVBoxLayout(box)
         form = QFormLayout()
-        self.device_combo = QComboBox()
-        for text, value in DEVICES:
-            self.device_combo.addItem(text, value)
-        self.device_combo.currentIndexChanged.connect(self._update_device_label)
-        self.device_label = QLabel()
-        self.device_label.setWordWrap(True)
+        self.device_combo, self.device_label = device_picker()
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(1, 100_000)
         self.epochs_spin.setValue(20)
@@ -398,13 +389,6 @@ class Pw4MedSegWidget(WsnoduleWidget):
 
     def device_choice(self) -> DeviceChoice:
         return choose_device(self.device_combo.currentData())
-
-    def _update_device_label(self, *_: Any) -> None:
-        choice = self.device_choice()
-        text = f"Using: {choice.device}"
-        if choice.fallback_reason:
-            text += f" — {choice.fallback_reason}"
-        self.device_label.setText(text)
 
     def _out_dir(self) -> Path | None:
         text = self.out_edit.text().strip()
@@ -770,36 +754,20 @@ class Pw4MedSegWidget(WsnoduleWidget):
 
     @property
     def showing(self) -> bool:
-        return self._showing is not None
+        return self._staged.busy
 
     def _busy_showing(self) -> bool:
-        if self._showing is not None:
+        if self._staged.busy:
             show_info("The previous results are still being added to the viewer; press again in a moment.")
             return True
         return False
 
     def _show(self, steps: list[tuple[str, Callable[[], Any]]], done: Callable[[dict[str, Any]], None]) -> None:
-        self._showing = (deque(steps), {}, done)
-        QTimer.singleShot(0, self._show_next)
+        def finished(layers: dict[str, Any]) -> None:
+            self.last_layers = layers
+            done(layers)
 
-    def _show_next(self) -> None:
-        if self._showing is None:
-            return
-        steps, layers, done = self._showing
-        key, make = steps.popleft()
-        try:
-            layers[key] = make()
-        except Exception as error:  # noqa: BLE001 - shown to the user like a task error
-            self._showing = None
-            traceback.print_exception(type(error), error, error.__traceback__)
-            self._error(f"Showing the results failed ({type(error).__name__}: {error}).")
-            return
-        if steps:
-            QTimer.singleShot(STEP_GAP_MS, self._show_next)
-            return
-        self._showing = None
-        self.last_layers = layers
-        done(layers)
+        self._staged.start(steps, finished)
 
     def _map(self, volume: Volume, name: str, source: Any, generated: str, colormap: str, *, visible: bool = True,
              limits: tuple[float, float] = (0.0, 1.0)):
