@@ -4,15 +4,19 @@ Usage (from the repository root; napari needs a screen, a virtual one will do)::
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/scripts/plugin_screenshots.py [--images docs/images]
 
-Writes ``plugin_load.png``, ``plugin_model.png``, ``plugin_nam.png`` and ``plugin_edit_export.png``
-(the pictures of docs/plugin.md): the phantom sample in the lung window, a NAM classifier trained
-on it from the Model widget, its segmentation with every map, and the nodule table of the result.
-Takes about a minute on a 2-core CPU.
+Writes ``plugin_load.png``, ``plugin_model.png``, ``plugin_nam.png``, ``plugin_edit_export.png``,
+``plugin_pw4medseg.png`` and, when ``WSNODULE_FLOW_PRIOR`` and ``WSNODULE_FLOW_PREDICTOR`` name a
+trained prior and predictor (e.g. those of ``benchmarks/flow_table.py``), ``plugin_flow.png``: the
+pictures of docs/plugin.md. The phantom sample in the lung window, a NAM classifier trained on it
+from the Model widget, its segmentation with every map, the nodule table of the result, a
+pseudo-label from one point per nodule with a tiny probabilistic transformer trained on it, and the
+flow counterfactual of a nodule patch. Takes a few minutes on a 2-core CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -37,6 +41,15 @@ def _chosen_row_on_a_nodule(table, truth) -> int | None:
     return (on_nodule or chosen or [None])[0]
 
 
+def _nodule_centres(truth) -> list[tuple[float, float, float]]:
+    """The voxel centroid (z, y, x) of each nodule label of the ground truth."""
+    import numpy as np
+    from scipy import ndimage
+
+    labels, n = ndimage.label(np.asarray(truth) > 0)
+    return [tuple(float(v) for v in c) for c in ndimage.center_of_mass(labels > 0, labels, range(1, n + 1))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, default=Path("docs/images"), help="folder of the PNGs")
@@ -48,9 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from napari_wsnodule.widgets.edit_export import EditExportWidget
+    from napari_wsnodule.widgets.flow import FlowGuidanceWidget
     from napari_wsnodule.widgets.load import LoadWidget
     from napari_wsnodule.widgets.model import ModelWidget
     from napari_wsnodule.widgets.nam import NamWidget
+    from napari_wsnodule.widgets.pw4medseg import Pw4MedSegWidget
 
     torch.set_num_threads(1)
     viewer = napari.Viewer(show=True, title="napari-wsnodule")
@@ -118,6 +133,50 @@ def main(argv: list[str] | None = None) -> int:
             edit.nodule_table.selectRow(0)
         edit.export_path_edit.setText(str(Path.home() / "phantom-nodules.nii.gz"))
         shoot("edit_export", edit, "Nodules and export")
+
+        for layer in viewer.layers:
+            layer.visible = layer is image
+        centres = _nodule_centres(truth.data)
+        pw = Pw4MedSegWidget(viewer)
+        pw.image_combo.select(image)
+        docks.append(viewer.window.add_dock_widget(pw, name="PW4MedSeg", area="right"))
+        points = pw.add_points_layer()
+        points.add(centres)
+        pw.pseudo_button.click()
+        run_until(lambda: not pw.tasks.busy and not pw.showing, 600)
+        pw.epochs_spin.setValue(2)
+        pw.steps_spin.setValue(10)
+        pw.out_edit.setText(str(Path(tmp) / "pw4medseg-run"))
+        pw.train_button.click()
+        run_until(lambda: not pw.tasks.busy, 1800)
+        pw.passes_spin.setValue(2)
+        pw.infer_button.click()
+        run_until(lambda: not pw.tasks.busy and not pw.showing, 1800)
+        viewer.dims.set_point(0, image.data_to_world((int(centres[0][0]), 0, 0))[0])
+        shoot("pw4medseg", pw, "PW4MedSeg")
+
+        prior, predictor = os.environ.get("WSNODULE_FLOW_PRIOR"), os.environ.get("WSNODULE_FLOW_PREDICTOR")
+        if prior and predictor:
+            for layer in viewer.layers:
+                layer.visible = layer is image
+            flow = FlowGuidanceWidget(viewer)
+            flow.image_combo.select(image)
+            docks.append(viewer.window.add_dock_widget(flow, name="Flow guidance", area="right"))
+            flow.prior_edit.setText(prior)
+            flow.prior_load_button.click()
+            run_until(lambda: not flow.tasks.busy, 300)
+            flow.predictor_edit.setText(predictor)
+            flow.predictor_load_button.click()
+            run_until(lambda: not flow.tasks.busy, 300)
+            flow.points_combo.select(points)
+            flow.run_button.click()
+            run_until(lambda: not flow.tasks.busy and not flow.showing, 1800)
+            if flow.last_error_text:
+                raise SystemExit(f"flow guidance failed: {flow.last_error_text}")
+            viewer.dims.set_point(0, image.data_to_world((int(centres[0][0]), 0, 0))[0])
+            shoot("flow", flow, "Flow guidance")
+        else:
+            print("WSNODULE_FLOW_PRIOR / WSNODULE_FLOW_PREDICTOR not set: no flow guidance picture")
     viewer.close()
     return 0
 

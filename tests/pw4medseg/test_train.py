@@ -38,8 +38,10 @@ def phantom(tmp_path_factory):
                   nodules_per_case=(1, 3))
     dataset = load_dataset(folder)
     cases = list(dataset.cases())
+    previous = torch.get_num_threads()
     torch.set_num_threads(1)
-    return folder, cases[:2], cases[2:]
+    yield folder, cases[:2], cases[2:]
+    torch.set_num_threads(previous)  # later modules' numbers depend on it
 
 
 # --- configuration -----------------------------------------------------------------

@@ -16,11 +16,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "paper's Table 1 (coarse and fine rows per NAM checkpoint, a row per U-Net) and Fig. 3: "
             "OUT/metrics.json, OUT/report.md, OUT/fig3_size.png (and OUT/masks/ with --save-masks). "
             "With a 1-GAP checkpoint among them, 2-/3-GAP checkpoints run the paper's multi-GAP "
-            "segmentation (1-GAP slice detection and screening, multi-GAP scope) unless --no-combine."
+            "segmentation (1-GAP slice detection and screening, multi-GAP scope) unless --no-combine. "
+            "With --predictor (and --flow-prior) instead: the flow-guidance method against CAM, Grad-CAM, "
+            "Grad-CAM++ and occlusion on the split's nodule patches (OUT/report.md, metrics.json, "
+            "counterfactuals.png)."
         ),
     )
     parser.add_argument("data", type=Path, metavar="DATASET_DIR", help="data set folder (dataset.json)")
-    parser.add_argument("--checkpoint", action="append", required=True, metavar="[NAME=]CKPT",
+    parser.add_argument("--checkpoint", action="append", default=None, metavar="[NAME=]CKPT",
                         help="a NAM or U-Net checkpoint (file or run folder), repeatable; NAME names its "
                              "rows (default '<n>-GAP' for NAM, 'U-net')")
     parser.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
@@ -36,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in OUT")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    from wsnodule_core.flow.cli_evaluate import add_flow_arguments
+
+    add_flow_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -58,8 +64,17 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidDatasetError(f"{args.data}: no such data set folder; build one with "
                                   "`wsnodule data ...`.")
     load_dataset(args.data)  # a bad folder fails before the models load
+    if bool(args.checkpoint) == bool(args.predictor):
+        from wsnodule_core.errors import ModelConfigError
+
+        raise ModelConfigError("give --checkpoint (Table 1 of NAM/U-Net checkpoints) or --predictor (flow "
+                               "guidance and attribution baselines on patches), not both and not neither.")
     choice = choose_device(args.device)
     print(choice.describe())
+    if args.predictor:
+        from wsnodule_core.flow.cli_evaluate import run_flow_evaluation
+
+        return run_flow_evaluation(args, choice.device, None if args.quiet else TextProgress("evaluating"))
     segmenters = load_segmenters([parse_checkpoint(c) for c in args.checkpoint], device=str(choice.device),
                                  combine=not args.no_combine,
                                  nam_overrides={"top_k": 2} if args.two_nodules else None)

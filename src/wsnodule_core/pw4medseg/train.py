@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -41,12 +40,15 @@ from wsnodule_core.io.volume import Volume
 from wsnodule_core.pw4medseg.loss import LossConfig, ProbabilityInformedLoss
 from wsnodule_core.pw4medseg.model import ProbabilisticUNETR, PTransformerConfig
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
-from wsnodule_core.training.checkpoint import (BEST, LAST, capture_rng_state, load_checkpoint, load_model,
+from wsnodule_core.training.checkpoint import (LAST, capture_rng_state, load_checkpoint, load_model,
                                                prepare_run_dir, restore_training_state, save_checkpoint)
 from wsnodule_core.training.device import amp_enabled, autocast, choose_device, grad_scaler
+from wsnodule_core.training.loop import EpochLoop, RunState, optimizer_step
 from wsnodule_core.training.result import RunResult, config_from_dict
 
 KIND = "pw4medseg"
+_PARTS = ("total", "classification", "dice", "kl")  # the loss parts summed over an epoch's steps
+_NAMES = {"total": "loss", "classification": "classification", "dice": "dice_loss", "kl": "kl"}
 INTENSITY_MODES = ("ct", "zscore", "percentile")
 ANNOTATION_KINDS = ("points", "boxes", "slices", "full")
 BOX_KINDS = ("tight", "loose")
@@ -688,92 +690,52 @@ def _train(data, out: Path, config: PwTrainConfig, callbacks: TrainCallbacks, ch
     optimizer, scheduler = make_optimizer(model, config)
     scaler = grad_scaler(device, use_amp)
     loss_fn = ProbabilityInformedLoss(config.loss)
-    state = restore_training_state(checkpoint, model, optimizer, scheduler, scaler)
-    start_epoch, step_in_epoch, global_step = state.epoch, state.step_in_epoch, state.global_step
-    history, best_metric, best_epoch = state.history, state.best_metric, state.best_epoch
-    partial = {}
+    state = RunState.resumed(restore_training_state(checkpoint, model, optimizer, scheduler, scaler), checkpoint)
     if checkpoint is not None:
-        partial = dict(checkpoint.raw.get("epoch_sums", {}))
-        say(f"resuming from {out / LAST} after epoch {start_epoch}, step {global_step}")
-    total_steps = config.epochs * config.steps_per_epoch
+        say(f"resuming from {out / LAST} after epoch {state.epoch}, step {state.global_step}")
     data_info = {"train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases],
                  "annotation": config.annotation.describe()}
-
-    def save(names: tuple[str, ...], epoch_done: int, in_epoch: int, sums=None) -> None:
-        document = {"kind": KIND, "model_config": model.config.to_dict(), "train_config": config.to_dict(),
-                    "epoch": epoch_done, "step_in_epoch": in_epoch, "global_step": global_step,
-                    "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                    "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
-                    "rng": capture_rng_state(), "epoch_sums": dict(sums or {}),
-                    "best_metric": best_metric, "best_epoch": best_epoch, "history": history,
-                    "data": data_info}
-        for name in names:
-            save_checkpoint(out / name, document)
-
-    def result(epochs: int, cancelled: bool) -> PwTrainResult:
-        model.eval()
-        return PwTrainResult(out, out / BEST if (out / BEST).exists() else None,
-                             out / LAST if (out / LAST).exists() else None, epochs, global_step, best_metric,
-                             best_epoch, history, cancelled, str(device), model)
-
     if prepared is None:
         say("stopped while building the training targets; nothing was saved")
-        return result(start_epoch, True)
-    model.train()
-    stop_requested = False
-    for epoch in range(start_epoch, config.epochs):
-        started = time.monotonic()
-        first = step_in_epoch if epoch == start_epoch else 0
-        sums = {k: float(v) for k, v in partial.items()} if first else {}
-        for step in range(first, config.steps_per_epoch):
-            batch = sample_batch(train_cases, config, epoch, step)
-            x = torch.from_numpy(batch["image"]).to(device)
-            target = torch.from_numpy(batch["target"]).to(device)
-            conf = None if batch["confidence"] is None else torch.from_numpy(batch["confidence"]).to(device)
-            ignore = torch.from_numpy(batch["ignore"]).to(device) if batch["ignore"].any() else None
-            with autocast(device, use_amp):
-                logits, kl = model(x, return_kl=True)
-            loss, parts = loss_fn(logits, target, kl, confidence=conf, ignore=ignore)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            global_step += 1
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrainingDataError(f"the training loss became {value} at step {global_step}; lower the "
-                                        f"learning rate (lr={config.lr}) or check the data.")
-            for key, part in parts.items():
-                sums[key] = sums.get(key, 0.0) + float(part)
-            sums["n"] = sums.get("n", 0.0) + 1
-            callbacks.on_step(global_step, total_steps, value)
-            if callbacks.should_stop():
-                stop_requested = True
-                if step + 1 < config.steps_per_epoch:
-                    save((LAST,), epoch, step + 1, sums)
-                    say(f"stopped at epoch {epoch + 1}, step {global_step}; {out / LAST} saved")
-                    return result(epoch, True)
-        n = max(sums.get("n", 0.0), 1.0)
-        metrics = {"epoch": epoch + 1, "train_loss": sums.get("total", 0.0) / n,
-                   "train_classification": sums.get("classification", 0.0) / n,
-                   "train_dice_loss": sums.get("dice", 0.0) / n, "train_kl": sums.get("kl", 0.0) / n,
+        return state.result(out, state.epoch, True, device, model)
+
+    def train_step(item, generator: torch.Generator) -> tuple[float, torch.Tensor]:
+        epoch, step = item  # the batch depends on (seed, epoch, step) only: resume is exact
+        batch = sample_batch(train_cases, config, epoch, step)
+        x = torch.from_numpy(batch["image"]).to(device)
+        target = torch.from_numpy(batch["target"]).to(device)
+        conf = None if batch["confidence"] is None else torch.from_numpy(batch["confidence"]).to(device)
+        ignore = torch.from_numpy(batch["ignore"]).to(device) if batch["ignore"].any() else None
+        with autocast(device, use_amp):
+            logits, kl = model(x, return_kl=True)
+        loss, parts = loss_fn(logits, target, kl, confidence=conf, ignore=ignore)
+        value = optimizer_step(loss, optimizer, scaler, step=state.global_step + 1, lr=config.lr)
+        scheduler.step()
+        return value, torch.tensor([float(parts[k]) for k in _PARTS] + [1.0], dtype=torch.float64)
+
+    def end_epoch(epoch: int, sums: torch.Tensor) -> tuple[dict, float | None]:
+        n = max(float(sums[-1]), 1.0)
+        metrics = {"epoch": epoch + 1, **{f"train_{_NAMES[k]}": float(v) / n for k, v in zip(_PARTS, sums)},
                    "lr": optimizer.param_groups[0]["lr"]}
         validated = bool(val_cases) and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs)
         if validated:
             val = validate(model, val_cases, config, device, use_amp)
             model.train()
             metrics.update({f"val_{k}": v for k, v in val.items()})
-        metrics["seconds"] = time.monotonic() - started
-        history.append(metrics)
-        score = metrics.get("val_dice") if validated else (None if val_cases else -metrics["train_loss"])
-        improved = score is not None and math.isfinite(score) and (best_metric is None or score > best_metric)
-        if improved:
-            best_metric, best_epoch = float(score), epoch + 1
-        save((LAST, BEST) if improved or best_epoch is None else (LAST,), epoch + 1, 0)
-        say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
-        callbacks.on_epoch(epoch + 1, metrics)
-        if stop_requested and epoch + 1 < config.epochs:
-            say(f"stopped after epoch {epoch + 1}; {out / LAST} saved")
-            return result(epoch + 1, True)
-    return result(max(start_epoch, config.epochs), False)
+        return metrics, metrics.get("val_dice") if validated else (None if val_cases else -metrics["train_loss"])
+
+    def save(names: tuple[str, ...], run: RunState) -> None:
+        document = {"kind": KIND, "model_config": model.config.to_dict(), "train_config": config.to_dict(),
+                    **run.fields(), "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                    "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
+                    "rng": capture_rng_state(), "data": data_info}
+        for name in names:
+            save_checkpoint(out / name, document)
+
+    loop = EpochLoop(config.epochs, config.steps_per_epoch,
+                     lambda epoch: [(epoch, step) for step in range(config.steps_per_epoch)], train_step,
+                     end_epoch, save, lambda epoch: 0, callbacks, say, out, n_sums=len(_PARTS) + 1)
+    model.train()
+    epochs_done, cancelled = loop.run(state)
+    return state.result(out, epochs_done, cancelled, device, model)
+

@@ -36,7 +36,8 @@ class RunState:
 
     @classmethod
     def resumed(cls, state: ResumeState, checkpoint: Checkpoint | None) -> "RunState":
-        sums = list(checkpoint.raw.get("epoch_sums") or []) if checkpoint is not None else []
+        sums = checkpoint.raw.get("epoch_sums") if checkpoint is not None else None
+        sums = list(sums) if isinstance(sums, (list, tuple)) else []
         return cls(state.epoch, state.step_in_epoch, state.global_step, state.best_metric, state.best_epoch,
                    list(state.history), [float(v) for v in sums])
 
@@ -89,7 +90,8 @@ class EpochLoop:
         ``(loss, sums)``, ``sums`` a 1-D float64 tensor added into the epoch's running sums.
     end_epoch
         ``end_epoch(epoch, sums) -> (metrics, score)`` after the last step (scheduler, validation);
-        the largest ``score`` so far makes ``best.pt``.
+        the largest ``score`` so far makes ``best.pt`` (None or nan: not scored this epoch; the
+        first epoch writes ``best.pt`` anyway, so a run always has one).
     save
         ``save(names, state)`` writes the checkpoint document (with ``state.fields()``) as each name.
     aug_seed
@@ -107,7 +109,7 @@ class EpochLoop:
     steps_per_epoch: int
     batches: Callable[[int], Sequence]
     train_step: Callable[[Any, torch.Generator], tuple[float, torch.Tensor]]
-    end_epoch: Callable[[int, torch.Tensor], tuple[dict, float]]
+    end_epoch: Callable[[int, torch.Tensor], tuple[dict, float | None]]
     save: Callable[[tuple[str, ...], RunState], None]
     aug_seed: Callable[[int], int]
     callbacks: TrainCallbacks
@@ -129,13 +131,13 @@ class EpochLoop:
             batches = self.batches(epoch)
             first = 0
             sums = torch.zeros(self.n_sums, dtype=torch.float64)
-            if epoch == start_epoch and aug_state is not None and state.step_in_epoch > 0:
-                self.generator.set_state(aug_state)
+            self.generator.manual_seed(self.aug_seed(epoch))
+            if epoch == start_epoch and state.step_in_epoch > 0:  # resume inside the epoch
                 first = state.step_in_epoch
+                if aug_state is not None:
+                    self.generator.set_state(aug_state)
                 if state.epoch_sums:
                     sums = torch.tensor(state.epoch_sums, dtype=torch.float64)
-            else:
-                self.generator.manual_seed(self.aug_seed(epoch))
             for b, items in enumerate(self.load(batches[first:]), start=first):
                 loss, step_sums = self.train_step(items, self.generator)
                 state.global_step += 1
@@ -153,11 +155,13 @@ class EpochLoop:
             metrics, score = self.end_epoch(epoch, sums)
             metrics["seconds"] = time.monotonic() - started
             state.history.append(metrics)
-            improved = state.best_metric is None or score > state.best_metric
+            scored = score is not None and math.isfinite(score)
+            improved = scored and (state.best_metric is None or score > state.best_metric)
+            first_best = state.best_epoch is None
             if improved:
                 state.best_metric, state.best_epoch = float(score), epoch + 1
             state.epoch, state.step_in_epoch, state.epoch_sums = epoch + 1, 0, []
-            self.save((LAST, BEST) if improved else (LAST,), state)
+            self.save((LAST, BEST) if improved or first_best else (LAST,), state)
             self.say(format_metrics(metrics))
             if self.is_main:
                 self.callbacks.on_epoch(epoch + 1, metrics)
