@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
@@ -43,10 +42,11 @@ from wsnodule_core.errors import CheckpointError, ModelConfigError, TrainingData
 from wsnodule_core.flow.patches import PatchConfig, PatchSet, patches_from_dataset
 from wsnodule_core.nam.patches3d import augment_patches
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
-from wsnodule_core.training.checkpoint import (BEST, LAST, Checkpoint, capture_rng_state, load_checkpoint,
+from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_checkpoint,
                                                load_model, prepare_run_dir, restore_training_state,
                                                save_checkpoint)
 from wsnodule_core.training.device import amp_enabled, autocast, choose_device, grad_scaler
+from wsnodule_core.training.loop import EpochLoop, RunState, optimizer_step
 from wsnodule_core.training.result import RunResult, config_from_dict
 from wsnodule_core.training.sampler import BalancedBatchSampler
 
@@ -490,12 +490,10 @@ def train_predictor(patches, out_dir: str | os.PathLike, config: PredictorTrainC
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
     scaler = grad_scaler(device, use_amp)
-    state = restore_training_state(checkpoint, model, optimizer, scheduler, scaler)
-    start_epoch, step_in_epoch, global_step = state.epoch, state.step_in_epoch, state.global_step
-    history, best_metric, best_epoch = state.history, state.best_metric, state.best_epoch
+    state = RunState.resumed(restore_training_state(checkpoint, model, optimizer, scheduler, scaler), checkpoint)
     aug_state = checkpoint.raw.get("augment_rng") if checkpoint is not None else None
     if checkpoint is not None:
-        say(f"resuming from {out / LAST} after epoch {start_epoch}, step {global_step}")
+        say(f"resuming from {out / LAST} after epoch {state.epoch}, step {state.global_step}")
     images = torch.from_numpy(np.ascontiguousarray(train_set.images))
     labels = torch.from_numpy(train_set.labels.astype(np.int64))
     sampler = BalancedBatchSampler(train_set.labels, config.batch_size, config.seed,
@@ -503,86 +501,47 @@ def train_predictor(patches, out_dir: str | os.PathLike, config: PredictorTrainC
     steps = len(sampler)
     if config.max_steps_per_epoch is not None:
         steps = min(steps, config.max_steps_per_epoch)
-    total_steps = steps * config.epochs
-    generator = torch.Generator()
     data_info = {"train": train_set.describe(), "val": val_set.describe() if val_set is not None else None}
 
-    def save(names: tuple[str, ...], epoch_done: int, in_epoch: int) -> None:
-        document = {"kind": KIND, "model_config": model_config.to_dict(), "train_config": config.to_dict(),
-                    "patch_config": train_set.config.to_dict(),
-                    "epoch": epoch_done, "step_in_epoch": in_epoch, "global_step": global_step,
-                    "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                    "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
-                    "rng": capture_rng_state(), "augment_rng": generator.get_state(),
-                    "best_metric": best_metric, "best_epoch": best_epoch, "history": history,
-                    "data": data_info}
-        for name in names:
-            save_checkpoint(out / name, document)
-
-    def result(epochs_done: int, cancelled: bool) -> RunResult:
-        model.eval()
-        return RunResult(out, out / BEST if (out / BEST).exists() else None,
-                         out / LAST if (out / LAST).exists() else None, epochs_done, global_step, best_metric,
-                         best_epoch, history, cancelled, str(device), model)
-
-    model.train()
-    for epoch in range(start_epoch, config.epochs):
-        started = time.monotonic()
+    def batches(epoch: int) -> list:
         sampler.set_epoch(epoch)
-        batches = list(sampler)[:steps]
-        first = 0
-        if epoch == start_epoch and aug_state is not None and step_in_epoch > 0:
-            generator.set_state(aug_state)
-            first = step_in_epoch
-        else:
-            generator.manual_seed(_aug_seed(config.seed, epoch))
-        loss_sum, seen, correct = 0.0, 0, 0
-        stopped = False
-        for b in range(first, len(batches)):
-            index = torch.as_tensor(batches[b])
-            x = images[index].to(device).float()[:, None]
-            y = labels[index].to(device)
-            if config.augment:
-                x = augment_patches(x, generator)
-            with autocast(device, use_amp):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            global_step += 1
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrainingDataError(f"the training loss became {value} at step {global_step}; lower the "
-                                        f"learning rate (lr={config.lr}) or check the data.")
-            loss_sum += value * len(y)
-            seen += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            callbacks.on_step(global_step, total_steps, value)
-            if callbacks.should_stop():
-                stopped = True
-                if b + 1 < len(batches):
-                    save((LAST,), epoch, b + 1)
-                    say(f"stopped at epoch {epoch + 1}, step {global_step}; {out / LAST} saved")
-                    return result(epoch, True)
-                break
+        return list(sampler)[:steps]
+
+    def train_step(batch, generator: torch.Generator) -> tuple[float, torch.Tensor]:
+        index = torch.as_tensor(batch)
+        x = images[index].to(device).float()[:, None]
+        y = labels[index].to(device)
+        if config.augment:
+            x = augment_patches(x, generator)
+        with autocast(device, use_amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        value = optimizer_step(loss, optimizer, scaler, step=state.global_step + 1, lr=config.lr)
+        return value, torch.tensor([value * len(y), len(y), float((logits.argmax(1) == y).sum())],
+                                   dtype=torch.float64)
+
+    def end_epoch(epoch: int, sums: torch.Tensor) -> tuple[dict, float]:
         scheduler.step()
-        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
-                   "train_accuracy": correct / max(seen, 1), "lr": optimizer.param_groups[0]["lr"]}
+        seen = max(float(sums[1]), 1.0)
+        metrics = {"epoch": epoch + 1, "train_loss": float(sums[0]) / seen, "train_accuracy": float(sums[2]) / seen,
+                   "lr": optimizer.param_groups[0]["lr"]}
         if val_set is not None:
             metrics.update({f"val_{k}": v for k, v in evaluate_predictor(
                 model, val_set, device, batch_size=config.eval_batch_size, use_amp=use_amp).items()})
             model.train()
-        metrics["seconds"] = time.monotonic() - started
-        history.append(metrics)
-        score = metrics.get("val_accuracy", metrics["train_accuracy"])
-        improved = best_metric is None or score > best_metric
-        if improved:
-            best_metric, best_epoch = float(score), epoch + 1
-        save((LAST, BEST) if improved else (LAST,), epoch + 1, 0)
-        say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
-        callbacks.on_epoch(epoch + 1, metrics)
-        if stopped:
-            return result(epoch + 1, True)
-    return result(max(start_epoch, config.epochs), False)
+        return metrics, metrics.get("val_accuracy", metrics["train_accuracy"])
+
+    def save(names: tuple[str, ...], run: RunState) -> None:
+        document = {"kind": KIND, "model_config": model_config.to_dict(), "train_config": config.to_dict(),
+                    "patch_config": train_set.config.to_dict(), **run.fields(),
+                    "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                    "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
+                    "rng": capture_rng_state(), "augment_rng": loop.generator.get_state(), "data": data_info}
+        for name in names:
+            save_checkpoint(out / name, document)
+
+    loop = EpochLoop(config.epochs, steps, batches, train_step, end_epoch, save,
+                     lambda epoch: _aug_seed(config.seed, epoch), callbacks, say, out, n_sums=3)
+    model.train()
+    epochs_done, cancelled = loop.run(state, aug_state)
+    return state.result(out, epochs_done, cancelled, device, model)
