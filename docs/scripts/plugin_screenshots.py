@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         pw.infer_button.click()
         run_until(lambda: not pw.tasks.busy and not pw.showing, 1800)
         viewer.dims.set_point(0, image.data_to_world((int(centres[0][0]), 0, 0))[0])
+        for layer in viewer.layers:  # a 20-step model is noise: show the pseudo-label it trained on
+            layer.visible = layer is image or layer is points or layer.name.endswith("pseudo-label")
         shoot("pw4medseg", pw, "PW4MedSeg")
 
         prior, predictor = os.environ.get("WSNODULE_FLOW_PRIOR"), os.environ.get("WSNODULE_FLOW_PREDICTOR")
