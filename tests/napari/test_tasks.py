@@ -1,7 +1,5 @@
 import threading
 
-import pytest
-
 from wsnodule_core.errors import TrainingDataError
 from napari_wsnodule._tasks import TaskPanel, TaskReporter
 

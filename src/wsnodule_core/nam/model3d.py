@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wsnodule_core.errors import CheckpointError, ModelConfigError
+from wsnodule_core.errors import ModelConfigError
 
 NODULE_CLASS = 1
 NORMS = ("batch", "group", "none")
