@@ -163,7 +163,7 @@ def test_patches_overlay_the_ct_and_land_on_its_source(make_napari_viewer, qtbot
         np.testing.assert_allclose(np.clip(trajectory.data[-1], -1000, 1000), cf, atol=1e-2)
         assert not np.allclose(trajectory.data[0], trajectory.data[-1])
     assert viewer.dims.axis_labels[0] == TIME_AXIS_LABEL
-    assert len(run.times) == 5 and run.times[0] == pytest.approx(0.5) and run.times[-1] == 0.0
+    assert len(run.times) == 5 and run.times[0] == pytest.approx(widget.t0_spin.value()) and run.times[-1] == 0.0
     text = widget.summary_label.text()
     assert f"{run.p_before[0]:.3f} → {run.p_after[0]:.3f}" in text and "Patch 2" in text
 
