@@ -6,6 +6,10 @@ picks the guidance settings with a small sweep on the val split's nodule patches
 method on the test split's nodule patches. Prints the Markdown table; writes OUT/eval/ and the sweep.
 
     python benchmarks/flow_table.py --out /tmp/flow_table [--cases 16] [--prior-steps 600] [--data DIR]
+    python benchmarks/flow_table.py --out /tmp/flow_hybrid --source hybrid --cases 12   # WSNODULE_DATA
+
+A hybrid set of the two real series has one train and one test patient and no validation split:
+the guidance settings are then the defaults (the phantom sweep's choice), not swept again.
 
 Each stage reuses what an earlier run of the same OUT left (data set, checkpoints), so a run can be
 continued with more prior steps (``--prior-steps`` larger: the prior is resumed).
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, replace
@@ -31,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="an existing data set folder")
     parser.add_argument("--cases", type=int, default=16)
     parser.add_argument("--size", default="small", help="phantom size preset [small]")
+    parser.add_argument("--source", choices=("phantom", "hybrid"), default="phantom",
+                        help="hybrid: the series under $WSNODULE_DATA/chest-ct, resampled to 2.5 x 1.5 x 1.5 mm, "
+                             "with LIDC shapes inserted")
     parser.add_argument("--predictor-epochs", type=int, default=40)
     parser.add_argument("--prior-steps", type=int, default=600)
     parser.add_argument("--max-val", type=int, default=6, help="val nodule patches in the sweep")
@@ -55,9 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data or args.out / "data"
     if not (Path(data) / "dataset.json").exists():
         started = time.monotonic()
-        build_dataset(data, source="phantom", n_cases=args.cases, size=args.size, nodules_per_case=(2, 4),
-                      n_shapes=60, min_diameter_mm=6.0, seed=5)
-        _log(f"data set: {args.cases} phantom cases in {time.monotonic() - started:.0f} s")
+        extra = {"size": args.size}
+        if args.source == "hybrid":
+            root = Path(os.environ["WSNODULE_DATA"]) / "chest-ct"
+            # seed 3 puts cptac-c3n-00247 in the train split: the other series has an unlabelled mass
+            # and gives no negatives (docs/nam_results.md)
+            extra = {"ct_paths": sorted(str(p) for p in root.iterdir() if p.is_dir()), "spacing": (2.5, 1.5, 1.5),
+                     "seed": 3}
+        build_dataset(data, source=args.source, n_cases=args.cases, nodules_per_case=(2, 4), n_shapes=60,
+                      min_diameter_mm=6.0, **{"seed": 5, **extra})
+        _log(f"data set: {args.cases} {args.source} cases in {time.monotonic() - started:.0f} s")
     patch_config = PatchConfig(size=32, spacing_mm=1.5)
     sets = {split: patches_from_dataset(data, split, patch_config) for split in ("train", "val", "test")}
     for split, patches in sets.items():
@@ -99,13 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     grid = SweepGrid(t0=(0.3, 0.5), guided_steps=(3, 6), scale=(0.5, 1.0, 2.0), rule=("x0", "dps"))
     val = sets["val"].subset(sets["val"].labels == 1)
     val = val.subset(range(min(args.max_val, len(val))))
-    started = time.monotonic()
     chosen = max(scores, key=scores.get)  # the sweep explains the predictor that validates best
-    result = sweep(prior, predictors[chosen], val, grid, base, mask_rule=rule, floor=0.01, batch_size=4)
-    _log(f"sweep ({len(result.table)} settings on {len(val)} val patches, {chosen}): "
-         f"{time.monotonic() - started:.0f} s; best {result.table[0]}")
-    (args.out / "sweep.json").write_text(json.dumps(result.table, indent=1, default=str))
-    best = result.best
+    if len(val):
+        started = time.monotonic()
+        result = sweep(prior, predictors[chosen], val, grid, base, mask_rule=rule, floor=0.01, batch_size=4)
+        _log(f"sweep ({len(result.table)} settings on {len(val)} val patches, {chosen}): "
+             f"{time.monotonic() - started:.0f} s; best {result.table[0]}")
+        (args.out / "sweep.json").write_text(json.dumps(result.table, indent=1, default=str))
+        best = result.best
+    else:
+        best = base
+        _log("no validation nodule patch: the guidance settings are the defaults (the phantom sweep's choice)")
 
     started = time.monotonic()
     config = FlowEvalConfig(best, rule=rule, floor=0.01, batch_size=4, max_patches=args.max_test)
