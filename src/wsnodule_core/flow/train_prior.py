@@ -14,7 +14,6 @@ global batch: under ``torchrun`` each of ``N`` processes takes every N-th patch 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
@@ -35,7 +34,7 @@ from wsnodule_core.training import distributed as ddp
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
 from wsnodule_core.training.checkpoint import (LAST, capture_rng_state, load_checkpoint, load_model,
                                                prepare_run_dir, restore_training_state, save_checkpoint)
-from wsnodule_core.training.device import amp_enabled, choose_device, grad_scaler
+from wsnodule_core.training.device import amp_enabled, choose_device, deterministic, grad_scaler
 from wsnodule_core.training.result import RunResult, config_from_dict
 
 KIND = "flow-prior"
@@ -312,19 +311,6 @@ def load_prior(path: str | os.PathLike, device: str | torch.device | None = None
 # --- training --------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _deterministic(enabled: bool):
-    previous, previous_cudnn = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    if enabled:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
-        torch.backends.cudnn.benchmark = previous_cudnn
-
-
 def train_prior(volumes_or_dataset, out_dir: str | os.PathLike, config: PriorTrainConfig | None = None,
                 callbacks: TrainCallbacks | object | None = None, *, resume: bool = False,
                 overwrite: bool = False, log=None) -> RunResult:
@@ -375,7 +361,7 @@ def train_prior(volumes_or_dataset, out_dir: str | os.PathLike, config: PriorTra
         if config.batch_size % ctx.world_size:
             raise ModelConfigError(f"batch_size {config.batch_size} must be a multiple of the "
                                    f"{ctx.world_size} processes.")
-        with _deterministic(config.deterministic):
+        with deterministic(config.deterministic):
             return _train(volumes_or_dataset, out, config, callbacks, checkpoint, ctx, device, say)
     finally:
         ddp.shutdown(ctx)

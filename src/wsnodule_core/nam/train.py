@@ -11,7 +11,6 @@ accuracy (``probability_threshold``; see :func:`checkpoint_threshold`). Run seve
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -29,7 +28,7 @@ from wsnodule_core.training.augment import AugmentConfig, augment_batch
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
 from wsnodule_core.training.checkpoint import (LAST, capture_rng_state, load_checkpoint,
                                                prepare_run_dir, restore_training_state, save_checkpoint)
-from wsnodule_core.training.device import amp_enabled, autocast, choose_device, grad_scaler
+from wsnodule_core.training.device import amp_enabled, autocast, choose_device, deterministic, grad_scaler
 from wsnodule_core.training.loop import EpochLoop, RunState, optimizer_step
 from wsnodule_core.training.result import RunResult, config_from_dict
 from wsnodule_core.training.sampler import BalancedBatchSampler
@@ -145,20 +144,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def _deterministic(enabled: bool):
-    previous = torch.are_deterministic_algorithms_enabled()
-    previous_cudnn = torch.backends.cudnn.benchmark
-    if enabled:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
-        torch.backends.cudnn.benchmark = previous_cudnn
 
 
 def build_model(config: TrainConfig) -> MultiGapClassifier:
@@ -347,7 +332,7 @@ def train_classifier(data, out_dir: str | os.PathLike, config: TrainConfig | Non
     say = (log or (lambda text: None)) if ctx.is_main else (lambda text: None)
     say(choice.describe() + (f", {ctx.world_size} processes" if ctx.enabled else ""))
     try:
-        with _deterministic(config.deterministic):
+        with deterministic(config.deterministic):
             return _train(data, out, config, callbacks, checkpoint, ctx, device, say)
     finally:
         ddp.shutdown(ctx)

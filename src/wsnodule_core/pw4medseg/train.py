@@ -24,7 +24,6 @@ bit-identical weights.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from dataclasses import asdict, dataclass, field, replace
@@ -42,7 +41,7 @@ from wsnodule_core.pw4medseg.model import ProbabilisticUNETR, PTransformerConfig
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
 from wsnodule_core.training.checkpoint import (LAST, capture_rng_state, load_checkpoint, load_model,
                                                prepare_run_dir, restore_training_state, save_checkpoint)
-from wsnodule_core.training.device import amp_enabled, autocast, choose_device, grad_scaler
+from wsnodule_core.training.device import amp_enabled, autocast, choose_device, deterministic, grad_scaler
 from wsnodule_core.training.loop import EpochLoop, RunState, optimizer_step
 from wsnodule_core.training.result import RunResult, config_from_dict
 
@@ -586,19 +585,6 @@ def validate(model: ProbabilisticUNETR, cases: Sequence[TrainingCase], config: P
             "dice_nodule": float(np.mean(nodule)) if nodule else float("nan")}
 
 
-@contextlib.contextmanager
-def _deterministic(enabled: bool):
-    previous, previous_cudnn = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    if enabled:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
-        torch.backends.cudnn.benchmark = previous_cudnn
-
-
 # --- training ----------------------------------------------------------------------------
 
 
@@ -649,7 +635,7 @@ def train_pw4medseg(data, out_dir: str | os.PathLike, config: PwTrainConfig | No
     choice = choose_device(config.device)
     say = log or (lambda text: None)
     say(choice.describe())
-    with _deterministic(config.deterministic):
+    with deterministic(config.deterministic):
         return _train(data, out, config, callbacks, checkpoint, choice.device, say, progress)
 
 

@@ -77,3 +77,18 @@ def autocast(device: torch.device, enabled: bool):
 
 def grad_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
     return torch.amp.GradScaler("cuda", enabled=bool(enabled and device.type == "cuda"))
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool):
+    """Deterministic algorithms (warn-only) and no cuDNN autotuning inside the block when ``enabled``;
+    the previous settings come back afterwards."""
+    previous, previous_cudnn = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        torch.backends.cudnn.benchmark = previous_cudnn

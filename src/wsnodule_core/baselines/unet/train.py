@@ -12,7 +12,6 @@ batch sampling and augmentation are the shared :mod:`wsnodule_core.training` pie
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
@@ -29,7 +28,7 @@ from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
 from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_checkpoint,
                                                load_model, prepare_run_dir, restore_training_state,
                                                save_checkpoint)
-from wsnodule_core.training.device import amp_enabled, autocast, choose_device, grad_scaler
+from wsnodule_core.training.device import amp_enabled, autocast, choose_device, deterministic, grad_scaler
 from wsnodule_core.training.loop import EpochLoop, RunState, optimizer_step
 from wsnodule_core.training.result import RunResult, config_from_dict
 from wsnodule_core.training.sampler import BalancedBatchSampler
@@ -203,19 +202,6 @@ def _check_slices(slices, config: UNetTrainConfig, name: str) -> None:
                                 "only); the U-Net baseline needs voxel masks.")
 
 
-@contextlib.contextmanager
-def _deterministic(enabled: bool):
-    previous, previous_cudnn = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    if enabled:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
-        torch.backends.cudnn.benchmark = previous_cudnn
-
-
 def _aug_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng([seed, epoch, 29]).integers(2**62))
 
@@ -270,7 +256,7 @@ def train_unet(data, out_dir: str | os.PathLike, config: UNetTrainConfig | None 
     choice = choose_device(config.device)
     say = log or (lambda text: None)
     say(choice.describe())
-    with _deterministic(config.deterministic):
+    with deterministic(config.deterministic):
         return _train(data, out, config, callbacks, checkpoint, choice.device, say)
 
 
