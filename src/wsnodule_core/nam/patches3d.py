@@ -39,7 +39,7 @@ from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
 from wsnodule_core.training.checkpoint import (LAST, capture_rng_state, load_checkpoint,
                                                prepare_run_dir, restore_training_state, save_checkpoint)
 from wsnodule_core.training.device import amp_enabled, autocast, choose_device, grad_scaler
-from wsnodule_core.training.loop import EpochLoop, RunState, optimizer_step
+from wsnodule_core.training.loop import CLASSIFY_SUMS, EpochLoop, RunState, classify_metrics, classify_step
 from wsnodule_core.training.result import RunResult, config_from_dict
 from wsnodule_core.training.sampler import BalancedBatchSampler
 
@@ -446,18 +446,12 @@ def train_classifier_3d(data, out_dir: str | os.PathLike, config: Train3DConfig 
         y = labels[index].to(device)
         if config.augment:
             x = augment_patches(x, generator)
-        with autocast(device, use_amp):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        value = optimizer_step(loss, optimizer, scaler, step=state.global_step + 1, lr=config.lr)
-        return value, torch.tensor([value * len(y), len(y), float((logits.argmax(1) == y).sum())],
-                                   dtype=torch.float64)
+        return classify_step(model, x, y, optimizer, scaler, use_amp=use_amp, step=state.global_step + 1,
+                             lr=config.lr)
 
     def end_epoch(epoch: int, sums: torch.Tensor) -> tuple[dict, float]:
         scheduler.step()
-        seen = max(float(sums[1]), 1.0)
-        metrics = {"epoch": epoch + 1, "train_loss": float(sums[0]) / seen, "train_accuracy": float(sums[2]) / seen,
-                   "lr": optimizer.param_groups[0]["lr"]}
+        metrics = classify_metrics(epoch, sums, optimizer)
         if val_set is not None:
             metrics.update({f"val_{k}": v for k, v in evaluate_3d(model, val_set, device,
                                                                   batch_size=config.eval_batch_size,
@@ -473,7 +467,7 @@ def train_classifier_3d(data, out_dir: str | os.PathLike, config: Train3DConfig 
             save_checkpoint(out / name, document)
 
     loop = EpochLoop(config.epochs, steps, batches, train_step, end_epoch, save,
-                     lambda epoch: _aug_seed(config.seed, epoch), callbacks, say, out, n_sums=3)
+                     lambda epoch: _aug_seed(config.seed, epoch), callbacks, say, out, n_sums=CLASSIFY_SUMS)
     model.train()
     epochs_done, cancelled = loop.run(state, aug_state)
     return state.result(out, epochs_done, cancelled, device, model)

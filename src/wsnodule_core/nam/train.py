@@ -29,7 +29,7 @@ from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
 from wsnodule_core.training.checkpoint import (LAST, capture_rng_state, load_checkpoint,
                                                prepare_run_dir, restore_training_state, save_checkpoint)
 from wsnodule_core.training.device import amp_enabled, autocast, choose_device, deterministic, grad_scaler
-from wsnodule_core.training.loop import EpochLoop, RunState, optimizer_step
+from wsnodule_core.training.loop import CLASSIFY_SUMS, EpochLoop, RunState, classify_metrics, classify_step
 from wsnodule_core.training.result import RunResult, config_from_dict
 from wsnodule_core.training.sampler import BalancedBatchSampler
 
@@ -383,12 +383,8 @@ def _train(data, out: Path, config: TrainConfig, callbacks: TrainCallbacks, chec
             x = augment_batch(x, generator, augment)
         if config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, use_amp):
-            logits = net(x)
-        loss = F.cross_entropy(logits.float(), y)
-        value = optimizer_step(loss, optimizer, scaler, step=state.global_step + 1, lr=config.backbone_lr)
-        return value, torch.tensor([value * len(y), len(y), float((logits.argmax(1) == y).sum())],
-                                   dtype=torch.float64)
+        return classify_step(net, x, y, optimizer, scaler, use_amp=use_amp, step=state.global_step + 1,
+                             lr=config.backbone_lr)
 
     def end_epoch(epoch: int, sums: torch.Tensor) -> tuple[dict, float]:
         scheduler.step()
@@ -397,9 +393,7 @@ def _train(data, out: Path, config: TrainConfig, callbacks: TrainCallbacks, chec
                                    _aug_seed(config.seed, epoch, ctx.rank), device, config.channels_last)
         ddp.average_buffers(model, ctx)
         sums = ddp.all_reduce_sum(sums, ctx)
-        metrics = {"epoch": epoch + 1, "train_loss": float(sums[0] / max(float(sums[1]), 1.0)),
-                   "train_accuracy": float(sums[2] / max(float(sums[1]), 1.0)),
-                   "lr": optimizer.param_groups[0]["lr"]}
+        metrics = classify_metrics(epoch, sums, optimizer)
         if val_set is not None:
             val = evaluate(model, val_set, device, batch_size=config.eval_batch_size, ctx=ctx,
                            use_amp=use_amp, channels_last=config.channels_last)
@@ -434,7 +428,7 @@ def _train(data, out: Path, config: TrainConfig, callbacks: TrainCallbacks, chec
     loop = EpochLoop(config.epochs, steps_per_epoch, batches, train_step, end_epoch, save,
                      lambda epoch: _aug_seed(config.seed, epoch, ctx.rank), callbacks, say, out,
                      load=lambda remaining: _batch_stream(images, labels, remaining, config, device),
-                     stop_all=stop_all, is_main=ctx.is_main, n_sums=3)
+                     stop_all=stop_all, is_main=ctx.is_main, n_sums=CLASSIFY_SUMS)
     model.train()
     epochs_done, cancelled = loop.run(state, aug_state)
     return state.result(out, epochs_done, cancelled, device, model)

@@ -19,6 +19,7 @@ import torch
 from wsnodule_core.errors import TrainingDataError
 from wsnodule_core.training.callbacks import TrainCallbacks
 from wsnodule_core.training.checkpoint import BEST, LAST, Checkpoint, ResumeState
+from wsnodule_core.training.device import autocast
 from wsnodule_core.training.result import RunResult
 
 
@@ -169,3 +170,23 @@ class EpochLoop:
                 self.say(f"stopped after epoch {epoch + 1}; {self.out / LAST} saved")
                 return epoch + 1, True
         return max(start_epoch, self.epochs), False
+
+
+CLASSIFY_SUMS = 3  # loss x n, n, correct: the running sums of classify_step
+
+
+def classify_step(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer,
+                  scaler, *, use_amp: bool, step: int, lr: float | None = None) -> tuple[float, torch.Tensor]:
+    """One cross-entropy step of a classifier on ``(x, y)``; the loss and ``CLASSIFY_SUMS`` sums."""
+    with autocast(x.device, use_amp):
+        logits = net(x)
+    loss = torch.nn.functional.cross_entropy(logits.float(), y)
+    value = optimizer_step(loss, optimizer, scaler, step=step, lr=lr)
+    return value, torch.tensor([value * len(y), len(y), float((logits.argmax(1) == y).sum())], dtype=torch.float64)
+
+
+def classify_metrics(epoch: int, sums: torch.Tensor, optimizer: torch.optim.Optimizer) -> dict:
+    """The epoch's training loss and accuracy from :func:`classify_step`'s sums, and the learning rate."""
+    seen = max(float(sums[1]), 1.0)
+    return {"epoch": epoch + 1, "train_loss": float(sums[0]) / seen, "train_accuracy": float(sums[2]) / seen,
+            "lr": optimizer.param_groups[0]["lr"]}
