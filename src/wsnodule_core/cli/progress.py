@@ -35,3 +35,27 @@ class StagedTextProgress:
         if stage != self._stage or self._bar is None:
             self._stage, self._bar = stage, TextProgress(stage, self.stream)
         self._bar(done, total)
+
+
+def training_hooks(label: str, show: bool = True):
+    """``(callbacks, log)`` for a training run on the command line: a progress bar per step (when
+    ``show``) and one-line messages on stderr that do not overwrite the bar."""
+    from wsnodule_core.training.callbacks import TrainCallbacks
+
+    bar = TextProgress(label) if show else None
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        if bar is not None:
+            bar(step, total)
+
+    def log(text: str) -> None:
+        sys.stderr.write(("\n" if bar is not None else "") + text + "\n")
+
+    return TrainCallbacks(step_fn=on_step), log
+
+
+def print_run(result, metric: str) -> None:
+    """The last line of ``wsnodule train``: epochs, steps, device, the best validation score, the folder."""
+    best = f"{result.best_metric:.3f} (epoch {result.best_epoch})" if result.best_metric is not None else "-"
+    print(f"trained {result.epochs_completed} epoch(s), {result.global_step} steps on {result.device}; "
+          f"best {metric} {best}; checkpoints in {result.out_dir}")

@@ -4,9 +4,8 @@ rectified-flow prior (no labels), or PW4MedSeg (sparse annotations)."""
 from __future__ import annotations
 
 import argparse
-import sys
 
-from wsnodule_core.cli.progress import TextProgress
+from wsnodule_core.cli.progress import print_run, training_hooks
 
 METHODS = ("nam", "unet", "flow-prior", "pw4medseg")
 
@@ -109,24 +108,13 @@ def unet_config_from_args(args: argparse.Namespace):
 
 def run_unet(args: argparse.Namespace) -> int:
     from wsnodule_core.baselines.unet import train_unet
-    from wsnodule_core.training.callbacks import TrainCallbacks
 
     config = _resumed_unet_config(args) if args.resume else None
     config = config or unet_config_from_args(args)
-    bar = None if args.quiet else TextProgress("training U-Net")
-
-    def on_step(step: int, total: int, loss: float) -> None:
-        if bar is not None:
-            bar(step, total)
-
-    def log(text: str) -> None:
-        sys.stderr.write(("\n" if bar is not None else "") + text + "\n")
-
-    result = train_unet(args.data, args.out, config, TrainCallbacks(step_fn=on_step), resume=args.resume,
-                        overwrite=args.overwrite, log=log)
-    best = f"{result.best_metric:.3f} (epoch {result.best_epoch})" if result.best_metric is not None else "-"
-    print(f"trained {result.epochs_completed} epoch(s), {result.global_step} steps on {result.device}; "
-          f"best validation Dice {best}; checkpoints in {result.out_dir}")
+    callbacks, log = training_hooks("training U-Net", not args.quiet)
+    result = train_unet(args.data, args.out, config, callbacks, resume=args.resume, overwrite=args.overwrite,
+                        log=log)
+    print_run(result, "validation Dice")
     return 0
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 #: Options of the NAM/U-Net recipes that mean nothing to the prior (it counts steps, not epochs).
 _NOT_FOR_PRIOR = ("n_gap", "width", "vgg16_weights", "epochs", "lr_decay", "image_size", "min_nodule_area",
@@ -61,22 +60,12 @@ def prior_config_from_args(args: argparse.Namespace):
 
 def run_train_prior(args: argparse.Namespace) -> int:
     """Train the prior on the data set's train split, with a text progress bar; 0 on success."""
-    from wsnodule_core.cli.progress import TextProgress
+    from wsnodule_core.cli.progress import training_hooks
     from wsnodule_core.flow.train_prior import train_prior
-    from wsnodule_core.training.callbacks import TrainCallbacks
 
-    config = prior_config_from_args(args)
     main_process = os.environ.get("RANK", "0") == "0"
-    bar = None if args.quiet or not main_process else TextProgress("training the flow prior")
-
-    def on_step(step: int, total: int, loss: float) -> None:
-        if bar is not None:
-            bar(step, total)
-
-    def log(text: str) -> None:
-        sys.stderr.write(("\n" if bar is not None else "") + text + "\n")
-
-    result = train_prior(args.data, args.out, config, TrainCallbacks(step_fn=on_step), resume=args.resume,
+    callbacks, log = training_hooks("training the flow prior", not args.quiet and main_process)
+    result = train_prior(args.data, args.out, prior_config_from_args(args), callbacks, resume=args.resume,
                          overwrite=args.overwrite, log=log)
     if main_process:
         print(f"trained {result.global_step} steps on {result.device}; prior (EMA weights) in {result.last_path}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from wsnodule_core.nam.train import TrainConfig
 
@@ -73,9 +72,8 @@ def run_train(args: argparse.Namespace) -> int:
     """Run the training the arguments describe, with a text progress bar on stderr; 0 on success."""
     from pathlib import Path
 
-    from wsnodule_core.cli.progress import TextProgress
+    from wsnodule_core.cli.progress import print_run, training_hooks
     from wsnodule_core.nam.train import train_classifier
-    from wsnodule_core.training.callbacks import TrainCallbacks
     from wsnodule_core.training.checkpoint import LAST, load_checkpoint
 
     base = None
@@ -83,20 +81,9 @@ def run_train(args: argparse.Namespace) -> int:
         base = TrainConfig.from_dict(load_checkpoint(Path(args.out) / LAST).train_config)
     config = config_from_args(args, base)
     main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports
-    bar = None if args.quiet or not main_process else TextProgress("training")
-
-    def on_step(step: int, total: int, loss: float) -> None:
-        if bar is not None:
-            bar(step, total)
-
-    def log(text: str) -> None:
-        sys.stderr.write(("\n" if bar is not None else "") + text + "\n")
-
-    result = train_classifier(args.data, args.out, config, TrainCallbacks(step_fn=on_step), resume=args.resume,
+    callbacks, log = training_hooks("training", not args.quiet and main_process)
+    result = train_classifier(args.data, args.out, config, callbacks, resume=args.resume,
                               overwrite=args.overwrite, log=log)
-    if not main_process:
-        return 0
-    best = f"{result.best_metric:.3f} (epoch {result.best_epoch})" if result.best_metric is not None else "-"
-    print(f"trained {result.epochs_completed} epoch(s), {result.global_step} steps on {result.device}; "
-          f"best accuracy {best}; checkpoints in {result.out_dir}")
+    if main_process:
+        print_run(result, "accuracy")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 #: Options of the NAM recipe that mean nothing to PW4MedSeg.
 _NOT_FOR_PW = ("n_gap", "width", "vgg16_weights", "lr_decay", "image_size", "min_nodule_area", "max_steps_per_epoch",
@@ -52,23 +51,11 @@ def pw_config_from_args(args: argparse.Namespace):
 
 def run_train_pw(args: argparse.Namespace) -> int:
     """Train on the data set's train split (validation: its val split); 0 on success."""
-    from wsnodule_core.cli.progress import TextProgress
+    from wsnodule_core.cli.progress import print_run, training_hooks
     from wsnodule_core.pw4medseg.train import train_pw4medseg
-    from wsnodule_core.training.callbacks import TrainCallbacks
 
-    config = pw_config_from_args(args)
-    bar = None if args.quiet else TextProgress("training PW4MedSeg")
-
-    def on_step(step: int, total: int, loss: float) -> None:
-        if bar is not None:
-            bar(step, total)
-
-    def log(text: str) -> None:
-        sys.stderr.write(("\n" if bar is not None else "") + text + "\n")
-
-    result = train_pw4medseg(args.data, args.out, config, TrainCallbacks(step_fn=on_step), resume=args.resume,
+    callbacks, log = training_hooks("training PW4MedSeg", not args.quiet)
+    result = train_pw4medseg(args.data, args.out, pw_config_from_args(args), callbacks, resume=args.resume,
                              overwrite=args.overwrite, log=log)
-    best = f"{result.best_metric:.3f} (epoch {result.best_epoch})" if result.best_metric is not None else "-"
-    print(f"trained {result.epochs_completed} epoch(s), {result.global_step} steps on {result.device}; "
-          f"best validation Dice {best}; checkpoints in {result.out_dir}")
+    print_run(result, "validation Dice")
     return 0
