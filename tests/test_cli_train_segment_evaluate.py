@@ -208,11 +208,15 @@ def test_train_pw4medseg_from_simulated_points_then_evaluate_it(dataset, tmp_pat
 
     run = tmp_path / "pw"
     tiny = ["--annotation", "points:5", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "1",
-            "--crop-size", "16", "--pixel-spacing", "6", "--device", "cpu", "--quiet"]
+            "--crop-size", "16", "--pixel-spacing", "6", "--device", "cpu", "--quiet", "--pw-norm", "batch",
+            "--foreground-probability", "0.8", "--background-in-lungs", "0.25"]
     assert main(["train", "--method", "pw4medseg", str(dataset), "--out", str(run), *tiny]) == 0
     checkpoint = load_checkpoint(run / "last.pt")
     assert checkpoint.kind == "pw4medseg" and checkpoint.global_step == 2
-    assert checkpoint.train_config["annotation"]["n_points"] == 5
+    saved = checkpoint.train_config
+    assert saved["annotation"]["n_points"] == 5 and saved["model"]["norm_name"] == "batch"
+    assert tuple(saved["model"]["img_size"]) == (16, 16, 16)
+    assert (saved["foreground_probability"], saved["background_in_lungs"]) == (0.8, 0.25)
     capsys.readouterr()
     assert main(["evaluate", str(dataset), "--checkpoint", str(run), "--out", str(tmp_path / "eval"),
                  "--quiet"]) == 0

@@ -333,3 +333,15 @@ def test_cancel_keeps_last_pt_and_load_brings_a_run_back(make_napari_viewer, qtb
     _wait(qtbot, widget)
     assert errors == [] and widget.selected_model() is not None
     assert widget.selected_model().path == out / "last.pt"
+
+
+def test_inference_uses_the_threshold_the_run_chose_on_validation():
+    from types import SimpleNamespace
+
+    from napari_wsnodule.widgets.pw4medseg import model_config
+    from wsnodule_core.pw4medseg.train import PwTrainConfig
+
+    saved = PwTrainConfig(device="cpu").to_dict()
+    tuned = SimpleNamespace(checkpoint=SimpleNamespace(train_config=saved, raw={"probability_threshold": 0.8}))
+    untuned = SimpleNamespace(checkpoint=SimpleNamespace(train_config=saved, raw={}))
+    assert model_config(tuned).threshold == 0.8 and model_config(untuned).threshold == 0.5

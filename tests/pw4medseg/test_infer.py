@@ -12,8 +12,9 @@ from wsnodule_core.pw4medseg.infer import PwSegmenter, count_windows, mc_sliding
 from wsnodule_core.pw4medseg.model import PTransformerConfig
 from wsnodule_core.pw4medseg.train import PwTrainConfig, build_model, train_pw4medseg
 
+# instance norm: an untrained batch-norm network's output barely varies (fresh running statistics)
 TINY = PTransformerConfig.compact(img_size=(16, 16, 16), patch_size=8, hidden_size=32, num_layers=2,
-                                  num_heads=2, mlp_dim=64, feature_size=4)
+                                  num_heads=2, mlp_dim=64, feature_size=4, norm_name="instance")
 
 
 def _config(**overrides) -> PwTrainConfig:
@@ -48,6 +49,10 @@ def test_prediction_lies_on_the_input_grid(model):
     np.testing.assert_array_equal(prediction.mask.array, (p >= 0.5).astype(np.uint8))
     native = predict_volume(model, volume, _config(spacing_mm=None), passes=1, seed=0)  # no resampling
     assert native.probability.same_geometry(volume)
+    level = float(np.median(p))  # the config's threshold applies when none is given
+    tuned = predict_volume(model, volume, _config(threshold=level), passes=2, seed=0)
+    np.testing.assert_array_equal(tuned.mask.array, (p >= level).astype(np.uint8))
+    assert tuned.threshold == level
 
 
 def test_resampling_back_follows_the_content(model):
@@ -150,6 +155,9 @@ def test_segmenter_runs_in_the_evaluation(tmp_path):
     run = train_pw4medseg(folder, tmp_path / "run", _config(spacing_mm=(5.0, 7.2, 7.2)))
     segmenter = PwSegmenter(run.out_dir, passes=2)
     assert segmenter.config.crop_size == (16, 16, 16)
+    assert "val_threshold" not in run.history[-1]  # no validation split: the fixed threshold
+    assert segmenter.threshold == segmenter.config.threshold == 0.5
+    assert PwSegmenter(run.out_dir, passes=2, threshold=0.25).threshold == 0.25
     report = evaluate_dataset(folder, {"PW4MedSeg": segmenter}, split="test", out_dir=tmp_path / "eval")
     assert "PW4MedSeg" in report.rows and (tmp_path / "eval" / "metrics.json").exists()
     from wsnodule_core.data.dataset import load_dataset

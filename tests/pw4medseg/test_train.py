@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from wsnodule_core.pw4medseg.model import PTransformerConfig
 from wsnodule_core.pw4medseg.train import (AnnotationSpec, PwTrainConfig, TargetCase, build_model,
                                            load_pw4medseg, lr_factor, model_grid, normalise_intensity,
                                            prepare_case, resample_array, resampled_shape, sample_batch,
-                                           train_pw4medseg)
+                                           train_pw4medseg, TrainingCase, validate)
 from wsnodule_core.training.callbacks import TrainCallbacks
 from wsnodule_core.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -51,8 +53,11 @@ def test_config_presets_and_round_trip():
     paper = PwTrainConfig.paper()
     assert paper.crop_size == (96, 96, 96) and paper.model.hidden_size == 768
     assert paper.spacing_mm == (1.0, 1.0, 1.0) and paper.lr == 1e-4 and paper.weight_decay == 1e-4
-    compact = PwTrainConfig()
+    assert paper.model.norm_name == "instance" and paper.foreground_probability == 0.5
+    compact = PwTrainConfig()  # the CPU recipe of docs/pw4medseg_results.md
     assert compact.crop_size == (32, 32, 32) and compact.spacing_mm[0] > 1.0
+    assert compact.model.norm_name == "batch" and compact.lr == 5e-4
+    assert (compact.foreground_probability, compact.background_in_lungs) == (0.33, 0.8)
     config = _config(crop_size=24, annotation="boxes:loose", spacing_mm=2.5)
     assert config.model.img_size == config.crop_size == (24, 24, 24)
     assert config.annotation == AnnotationSpec("boxes", box="loose") and config.spacing_mm == (2.5,) * 3
@@ -224,7 +229,7 @@ def test_resume_gives_bit_identical_weights_and_cancel_keeps_last(phantom, tmp_p
     with pytest.raises(OutputExistsError):
         train_pw4medseg((train, val), tmp_path / "part", config)
     with pytest.raises(CheckpointError):
-        train_pw4medseg((train, val), tmp_path / "part", _config(lr=5e-4), resume=True)
+        train_pw4medseg((train, val), tmp_path / "part", _config(lr=2e-4), resume=True)
     resumed = train_pw4medseg((train, val), tmp_path / "part", None, resume=True)
     assert not resumed.cancelled and resumed.global_step == whole.global_step == 6
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
@@ -236,10 +241,34 @@ def test_resume_gives_bit_identical_weights_and_cancel_keeps_last(phantom, tmp_p
     assert early.cancelled and early.global_step == 0 and early.last_path is None  # stopped while building
 
     model, loaded = load_pw4medseg(tmp_path / "whole")
-    assert loaded == config and not model.training
+    best = max(whole.history, key=lambda h: h["val_dice_tuned"])  # best.pt follows the tuned Dice
+    assert loaded.threshold == best["val_threshold"] == load_checkpoint(whole.best_path).raw["probability_threshold"]
+    assert replace(loaded, threshold=config.threshold) == config and not model.training
     redo = train_pw4medseg((train, val), tmp_path / "part", _config(epochs=1, steps_per_epoch=1),
                            overwrite=True)
     assert redo.global_step == 1
+
+
+class _ImageIsProbability(torch.nn.Module):
+    """A stand-in network whose probability is its input image."""
+
+    def forward(self, x, stochastic=None):
+        return torch.logit(x.clamp(1e-4, 1 - 1e-4))
+
+
+def test_validation_chooses_the_threshold_with_the_best_dice():
+    truth = np.zeros((16, 16, 16), bool)
+    truth[6:10, 6:10, 6:10] = True
+    image = np.where(truth, 0.85, 0.1).astype(np.float32)
+    image[0:2, 0:2, 0:4] = 0.55  # a faint false positive: in the mask at 0.5, not at 0.6
+    case = TrainingCase("c", image, truth.astype(np.float16), None, truth, np.flatnonzero(truth),
+                        np.arange(truth.size), 0.0)
+    config = _config(model=TINY, val_passes=1)
+    tuned = validate(_ImageIsProbability(), [case], config, torch.device("cpu"))
+    assert tuned["dice"] == pytest.approx(2 * 64 / (64 + 80)) and tuned["dice_nodule"] == tuned["dice"]
+    assert tuned["threshold"] == 0.6 and tuned["dice_tuned"] == pytest.approx(1.0)
+    fixed = validate(_ImageIsProbability(), [case], replace(config, tune_threshold=False), torch.device("cpu"))
+    assert "threshold" not in fixed and fixed["dice"] == tuned["dice"]
 
 
 def test_checkpoint_of_another_kind_is_refused(tmp_path):

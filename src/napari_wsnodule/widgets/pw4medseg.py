@@ -587,7 +587,7 @@ class Pw4MedSegWidget(WsnoduleWidget):
         def work(reporter: TaskReporter) -> InferRun:
             from wsnodule_core.pw4medseg.infer import predict_volume
 
-            prediction = predict_volume(model.model, volume, model_config(model), passes=passes, threshold=0.5,
+            prediction = predict_volume(model.model, volume, model_config(model), passes=passes,
                                         progress=reporter.progress_fn(f"segmenting: {passes} passes"),
                                         cancel=reporter.cancelled)
             probability = _on_grid(prediction.probability, volume, np.float32)
@@ -673,10 +673,15 @@ def train_on_volume(volume: Volume, label: PseudoLabel, lungs: np.ndarray | None
 
 
 def model_config(model: LoadedModel) -> Any:
-    """The PwTrainConfig a model was trained with (grid, normalisation, crop), from its checkpoint."""
+    """The PwTrainConfig a model was trained with (grid, normalisation, crop), from its checkpoint; its
+    threshold is the one the run chose on its validation cases, when it recorded one."""
+    from dataclasses import replace
+
     from wsnodule_core.pw4medseg.train import PwTrainConfig
 
-    return PwTrainConfig.from_dict(model.checkpoint.train_config)
+    config = PwTrainConfig.from_dict(model.checkpoint.train_config)
+    chosen = model.checkpoint.raw.get("probability_threshold")
+    return config if chosen is None else replace(config, threshold=float(chosen))
 
 
 def _on_grid(array: Any, volume: Volume, dtype: Any) -> Volume:

@@ -21,6 +21,14 @@ def add_pw_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--intensity", choices=("ct", "zscore", "percentile"), default=None,
                        help="ct: HU window; zscore/percentile: no Hounsfield units assumed (MRI) [ct]")
     group.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps [preset]")
+    group.add_argument("--pw-norm", choices=("instance", "batch"), default=None,
+                       help="normalisation of the convolution blocks (the paper: instance; batch learnt "
+                            "faster in CPU-sized runs, docs/pw4medseg_results.md) [compact: batch, paper: "
+                            "instance]")
+    group.add_argument("--foreground-probability", type=float, default=None,
+                       help="share of crops that hold a voxel of the target's foreground [compact 0.33, paper 0.5]")
+    group.add_argument("--background-in-lungs", type=float, default=None,
+                       help="share of the other crops centred in the lungs, the rest anywhere [compact 0.8, paper 0.5]")
 
 
 def pw_config_from_args(args: argparse.Namespace):
@@ -36,8 +44,14 @@ def pw_config_from_args(args: argparse.Namespace):
     if args.resume:
         return None
     values = {name: getattr(args, name) for name in ("annotation", "crop_size", "intensity", "warmup_steps",
-                                                      "epochs", "lr", "batch_size", "seed", "device")
+                                                      "epochs", "lr", "batch_size", "seed", "device",
+                                                      "foreground_probability", "background_in_lungs")
               if getattr(args, name, None) is not None}
+    if args.pw_norm is not None:
+        from wsnodule_core.pw4medseg.model import PTransformerConfig
+
+        preset = PTransformerConfig.paper if args.pw_preset == "paper" else PTransformerConfig.compact
+        values["model"] = preset(norm_name=args.pw_norm)
     if getattr(args, "steps_per_epoch", None) is not None:  # shared with --method flow-prior
         values["steps_per_epoch"] = args.steps_per_epoch
     if getattr(args, "pixel_spacing", None) is not None:

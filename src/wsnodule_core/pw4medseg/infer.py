@@ -122,7 +122,7 @@ def mc_sliding_window(model: torch.nn.Module, array: np.ndarray, roi: Sequence[i
 
 
 def predict_volume(model: torch.nn.Module, volume: Volume, config: PwTrainConfig | dict, *, passes: int = 6,
-                   overlap: float = 0.25, batch_size: int = 2, threshold: float = 0.5,
+                   overlap: float = 0.25, batch_size: int = 2, threshold: float | None = None,
                    stochastic: bool = True, seed: int | None = None, device: torch.device | str | None = None,
                    progress: Callable[[int, int], None] | None = None,
                    cancel: Callable[[], bool] | None = None) -> Prediction:
@@ -142,7 +142,8 @@ def predict_volume(model: torch.nn.Module, volume: Volume, config: PwTrainConfig
     overlap, batch_size
         Sliding-window overlap and windows per forward pass.
     threshold
-        Probability at or above which a voxel is in ``mask``.
+        Probability at or above which a voxel is in ``mask``; None: ``config.threshold`` (from
+        :func:`~wsnodule_core.pw4medseg.train.load_pw4medseg`: the one chosen on the validation cases).
     seed
         Draw the samples from this seed (reproducible; the global RNG is untouched); None: global RNG.
     device
@@ -153,6 +154,7 @@ def predict_volume(model: torch.nn.Module, volume: Volume, config: PwTrainConfig
     """
     if isinstance(config, dict):
         config = PwTrainConfig.from_dict(config)
+    threshold = config.threshold if threshold is None else threshold
     if not 0 < threshold < 1:
         raise ModelConfigError(f"threshold must lie in (0, 1), got {threshold}.")
     if device is not None:
@@ -179,13 +181,14 @@ class PwSegmenter:
     per 26-connected component of the thresholded mean probability).
 
     Give ``checkpoint`` (``best.pt``/``last.pt`` or its run folder), or ``model`` and ``config``.
+    ``threshold`` None uses ``config.threshold`` (for a checkpoint: the one chosen on its validation cases).
     ``lung_margin_mm`` not None keeps only what lies within that distance of the lungs when a lung mask
     is given (the paper does not restrict; off by default).
     """
 
     checkpoint: str | os.PathLike | None = None
     passes: int = 6
-    threshold: float = 0.5
+    threshold: float | None = None
     overlap: float = 0.25
     batch_size: int = 2
     device: str = "cpu"
@@ -205,6 +208,8 @@ class PwSegmenter:
             object.__setattr__(self, "config", config)
         elif self.config is None:
             raise ModelConfigError("PwSegmenter: give the model's PwTrainConfig with the model.")
+        if self.threshold is None:  # the checkpoint's validation-chosen one, else the run's
+            object.__setattr__(self, "threshold", float(self.config.threshold))
 
     def predict(self, volume: Volume, **kwargs) -> Prediction:
         return predict_volume(self.model, volume, self.config, passes=self.passes, overlap=self.overlap,

@@ -223,13 +223,15 @@ class PTransformerConfig:
 
     @classmethod
     def compact(cls, **overrides) -> "PTransformerConfig":
-        """CPU size: hidden 96, 4 layers of 4 heads, MLP 384, patch 8, feature size 8, 32^3 crops (64 tokens).
+        """CPU size: hidden 96, 4 layers of 4 heads, MLP 384, patch 8, feature size 8, 32^3 crops (64 tokens),
+        batch norm (instance norm, the paper's, learnt about half as fast in short CPU runs:
+        ``docs/pw4medseg_results.md``).
 
         Forward + backward of one 32^3 crop takes about 0.3 s on one CPU thread (48^3: about 0.8 s, the
         full-resolution convolutions dominate); see ``benchmarks/pw4medseg_model_cost.py``.
         """
         return replace(cls(img_size=(32, 32, 32), patch_size=8, hidden_size=96, num_layers=4, num_heads=4,
-                           mlp_dim=384, feature_size=8), **overrides)
+                           mlp_dim=384, feature_size=8, norm_name="batch"), **overrides)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "img_size": list(self.img_size)}

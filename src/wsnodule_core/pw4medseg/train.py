@@ -17,7 +17,8 @@ when the case has no lung mask) and otherwise on any voxel; then randomly flippe
 Loss: :class:`~wsnodule_core.pw4medseg.loss.ProbabilityInformedLoss` with the model's per-layer KLs.
 AdamW (1e-4, weight decay 1e-4), linear warm-up then cosine decay per step, AMP on CUDA.
 Validation: Dice of the mean-probability prediction (``val_passes`` stochastic sliding-window passes)
-thresholded at ``threshold``, against the ground truth on the training grid. Batches are a function of
+thresholded at ``threshold`` and, with ``tune_threshold``, at each of :data:`VAL_THRESHOLDS` (the best
+one is recorded in the checkpoint and used at inference), against the ground truth on the training grid. Batches are a function of
 ``(seed, epoch, step)`` only, so ``last.pt`` (optimiser, scheduler, scaler and RNG states) resumes to
 bit-identical weights.
 """
@@ -52,6 +53,8 @@ INTENSITY_MODES = ("ct", "zscore", "percentile")
 ANNOTATION_KINDS = ("points", "boxes", "slices", "full")
 BOX_KINDS = ("tight", "loose")
 CONFIDENCE_SOURCES = ("pseudo_label", "loss")
+#: Probability thresholds tried on the validation cases when ``tune_threshold`` is on.
+VAL_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
 # --- intensity and grid ----------------------------------------------------------
@@ -207,10 +210,10 @@ class PwTrainConfig:
     pseudo_label: dict = field(default_factory=dict)
     confidence: str = "pseudo_label"
     loss: LossConfig | dict = field(default_factory=LossConfig)
-    foreground_probability: float = 0.5
-    background_in_lungs: float = 0.5
+    foreground_probability: float = 0.33
+    background_in_lungs: float = 0.8
     flips: bool = True
-    lr: float = 1e-4
+    lr: float = 5e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     epochs: int = 50
@@ -220,6 +223,7 @@ class PwTrainConfig:
     val_passes: int = 2
     val_overlap: float = 0.25
     threshold: float = 0.5
+    tune_threshold: bool = True
     seed: int = 0
     amp: bool = True
     device: str = "auto"
@@ -277,11 +281,13 @@ class PwTrainConfig:
 
     @classmethod
     def paper(cls, **overrides) -> "PwTrainConfig":
-        """The authors' recipe (their ``main.py``): ViT-B UNETR, 96^3 crops at 1 mm, AdamW 1e-4, 4 crops per
-        step (1 volume x 4 samples), 3500 epochs of their 10 volumes = 35 000 steps, 50 warm-up epochs =
-        500 steps, sliding-window overlap 0.5; K = 6 passes for validation."""
-        values = dict(model="paper", spacing_mm=(1.0, 1.0, 1.0), warmup_steps=500, epochs=350,
-                      steps_per_epoch=100, batch_size=4, val_passes=6, val_overlap=0.5, val_every=10)
+        """The authors' recipe (their ``main.py``): ViT-B UNETR (instance norm), 96^3 crops at 1 mm, AdamW
+        1e-4, 4 crops per step (1 volume x 4 samples), half of them on the foreground, 3500 epochs of
+        their 10 volumes = 35 000 steps, 50 warm-up epochs = 500 steps, sliding-window overlap 0.5; K = 6
+        passes for validation."""
+        values = dict(model="paper", spacing_mm=(1.0, 1.0, 1.0), lr=1e-4, warmup_steps=500, epochs=350,
+                      steps_per_epoch=100, batch_size=4, val_passes=6, val_overlap=0.5, val_every=10,
+                      foreground_probability=0.5, background_in_lungs=0.5)
         return cls(**{**values, **overrides})
 
     def pseudo_label_config(self):
@@ -554,11 +560,13 @@ def make_optimizer(model: torch.nn.Module, config: PwTrainConfig):
 def load_pw4medseg(path: str | os.PathLike, device: str | torch.device | None = None
                    ) -> tuple[ProbabilisticUNETR, PwTrainConfig]:
     """The probabilistic UNETR of a checkpoint (``best.pt``/``last.pt`` or its run folder), in eval mode
-    on ``device`` (default the CPU), and the run's :class:`PwTrainConfig` (grid, normalisation, crop)."""
+    on ``device`` (default the CPU), and the run's :class:`PwTrainConfig` (grid, normalisation, crop);
+    its ``threshold`` is the one chosen on the validation cases when the checkpoint recorded one."""
     model, checkpoint = load_model(path, KIND, lambda c: ProbabilisticUNETR(PTransformerConfig.from_dict(
         c.model_config)), "a PW4MedSeg model; give a checkpoint written by the PW4MedSeg training", device)
     config = PwTrainConfig.from_dict(checkpoint.train_config)
-    return model, config
+    chosen = checkpoint.raw.get("probability_threshold")
+    return model, config if chosen is None else replace(config, threshold=float(chosen))
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -568,21 +576,29 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def validate(model: ProbabilisticUNETR, cases: Sequence[TrainingCase], config: PwTrainConfig,
              device: torch.device, use_amp: bool = False) -> dict:
-    """``dice``: mean over ``cases`` of the Dice of the thresholded mean probability (``val_passes``
-    stochastic passes, seeded) with the ground truth; ``dice_nodule``: the same over cases with a nodule."""
+    """Dice of the thresholded mean probability (``val_passes`` stochastic passes, seeded) with the
+    ground truth, averaged over ``cases``: ``dice`` at ``config.threshold``, ``dice_nodule`` the same over
+    cases with a nodule; with ``tune_threshold``, ``threshold`` is the one of :data:`VAL_THRESHOLDS`
+    with the best mean Dice (ties: the first) and ``dice_tuned`` that Dice."""
     from wsnodule_core.pw4medseg.infer import mc_sliding_window
 
-    dices, nodule = [], []
-    for case in cases:
+    if not len(cases):
+        return {"dice": float("nan"), "dice_nodule": float("nan")}
+    thresholds = sorted({config.threshold, *(VAL_THRESHOLDS if config.tune_threshold else ())})
+    scores = np.zeros((len(cases), len(thresholds)))
+    for i, case in enumerate(cases):
         mean, _ = mc_sliding_window(model, case.image, config.crop_size, passes=config.val_passes,
                                     overlap=config.val_overlap, batch_size=config.batch_size, device=device,
                                     fill=case.fill, seed=config.seed, use_amp=use_amp)
-        score = _dice(mean >= config.threshold, case.truth)
-        dices.append(score)
-        if case.truth.any():
-            nodule.append(score)
-    return {"dice": float(np.mean(dices)) if dices else float("nan"),
-            "dice_nodule": float(np.mean(nodule)) if nodule else float("nan")}
+        scores[i] = [_dice(mean >= t, case.truth) for t in thresholds]
+    fixed = scores[:, thresholds.index(config.threshold)]
+    nodule = [s for s, case in zip(fixed, cases) if case.truth.any()]
+    result = {"dice": float(fixed.mean()), "dice_nodule": float(np.mean(nodule)) if nodule else float("nan")}
+    if config.tune_threshold:
+        best = int(np.argmax(scores.mean(axis=0)))
+        result.update(threshold=float(thresholds[best]), dice_tuned=float(scores[:, best].mean()))
+    return result
+
 
 
 # --- training ----------------------------------------------------------------------------
@@ -708,13 +724,16 @@ def _train(data, out: Path, config: PwTrainConfig, callbacks: TrainCallbacks, ch
             val = validate(model, val_cases, config, device, use_amp)
             model.train()
             metrics.update({f"val_{k}": v for k, v in val.items()})
-        return metrics, metrics.get("val_dice") if validated else (None if val_cases else -metrics["train_loss"])
+        score_key = "val_dice_tuned" if config.tune_threshold else "val_dice"
+        return metrics, metrics.get(score_key) if validated else (None if val_cases else -metrics["train_loss"])
 
     def save(names: tuple[str, ...], run: RunState) -> None:
         document = {"kind": KIND, "model_config": model.config.to_dict(), "train_config": config.to_dict(),
                     **run.fields(), "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
                     "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
-                    "rng": capture_rng_state(), "data": data_info}
+                    "rng": capture_rng_state(), "data": data_info,
+                    "probability_threshold": next((h["val_threshold"] for h in reversed(run.history)
+                                                   if "val_threshold" in h), None)}
         for name in names:
             save_checkpoint(out / name, document)
 
