@@ -675,13 +675,9 @@ def train_on_volume(volume: Volume, label: PseudoLabel, lungs: np.ndarray | None
 def model_config(model: LoadedModel) -> Any:
     """The PwTrainConfig a model was trained with (grid, normalisation, crop), from its checkpoint; its
     threshold is the one the run chose on its validation cases, when it recorded one."""
-    from dataclasses import replace
+    from wsnodule_core.pw4medseg.train import checkpoint_config
 
-    from wsnodule_core.pw4medseg.train import PwTrainConfig
-
-    config = PwTrainConfig.from_dict(model.checkpoint.train_config)
-    chosen = model.checkpoint.raw.get("probability_threshold")
-    return config if chosen is None else replace(config, threshold=float(chosen))
+    return checkpoint_config(model.checkpoint)
 
 
 def _on_grid(array: Any, volume: Volume, dtype: Any) -> Volume:

@@ -564,9 +564,15 @@ def load_pw4medseg(path: str | os.PathLike, device: str | torch.device | None = 
     its ``threshold`` is the one chosen on the validation cases when the checkpoint recorded one."""
     model, checkpoint = load_model(path, KIND, lambda c: ProbabilisticUNETR(PTransformerConfig.from_dict(
         c.model_config)), "a PW4MedSeg model; give a checkpoint written by the PW4MedSeg training", device)
+    return model, checkpoint_config(checkpoint)
+
+
+def checkpoint_config(checkpoint) -> PwTrainConfig:
+    """The :class:`PwTrainConfig` of a loaded PW4MedSeg checkpoint, its ``threshold`` the one the run
+    chose on its validation cases when it recorded one."""
     config = PwTrainConfig.from_dict(checkpoint.train_config)
     chosen = checkpoint.raw.get("probability_threshold")
-    return model, config if chosen is None else replace(config, threshold=float(chosen))
+    return config if chosen is None else replace(config, threshold=float(chosen))
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
