@@ -50,3 +50,14 @@ def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "wsnodule_core.cli.main", "--version"],
                             capture_output=True, text=True)
     assert result.returncode == 0 and __version__ in result.stdout
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["data", "phantom", "--help"]])
+def test_help_does_not_load_torch_or_the_imaging_stack(argv):
+    """Help comes in well under a second: torch, scipy and highdicom load only when a command runs."""
+    code = ("import sys\nfrom wsnodule_core.cli.main import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'scipy', 'highdicom', 'SimpleITK') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -90,7 +90,7 @@ def _synthetic(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from wsnodule_core.data.dataset import SIZE_PRESETS
+    from wsnodule_core.data.presets import SIZE_PRESETS
 
     parser = subparsers.add_parser(
         "data", help="Build nodule data sets (phantom, hybrid, lidc, luna16).",

@@ -22,19 +22,13 @@ import numpy as np
 from wsnodule_core.data.cases import Case
 from wsnodule_core.data.insertion import PLACEMENTS, NoduleRecord, is_resolvable
 from wsnodule_core.data.nodule_shape import NoduleShape
+from wsnodule_core.data.presets import SIZE_PRESETS
 from wsnodule_core.errors import InvalidDatasetError, OutputExistsError, WsnoduleError
 from wsnodule_core.io.volume import Volume
 
 FORMAT = "wsnodule-dataset"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
-#: Grid presets of the phantom builder: name -> (shape (z, y, x), spacing (z, y, x) mm).
-SIZE_PRESETS: dict[str, tuple[tuple[int, int, int], tuple[float, float, float]]] = {
-    "tiny": ((24, 96, 96), (5.0, 3.6, 3.6)),
-    "small": ((48, 192, 192), (5.0, 1.8, 1.8)),
-    "medium": ((96, 256, 256), (2.5, 1.35, 1.35)),
-    "paper": ((128, 512, 512), (2.5, 0.7, 0.7)),
-}
 #: Size classes of a case, by its largest nodule's diameter (mm): used to stratify splits.
 SIZE_CLASSES = (("small", 0.0, 10.0), ("medium", 10.0, 20.0), ("large", 20.0, float("inf")))
 Progress = Callable[[int, int], None]

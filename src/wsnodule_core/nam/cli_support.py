@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from wsnodule_core.nam.train import TrainConfig
+from wsnodule_core.nam.train_config import TrainConfig
 
 _DEFAULTS = TrainConfig()
 
