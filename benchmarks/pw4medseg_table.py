@@ -76,12 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data
     if args.mri_like is not None:
         data = mri_like_copy(args.data, args.out / "data_mri_like", *args.mri_like)
-    dataset = load_dataset(data)
-    training = (list(dataset.cases("train")), list(dataset.cases("val")))
-    if not training[1] and args.val_from_train:
-        n = args.val_from_train
-        training = (training[0][:-n], training[0][-n:])
-        print(f"validation: {[c.case_id for c in training[1]]} (held out of the training split)")
+    training: tuple[list, list] | None = None  # loaded only when a run is to be trained
+
+    def training_cases() -> tuple[list, list]:
+        nonlocal training
+        if training is None:
+            dataset = load_dataset(data)
+            training = (list(dataset.cases("train")), list(dataset.cases("val")))
+            if not training[1] and args.val_from_train:
+                n = args.val_from_train
+                training = (training[0][:-n], training[0][-n:])
+                print(f"validation: {[c.case_id for c in training[1]]} (held out of the training split)")
+        return training
+
     overrides = json.loads(args.config)
     if args.intensity:
         overrides["intensity"] = args.intensity
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             config = PwTrainConfig(**{"device": "cpu", **overrides, "annotation": annotation, "epochs": epochs,
                                       "steps_per_epoch": steps_per_epoch,
                                       "val_every": max(args.val_every // steps_per_epoch, 1)})
-            result = train_pw4medseg(training, run, config)
+            result = train_pw4medseg(training_cases(), run, config)
             print(f"{annotation}: {result.global_step} steps in {time.monotonic() - started:.0f} s", flush=True)
         last = load_checkpoint(run / LAST)
         validated = [h for h in last.history if "val_dice" in h]

@@ -3,10 +3,11 @@ the command line can show its defaults without importing torch."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from wsnodule_core.errors import ModelConfigError
+from wsnodule_core.training.result import config_from_dict
 
 if TYPE_CHECKING:
     from wsnodule_core.nam.model import MultiGapConfig
@@ -108,5 +109,4 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}  # older checkpoints may hold fields since removed
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return config_from_dict(cls, data)

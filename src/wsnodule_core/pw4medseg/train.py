@@ -15,10 +15,11 @@ the network that nodules sit in the middle of its window, and sliding-window inf
 them), else it is centred with probability ``background_in_lungs`` on a random lung voxel (every voxel
 when the case has no lung mask) and otherwise on any voxel; then randomly flipped along each axis.
 Loss: :class:`~wsnodule_core.pw4medseg.loss.ProbabilityInformedLoss` with the model's per-layer KLs.
-AdamW (1e-4, weight decay 1e-4), linear warm-up then cosine decay per step, AMP on CUDA.
-Validation: Dice of the mean-probability prediction (``val_passes`` stochastic sliding-window passes)
-thresholded at ``threshold`` and, with ``tune_threshold``, at each of :data:`VAL_THRESHOLDS` (the best
-one is recorded in the checkpoint and used at inference), against the ground truth on the training grid. Batches are a function of
+AdamW (``lr``: 5e-4 on the CPU, the paper's 1e-4 in :meth:`PwTrainConfig.paper`; weight decay 1e-4),
+linear warm-up then cosine decay per step, AMP on CUDA. Validation: Dice of the mean-probability
+prediction (``val_passes`` stochastic sliding-window passes) thresholded at ``threshold`` and, with
+``tune_threshold``, at each of :data:`VAL_THRESHOLDS` (the best one is recorded in the checkpoint and
+used at inference), against the ground truth on the training grid. Batches are a function of
 ``(seed, epoch, step)`` only, so ``last.pt`` (optimiser, scheduler, scaler and RNG states) resumes to
 bit-identical weights.
 """
