@@ -202,7 +202,7 @@ def test_learns_discs(tmp_path, disc_train, disc_val):
 
 @pytest.mark.slow
 def test_cli_trains_on_a_data_set_folder(tmp_path, phantom_dataset, capsys):
-    from wsnodule_core.nam.cli_support import add_train_arguments, run_train
+    from wsnodule_core.cli.train_nam import add_train_arguments, run_train
 
     parser = add_train_arguments(argparse.ArgumentParser())
     args = parser.parse_args([str(phantom_dataset), str(tmp_path / "run"), "--width", "narrow", "--image-size",

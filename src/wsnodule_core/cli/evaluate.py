@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier report in OUT")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    from wsnodule_core.flow.cli_evaluate import add_flow_arguments
+    from wsnodule_core.cli.evaluate_flow import add_flow_arguments
 
     add_flow_arguments(parser)
     parser.set_defaults(func=run)
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     choice = choose_device(args.device)
     print(choice.describe())
     if args.predictor:
-        from wsnodule_core.flow.cli_evaluate import run_flow_evaluation
+        from wsnodule_core.cli.evaluate_flow import run_flow_evaluation
 
         return run_flow_evaluation(args, choice.device, None if args.quiet else TextProgress("evaluating"))
     segmenters = load_segmenters([parse_checkpoint(c) for c in args.checkpoint], device=str(choice.device),

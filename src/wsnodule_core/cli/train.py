@@ -11,9 +11,9 @@ METHODS = ("nam", "unet", "flow-prior", "pw4medseg")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from wsnodule_core.flow.cli_support import add_prior_arguments
-    from wsnodule_core.nam.cli_support import add_train_arguments
-    from wsnodule_core.pw4medseg.cli_support import add_pw_arguments
+    from wsnodule_core.cli.train_flow_prior import add_prior_arguments
+    from wsnodule_core.cli.train_nam import add_train_arguments
+    from wsnodule_core.cli.train_pw4medseg import add_pw_arguments
 
     parser = subparsers.add_parser(
         "train", help="Train a model on a data set folder (NAM classifier, U-Net baseline, flow prior).",
@@ -70,15 +70,15 @@ def run(args: argparse.Namespace) -> int:
     args.out = _out(args)
     _check_data(args.data)
     if args.method == "nam":
-        from wsnodule_core.nam.cli_support import run_train
+        from wsnodule_core.cli.train_nam import run_train
 
         return run_train(args)
     if args.method == "flow-prior":
-        from wsnodule_core.flow.cli_support import run_train_prior
+        from wsnodule_core.cli.train_flow_prior import run_train_prior
 
         return run_train_prior(args)
     if args.method == "pw4medseg":
-        from wsnodule_core.pw4medseg.cli_support import run_train_pw
+        from wsnodule_core.cli.train_pw4medseg import run_train_pw
 
         return run_train_pw(args)
     return run_unet(args)

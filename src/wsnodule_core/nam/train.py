@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m wsnodule_core.nam.train DATA OUT [options]`` (also under ``torchrun``)."""
     import argparse
 
-    from wsnodule_core.nam.cli_support import add_train_arguments, run_train
+    from wsnodule_core.cli.train_nam import add_train_arguments, run_train
 
     parser = argparse.ArgumentParser(prog="python -m wsnodule_core.nam.train",
                                      description="Train the NAM multi-GAP slice classifier.")

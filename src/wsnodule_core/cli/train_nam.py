@@ -1,4 +1,4 @@
-"""Command-line arguments of NAM training, for ``wsnodule train`` and ``python -m wsnodule_core.nam.train``."""
+"""Command-line arguments and run function of NAM training, for ``wsnodule train --method nam``."""
 
 from __future__ import annotations
 
