@@ -10,6 +10,7 @@ import pytest
 from wsnodule_core.cli.main import main
 from wsnodule_core.data.dataset import build_dataset, load_dataset
 from wsnodule_core.io import read_volume
+from wsnodule_core.training.checkpoint import save_checkpoint
 
 QUICK = ["--width", "narrow", "--image-size", "64", "--pixel-spacing", "5", "--epochs", "1",
          "--batch-size", "4", "--max-steps-per-epoch", "1", "--device", "cpu", "--quiet"]
@@ -130,8 +131,16 @@ def test_segment_errors(dataset, nam_run, unet_run, tmp_path, capsys):
     base = ["segment", str(image_path), "--output", str(tmp_path / "m.nii.gz"), "--device", "cpu", "--quiet"]
     assert main([*base, "--checkpoint", str(tmp_path / "missing.pt")]) == 1
     assert "no such checkpoint" in capsys.readouterr().err
-    assert main([*base, "--checkpoint", str(unet_run)]) == 1
-    assert "not the NAM multi-GAP classifier" in capsys.readouterr().err
+    assert main([*base, "--checkpoint", str(unet_run), "--passes", "2"]) == 1
+    assert "takes no --passes" in capsys.readouterr().err
+    assert main([*base, "--checkpoint", str(unet_run), "--mode", "coarse"]) == 1
+    assert "takes no --mode" in capsys.readouterr().err
+    assert main([*base, "--checkpoint", str(nam_run), "--passes", "2"]) == 1
+    assert "takes no --passes" in capsys.readouterr().err
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, {"kind": "other", "model_config": {}, "train_config": {}, "model_state": {}})
+    assert main([*base, "--checkpoint", str(other)]) == 1
+    assert "'other' model" in capsys.readouterr().err
     not_a_checkpoint = tmp_path / "x.pt"
     not_a_checkpoint.write_bytes(b"hello")
     assert main([*base, "--checkpoint", str(not_a_checkpoint)]) == 1
@@ -142,6 +151,10 @@ def test_segment_errors(dataset, nam_run, unet_run, tmp_path, capsys):
     assert main([*base, "--checkpoint", str(nam_run)]) == 1
     assert "not read from DICOM" in capsys.readouterr().err
     assert not list(tmp_path.glob("m.*"))  # the failures wrote nothing
+    # every checkpoint kind segments through the same front door: the U-Net baseline too
+    unet_mask = tmp_path / "unet.nii.gz"
+    assert main([*base[:3], str(unet_mask), *base[4:], "--checkpoint", str(unet_run)]) == 0
+    assert read_volume(unet_mask).same_geometry(read_volume(image_path))
 
 
 @pytest.mark.slow

@@ -12,8 +12,9 @@ import pytest
 from wsnodule_core.data.dataset import build_dataset, load_dataset
 from wsnodule_core.errors import (CheckpointError, InvalidDatasetError, ModelConfigError, OutputExistsError,
                                   SegmentationCancelled)
-from wsnodule_core.evaluation import (NamSegmenter, UNetVolumeSegmenter, evaluate_dataset, load_segmenters,
-                                      nam_config_from_checkpoint, row_name)
+from wsnodule_core.evaluation import evaluate_dataset, load_segmenters, row_name
+from wsnodule_core.segmentation import (FunctionSegmenter, NamSegmenter, UnetBaselineSegmenter,
+                                        nam_config_for_checkpoint)
 from wsnodule_core.io import read_volume
 
 
@@ -37,7 +38,7 @@ def _key(volume) -> str:
 def truth_segmenter(cases):
     """Returns each case's own ground truth (found by its image)."""
     by_image = {_key(c.image): c.mask for c in cases.values()}
-    return lambda volume, lungs: {"mask": by_image[_key(volume)]}
+    return FunctionSegmenter("Truth", lambda volume, lungs: {"mask": by_image[_key(volume)]})
 
 
 @pytest.mark.slow
@@ -68,7 +69,7 @@ def test_empty_and_whole_lung_predictions(dataset, cases, tmp_path):
     def whole_lung(volume, lungs):
         return {"mask": volume.with_array(lungs.astype(np.uint8))}
 
-    methods = {"Empty": empty, "Lung": whole_lung}
+    methods = {"Empty": FunctionSegmenter("Empty", empty), "Lung": FunctionSegmenter("Lung", whole_lung)}
     lungs_only = evaluate_dataset(dataset, methods, None, tmp_path / "lungs").rows
     every = evaluate_dataset(dataset, methods, None, tmp_path / "all", slices="all").rows
     assert lungs_only["Empty"]["tpr"] == 0.0 and lungs_only["Empty"]["fpr"] == 0.0
@@ -95,6 +96,7 @@ def test_rows_follow_the_paper_order_and_cancel_stops(dataset, tmp_path):
     def one(volume, lungs):
         return {"mask": volume.with_array(np.zeros(volume.shape, np.uint8))}
 
+    two, one = FunctionSegmenter("two", two), FunctionSegmenter("one", one)
     report = evaluate_dataset(dataset, {"1-GAP": two, "U-net": one, "2-GAP": two}, "test", tmp_path / "o")
     assert list(report.rows) == ["1-GAP Coarse", "2-GAP Coarse", "1-GAP Fine", "2-GAP Fine", "U-net"]
     metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
@@ -108,9 +110,9 @@ def test_rows_follow_the_paper_order_and_cancel_stops(dataset, tmp_path):
 
 def test_bad_inputs_are_refused(dataset, tmp_path):
     with pytest.raises(InvalidDatasetError, match="no such data set folder"):
-        evaluate_dataset(tmp_path / "missing", {"x": lambda v, l: {}}, "test", tmp_path / "o")
+        evaluate_dataset(tmp_path / "missing", {"x": FunctionSegmenter("x", lambda v, l: {})}, "test", tmp_path / "o")
     with pytest.raises(InvalidDatasetError, match="'val'"):
-        evaluate_dataset(dataset, {"x": lambda v, l: {}}, "val", tmp_path / "o")  # this set has no val case
+        evaluate_dataset(dataset, {"x": FunctionSegmenter("x", lambda v, l: {})}, "val", tmp_path / "o")  # this set has no val case
     with pytest.raises(ModelConfigError, match="at least one method"):
         evaluate_dataset(dataset, {}, "test", tmp_path / "o")
 
@@ -140,7 +142,7 @@ def test_load_segmenters_combines_multi_gap_with_the_one_gap_model(tmp_path):
     assert isinstance(one, NamSegmenter) and one.multi_gap_model is None
     assert two.model is one.model and two.multi_gap_model.config.n_gap == 2
     assert (one.config.input_size, one.config.crop_pixel_spacing_mm) == (64, 5.0)
-    assert isinstance(methods["Baseline"], UNetVolumeSegmenter)
+    assert isinstance(methods["Baseline"], UnetBaselineSegmenter)
     alone = load_segmenters([(None, paths[1]), (None, paths[2])], combine=False)["2-GAP"]
     assert alone.multi_gap_model is None and alone.model.config.n_gap == 2
     with pytest.raises(ModelConfigError, match="NAME=CKPT"):
@@ -154,6 +156,11 @@ def test_load_segmenters_combines_multi_gap_with_the_one_gap_model(tmp_path):
 def test_nam_config_follows_the_checkpoint():
     class Ckpt:
         train_config = {"image_size": 96, "pixel_spacing_mm": None}
+        raw = {"probability_threshold": 0.37}
 
-    config = nam_config_from_checkpoint(Ckpt(), top_k=2)
+    config = nam_config_for_checkpoint(Ckpt(), top_k=2)
     assert (config.input_size, config.crop_pixel_spacing_mm, config.top_k) == (96, None, 2)
+    assert config.probability_threshold == 0.37  # the threshold its validation chose, as in the plugin
+    assert nam_config_for_checkpoint(Ckpt(), probability_threshold=0.6).probability_threshold == 0.6
+    with pytest.raises(ModelConfigError, match="no option"):
+        nam_config_for_checkpoint(Ckpt(), top_kk=2)

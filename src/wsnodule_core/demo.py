@@ -2,8 +2,10 @@
 
 The main job in one call (:func:`run_demo`): a phantom data set with real LIDC shapes, the NAM
 1-GAP classifier trained from slice labels only (recipe :mod:`wsnodule_core.nam.recipes`),
-NAM/R-NAM coarse and fine segmentation of the held-out test split, and the training-free Hessian
-blob filter on the same cases as the reference row. Every step is a library call a user can script.
+NAM/R-NAM coarse and fine segmentation of the held-out test split with the best checkpoint
+(``best.pt``, chosen on the validation split, loaded through :func:`~wsnodule_core.segmentation.load_segmenter`
+as ``wsnodule segment`` does), and the training-free Hessian blob filter on the same cases as the
+reference row. Every step is a library call a user can script.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from typing import Any, Callable
 import numpy as np
 
 from wsnodule_core import __version__
-from wsnodule_core.baselines.blob_filter import BlobFilterConfig, segment_blobs
 from wsnodule_core.data.dataset import build_dataset, load_dataset
 from wsnodule_core.errors import OutputExistsError
-from wsnodule_core.evaluation import TABLE_COLUMNS, NamSegmenter, evaluate_cases
+from wsnodule_core.evaluation import TABLE_COLUMNS, evaluate_cases
 from wsnodule_core.io import write_mask
 from wsnodule_core.nam.recipes import get_recipe
 from wsnodule_core.nam.train import train_classifier
 from wsnodule_core.reports import markdown_table, plot_size_breakdown, to_json
+from wsnodule_core.segmentation import BlobSegmenter, load_segmenter
 from wsnodule_core.training.callbacks import TrainCallbacks
 
 Progress = Callable[[str, int, int], None]
@@ -97,16 +99,14 @@ def run_demo(
     )
     dataset = load_dataset(info.path)
     test_entries = dataset.entries("test")
-    blob_config = BlobFilterConfig()
-
-    def blobs(volume, lungs):
-        lungs = np.zeros(volume.shape, bool) if lungs is None else lungs
-        return {"mask": segment_blobs(volume, lungs, blob_config).mask}
+    # the checkpoint validation chose, with its own crop and slice threshold (the recipe's other settings)
+    nam = load_segmenter(trained.best_path or trained.last_path, trained.device, name=NAM_METHOD,
+                         config=plan.segment)
 
     def save(row, case, mask) -> None:
         write_mask(mask, case.image, out / "masks" / _slug(row) / f"{case.case_id}.nii.gz", overwrite=overwrite)
 
-    methods = {NAM_METHOD: NamSegmenter(trained.model, plan.segment), METHOD: blobs}
+    methods = {NAM_METHOD: nam, METHOD: BlobSegmenter(name=METHOD)}
     rows, _ = evaluate_cases(dataset.cases("test"), methods, slices="lungs", n_cases=len(test_entries),
                              progress=stage("segmenting and evaluating the test split"), on_output=save)
     summaries = {name: {k: v for k, v in row.items() if k not in ("detection_3d", "size_breakdown")}
@@ -145,8 +145,9 @@ inserted, split {', '.join(f'{k} {v}' for k, v in data['splits'].items())}, buil
 The NAM 1-GAP classifier was trained from slice labels only: {training['epochs']} epochs,
 {training['steps']} steps on {training['device']}, best balanced validation accuracy
 {_fmt(training['best_balanced_val_accuracy'])} (epoch {training['best_epoch']}); checkpoints in
-`checkpoints/nam-1gap/`. NAM/R-NAM coarse and fine masks and the training-free Hessian blob filter
-were evaluated on the {data['n_test_cases']} held-out test case(s); masks in `masks/`.
+`checkpoints/nam-1gap/`. NAM/R-NAM coarse and fine masks (made with `best.pt`, the epoch
+{training['best_epoch']} weights, and the slice threshold its validation chose) and the training-free
+Hessian blob filter were evaluated on the {data['n_test_cases']} held-out test case(s); masks in `masks/`.
 
 ## The NAM paper's Table 1 metrics (slice level) and 3D overlap
 

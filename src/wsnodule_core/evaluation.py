@@ -1,11 +1,12 @@
 """Evaluate segmentation methods on a data set split: the NAM paper's Table 1 and Fig. 3.
 
-A method is a :class:`Segmenter`: any callable ``(volume, lungs) -> {output name: label Volume}``
-(e.g. ``{"coarse": ..., "fine": ...}`` for NAM/R-NAM, ``{"mask": ...}`` for the U-Net). Each
-output of each method is one row of the table: ``"<method> Coarse"``, ``"<method> Fine"``, or the
-method's name alone for an output called ``"mask"``. New methods (flow guidance, PW4MedSeg) plug
-in by being such a callable. :func:`evaluate_dataset` is the scripted API behind
-``wsnodule evaluate``; :func:`load_segmenters` turns checkpoints into segmenters.
+A method is a :class:`~wsnodule_core.segmentation.Segmenter` (from
+:func:`~wsnodule_core.segmentation.load_segmenter`, or any object with ``name``, ``kind`` and
+``segment``). Each of its outputs is one row of the table: ``"<method> Coarse"``, ``"<method> Fine"``
+for NAM/R-NAM, or the method's name alone for an output called ``"mask"``. The data set's lung mask
+is given to every method (the method segments the lungs itself when the data set has none).
+:func:`evaluate_dataset` is the scripted API behind ``wsnodule evaluate``; :func:`load_segmenters`
+turns checkpoints into segmenters.
 
 Which slices count for the slice-level metrics (the paper is silent beyond "slices with / without
 nodule"): with ``slices="lungs"`` (default) every axial slice of the case that holds lung in the
@@ -20,12 +21,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from wsnodule_core import __version__
-from wsnodule_core.errors import (InvalidDatasetError, ModelConfigError, OutputExistsError,
+from wsnodule_core.errors import (CheckpointError, InvalidDatasetError, ModelConfigError, OutputExistsError,
                                   SegmentationCancelled)
 from wsnodule_core.io.volume import Volume, check_mask_matches
 from wsnodule_core.metrics import (
@@ -38,49 +39,11 @@ from wsnodule_core.metrics import (
     summarize_slices,
     summarize_volumes,
 )
+from wsnodule_core.segmentation.base import LUNGS_AUTO, Segmenter
 
 TABLE_COLUMNS = ("tpr", "fpr", "fpr_nodule", "dice", "tp_dice", "tp_doa_mm2", "dice_3d", "msd_mm", "hd95_mm")
 SLICE_RULES = ("lungs", "all")
 FILES = ("metrics.json", "report.md", "fig3_size.png")
-
-
-class Segmenter(Protocol):
-    """A segmentation method: ``(volume in HU, lung mask or None) -> {output name: label Volume}``."""
-
-    def __call__(self, volume: Volume, lungs: np.ndarray | None) -> Mapping[str, Volume]: ...
-
-
-@dataclass(frozen=True, eq=False)
-class NamSegmenter:
-    """NAM/R-NAM (:func:`~wsnodule_core.nam.pipeline.segment_volume`): outputs ``coarse`` and ``fine``.
-
-    ``multi_gap_model`` set: the paper's multi-GAP segmentation (``model`` is the 1-GAP classifier
-    that picks the nodule slices and screens, the multi-GAP NAM narrows the scope).
-    """
-
-    model: Any
-    config: Any = None
-    multi_gap_model: Any = None
-
-    def __call__(self, volume: Volume, lungs: np.ndarray | None) -> dict[str, Volume]:
-        from wsnodule_core.nam.pipeline import NamConfig, segment_volume
-
-        result = segment_volume(self.model, volume, lungs=lungs, config=self.config or NamConfig(),
-                                multi_gap_model=self.multi_gap_model)
-        return {"coarse": result.coarse, "fine": result.fine}
-
-
-@dataclass(frozen=True, eq=False)
-class UNetVolumeSegmenter:
-    """The U-Net baseline (:func:`~wsnodule_core.baselines.unet.segment_volume_unet`): output ``mask``."""
-
-    model: Any
-    threshold: float = 0.5
-
-    def __call__(self, volume: Volume, lungs: np.ndarray | None) -> dict[str, Volume]:
-        from wsnodule_core.baselines.unet import segment_volume_unet
-
-        return {"mask": segment_volume_unet(self.model, volume, lungs, threshold=self.threshold).mask}
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,20 +66,6 @@ def row_name(method: str, output: str) -> str:
     return method if output == "mask" else f"{method} {output.capitalize()}"
 
 
-def nam_config_from_checkpoint(checkpoint, **overrides):
-    """The :class:`NamConfig` whose network input matches a NAM checkpoint's training slices
-    (crop side and pixel spacing), with ``overrides`` (e.g. ``top_k=2``)."""
-    from wsnodule_core.nam.pipeline import NamConfig
-
-    train = checkpoint.train_config
-    values: dict[str, Any] = {}
-    if train.get("image_size"):
-        values["input_size"] = int(train["image_size"])
-    if train.get("pixel_spacing_mm"):
-        values["crop_pixel_spacing_mm"] = float(train["pixel_spacing_mm"])
-    return NamConfig(**{**values, **overrides})
-
-
 def load_segmenters(
     checkpoints: Sequence[tuple[str | None, str | os.PathLike]],
     *,
@@ -124,55 +73,40 @@ def load_segmenters(
     combine: bool = True,
     nam_overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Segmenter]:
-    """Segmenters for checkpoints, named ``name`` or by their model (``"<n>-GAP"``, ``"U-net"``).
+    """Segmenters for checkpoints (through :func:`~wsnodule_core.segmentation.load_segmenter`'s loaders),
+    named ``name`` or by their model (``"<n>-GAP"``, ``"U-net"``, ``"PW4MedSeg (...)"``).
 
-    The kind of each checkpoint decides: a NAM classifier (``nam-multigap``) gives a
-    :class:`NamSegmenter`, a U-Net (``unet-baseline``) a :class:`UNetVolumeSegmenter`, a PW4MedSeg
-    network (``pw4medseg``) a :class:`~wsnodule_core.pw4medseg.infer.PwSegmenter`; any other is
-    refused. With ``combine`` and a 1-GAP checkpoint among them, every 2-/3-GAP
-    checkpoint is run as the paper's multi-GAP segmentation with the (first) 1-GAP model;
-    otherwise each NAM checkpoint segments alone.
+    With ``combine`` and a 1-GAP checkpoint among them, every 2-/3-GAP checkpoint is run as the
+    paper's multi-GAP segmentation with the (first) 1-GAP model (and its settings); otherwise each
+    NAM checkpoint segments alone. ``nam_overrides`` (e.g. ``{"top_k": 2}``) go to every NAM segmenter.
     """
-    from wsnodule_core.errors import CheckpointError
-    from wsnodule_core.training.checkpoint import load_checkpoint, load_classifier
+    from wsnodule_core.segmentation.load import (_kinds, checkpoint_kind, load_model_of_kind,
+                                                 segmenter_for_model)
+    from wsnodule_core.training.device import choose_device
 
-    loaded: list[tuple[str, str, Any, Any]] = []  # name, kind, model, checkpoint
+    torch_device = choose_device(device).device
+    nam_kind = _kinds()["nam"]
+    loaded: list[tuple[str | None, str, Any, Any]] = []  # name, kind, model, checkpoint
     for name, path in checkpoints:
-        kind = load_checkpoint(path).kind
-        if kind == "nam-multigap":
-            model, checkpoint = load_classifier(path, device)
-            default = f"{model.config.n_gap}-GAP"
-        elif kind == "unet-baseline":
-            from wsnodule_core.baselines.unet import load_unet
-
-            model, checkpoint = load_unet(path, device)
-            default = "U-net"
-        elif kind == "pw4medseg":
-            from wsnodule_core.pw4medseg.infer import PwSegmenter
-
-            model, checkpoint = PwSegmenter(path, device=device), None
-            default = f"PW4MedSeg ({model.config.annotation.describe()})"
-        else:
-            raise CheckpointError(f"{path}: holds a {kind or 'unknown'!r} model; `evaluate` runs NAM "
-                                  "classifiers, U-Nets and PW4MedSeg networks (checkpoints written by "
-                                  "`wsnodule train`).")
-        loaded.append((name or default, kind, model, checkpoint))
-    names = [n for n, *_ in loaded]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ModelConfigError(f"several checkpoints are called {duplicates}; name them with NAME=CKPT.")
-    one_gap = next(((m, c) for _, k, m, c in loaded if k == "nam-multigap" and m.config.n_gap == 1), None)
+        kind = checkpoint_kind(path)
+        if kind == _kinds()["flow_prior"] or kind == _kinds()["flow_predictor"]:
+            raise CheckpointError(f"{path}: holds a {kind!r} model; evaluate flow guidance with --predictor "
+                                  "(and --flow-prior), not --checkpoint.")
+        model, checkpoint = load_model_of_kind(path, kind, torch_device)
+        loaded.append((name, kind, model, checkpoint))
+    one_gap = next(((m, c) for _, k, m, c in loaded if k == nam_kind and m.config.n_gap == 1), None)
     out: dict[str, Segmenter] = {}
     for name, kind, model, checkpoint in loaded:
-        if kind == "unet-baseline":
-            out[name] = UNetVolumeSegmenter(model)
-        elif kind == "pw4medseg":
-            out[name] = model
-        elif combine and one_gap is not None and model.config.n_gap > 1:
-            config = nam_config_from_checkpoint(one_gap[1], **(nam_overrides or {}))
-            out[name] = NamSegmenter(one_gap[0], config, multi_gap_model=model)
+        options = dict(nam_overrides or {}) if kind == nam_kind else {}
+        if kind == nam_kind and combine and one_gap is not None and model.config.n_gap > 1:
+            segmenter = segmenter_for_model(kind, one_gap[0], one_gap[1], multi_gap_model=model,
+                                            name=name or f"{model.config.n_gap}-GAP", **options)
         else:
-            out[name] = NamSegmenter(model, nam_config_from_checkpoint(checkpoint, **(nam_overrides or {})))
+            segmenter = segmenter_for_model(kind, model, checkpoint, name=name, **options)
+        if segmenter.name in out:
+            raise ModelConfigError(f"several checkpoints are called {segmenter.name!r}; name them with "
+                                   "NAME=CKPT.")
+        out[segmenter.name] = segmenter
     return out
 
 
@@ -220,11 +154,12 @@ def evaluate_cases(
         lungs = np.asarray(case.lungs, bool) if case.lungs is not None and np.any(case.lungs) else None
         gt = np.asarray(case.mask.array)
         chosen = _counted_slices(lungs, gt.shape[0], slices)
-        for method, segment in methods.items():
+        for method, segmenter in methods.items():
             if cancel is not None and cancel():
                 raise SegmentationCancelled("the evaluation was cancelled; no report was written.")
-            outputs = segment(case.image, lungs)
-            for output, mask in outputs.items():
+            result = segmenter.segment(case.image, lungs=LUNGS_AUTO if lungs is None else lungs,
+                                       cancel=cancel)
+            for output, mask in result.outputs.items():
                 row = row_name(method, output)
                 pred = check_mask_matches(mask, case.image) != 0
                 record = acc.setdefault(row, _Row())
@@ -355,6 +290,6 @@ def _write_report(path: Path, table: str, metrics: dict[str, Any], overwrite: bo
 
 
 __all__ = [
-    "EvaluationReport", "NamSegmenter", "SLICE_RULES", "Segmenter", "TABLE_COLUMNS", "UNetVolumeSegmenter",
-    "evaluate_cases", "evaluate_dataset", "load_segmenters", "nam_config_from_checkpoint", "row_name",
+    "EvaluationReport", "SLICE_RULES", "TABLE_COLUMNS", "evaluate_cases", "evaluate_dataset", "load_segmenters",
+    "row_name",
 ]

@@ -25,6 +25,12 @@ _CONNECTIVITY_26 = np.ones((3, 3, 3), bool)
 _HULL_ABOVE = 256  # boundary points on a slice above which the convex hull is taken first
 
 
+def label_nodules(mask: np.ndarray) -> np.ndarray:
+    """int32 labels 1..n of the 26-connected 3D components of a (z, y, x) mask."""
+    labels, _ = ndimage.label(np.asarray(mask, bool), structure=_CONNECTIVITY_26)
+    return labels.astype(np.int32)
+
+
 @dataclass(frozen=True)
 class NoduleMeasurement:
     """One nodule of a mask (voxel indices are ``(z, y, x)`` of the mask's grid).

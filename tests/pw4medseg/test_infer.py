@@ -8,7 +8,8 @@ import torch
 
 from wsnodule_core.errors import ModelConfigError, SegmentationCancelled
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.pw4medseg.infer import PwSegmenter, count_windows, mc_sliding_window, predict_volume
+from wsnodule_core.pw4medseg.infer import count_windows, mc_sliding_window, predict_volume
+from wsnodule_core.segmentation import PwSegmenter, load_segmenter
 from wsnodule_core.pw4medseg.model import PTransformerConfig
 from wsnodule_core.pw4medseg.train import PwTrainConfig, build_model, train_pw4medseg
 
@@ -153,17 +154,20 @@ def test_segmenter_runs_in_the_evaluation(tmp_path):
     folder = tmp_path / "ds"
     build_dataset(folder, source="phantom", n_cases=3, size="tiny", n_shapes=20, seed=1)
     run = train_pw4medseg(folder, tmp_path / "run", _config(spacing_mm=(5.0, 7.2, 7.2)))
-    segmenter = PwSegmenter(run.out_dir, passes=2)
-    assert segmenter.config.crop_size == (16, 16, 16)
+    segmenter = load_segmenter(run.out_dir, "cpu", passes=2)
+    assert isinstance(segmenter, PwSegmenter) and segmenter.config.crop_size == (16, 16, 16)
     assert "val_threshold" not in run.history[-1]  # no validation split: the fixed threshold
     assert segmenter.threshold == segmenter.config.threshold == 0.5
-    assert PwSegmenter(run.out_dir, passes=2, threshold=0.25).threshold == 0.25
+    assert load_segmenter(run.out_dir, "cpu", passes=2, threshold=0.25).threshold == 0.25
     report = evaluate_dataset(folder, {"PW4MedSeg": segmenter}, split="test", out_dir=tmp_path / "eval")
     assert "PW4MedSeg" in report.rows and (tmp_path / "eval" / "metrics.json").exists()
     from wsnodule_core.data.dataset import load_dataset
 
     case = next(load_dataset(folder).cases("test"))
-    outputs = segmenter(case.image, case.lungs)
-    assert set(outputs) == {"mask"} and outputs["mask"].same_geometry(case.image)
-    with pytest.raises(ModelConfigError):
-        PwSegmenter()
+    result = segmenter.segment(case.image, lungs=case.lungs)
+    assert set(result.outputs) == {"mask"} and result.mask.same_geometry(case.image)
+    assert set(result.maps) == {"probability", "uncertainty"}
+    with pytest.raises(ModelConfigError, match="no option"):
+        load_segmenter(run.out_dir, "cpu", top_k=2)
+    with pytest.raises(ModelConfigError, match="at least one pass"):
+        segmenter.with_options(passes=0)

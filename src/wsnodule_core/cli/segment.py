@@ -1,4 +1,5 @@
-"""``wsnodule segment``: segment the nodules of one CT with a NAM checkpoint (NAM/R-NAM)."""
+"""``wsnodule segment``: segment the nodules of one CT with any trained checkpoint (through
+:func:`wsnodule_core.segmentation.load_segmenter`, as the evaluation, the demo and the plugin do)."""
 
 from __future__ import annotations
 
@@ -10,36 +11,41 @@ import numpy as np
 
 from wsnodule_core.cli.progress import TextProgress
 
-MAP_NAMES = ("nam", "multi_nam", "probability", "scope", "candidates", "coarse", "fine")
+# every map any segmenter may write with --maps (NAM: nam, multi_nam, scope, candidates and the slice
+# probability; PW4MedSeg: probability, uncertainty; U-Net: probability), plus the masks
+MAP_NAMES = ("nam", "multi_nam", "probability", "uncertainty", "scope", "candidates", "response", "coarse",
+             "fine")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "segment", help="Segment the nodules of a CT volume with a trained NAM or PW4MedSeg checkpoint.",
+        "segment", help="Segment the nodules of a CT volume with a trained checkpoint (NAM, 3D NAM, U-Net, "
+                        "PW4MedSeg).",
         description=(
-            "Read IMAGE (DICOM folder or file, NIfTI, NRRD or MetaImage), segment its lungs, run the "
-            "NAM/R-NAM segmentation of a trained checkpoint (or K passes of a PW4MedSeg one) and write the "
-            "nodule label mask (one label "
-            "per 3D nodule) on the image's own grid. MASK may end in .nii.gz, .nii, .nrrd, .mhd or "
+            "Read IMAGE (DICOM folder or file, NIfTI, NRRD or MetaImage), segment its lungs where the model "
+            "needs them, run the checkpoint's segmentation with the settings it was trained and validated with "
+            "(NAM/R-NAM, the 3D NAM, the U-Net baseline, or K passes of PW4MedSeg) and write the nodule label "
+            "mask (one label per 3D nodule) on the image's own grid. MASK may end in .nii.gz, .nii, .nrrd, .mhd or "
             ".mha, or .dcm for a DICOM-SEG (only when IMAGE is a DICOM series)."
         ),
     )
     parser.add_argument("image", type=Path, metavar="IMAGE", help="the CT to segment")
     parser.add_argument("--checkpoint", required=True, type=Path, metavar="CKPT",
-                        help="NAM or PW4MedSeg checkpoint (best.pt/last.pt of `wsnodule train`, or its run folder)")
+                        help="a checkpoint (best.pt/last.pt of `wsnodule train`, or its run folder)")
     parser.add_argument("--output", required=True, type=Path, metavar="MASK", help="mask file to write")
     parser.add_argument("--multi-gap-checkpoint", type=Path, metavar="CKPT2",
                         help="a 2-/3-GAP checkpoint whose NAM narrows the screening scope (the paper's "
                              "multi-GAP segmentation; CKPT should then be a 1-GAP model)")
     parser.add_argument("--mode", choices=("fine", "coarse"), default="fine",
-                        help="which mask to write: R-NAM fine (default) or coarse")
+                        help="NAM: which mask to write, R-NAM fine (default) or coarse")
     parser.add_argument("--two-nodules", action="store_true",
-                        help="segment the top two activation blobs per slice (the paper's two-nodule mode)")
+                        help="NAM: segment the top two activation blobs per slice (the paper's two-nodule mode)")
     parser.add_argument("--maps", type=Path, metavar="DIR",
-                        help="also write the NAM, multi-GAP NAM, slice probability, scope, candidates, "
-                             "coarse and fine masks (NIfTI, image geometry) and rnam_scores.json here")
-    parser.add_argument("--passes", type=int, default=6,
-                        help="PW4MedSeg checkpoints: stochastic passes averaged (the paper: 6)")
+                        help="also write the method's maps here (NIfTI, image geometry): NAM: nam, multi_nam, "
+                             "probability, scope, candidates, coarse, fine and rnam_scores.json; PW4MedSeg: "
+                             "probability, uncertainty; U-Net: probability")
+    parser.add_argument("--passes", type=int, default=None,
+                        help="PW4MedSeg: stochastic passes averaged (default 6, the paper's K)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace MASK and the maps if they exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -81,33 +87,41 @@ def _write_output(mask, volume, path: Path, overwrite: bool) -> Path:
 
 
 def write_maps(result, volume, folder: Path, overwrite: bool = False) -> list[Path]:
-    """The intermediate maps of a :class:`NamSegmentation` as NIfTI on ``volume``'s grid, and
-    ``rnam_scores.json`` (per nodule slice: probability, candidates with area and score, chosen)."""
+    """The maps of a :class:`~wsnodule_core.segmentation.SegmentationResult` as NIfTI on ``volume``'s grid:
+    float maps as float32, label maps and every output mask as they are; for NAM also the slice
+    probability and ``rnam_scores.json`` (per nodule slice: probability, candidates with area and score,
+    chosen)."""
     from wsnodule_core.io import write_mask, write_volume
     from wsnodule_core.reports import to_json
 
     folder.mkdir(parents=True, exist_ok=True)
-    prob = np.broadcast_to(result.probability.astype(np.float32)[:, None, None], volume.shape).copy()
-    floats = {"nam": result.nam, "multi_nam": result.multi_nam, "probability": volume.with_array(prob)}
     written = []
-    for name, vol in floats.items():
-        if vol is not None:
-            array = np.asarray(vol.array, np.float32)
-            written.append(write_volume(volume.with_array(array), folder / f"{name}.nii.gz",
+    nam = result.details if hasattr(result.details, "slices") and hasattr(result.details, "probability") else None
+    maps = dict(result.maps)
+    if nam is not None:
+        maps["probability"] = volume.with_array(
+            np.broadcast_to(nam.probability.astype(np.float32)[:, None, None], volume.shape).copy())
+    for name, vol in maps.items():
+        array = np.asarray(vol.array)
+        if np.issubdtype(array.dtype, np.floating):
+            written.append(write_volume(volume.with_array(array.astype(np.float32)), folder / f"{name}.nii.gz",
                                         overwrite=overwrite))
-    for name in ("scope", "candidates", "coarse", "fine"):
-        written.append(write_mask(getattr(result, name), volume, folder / f"{name}.nii.gz",
-                                  overwrite=overwrite))
-    scores = {
-        "probability_threshold": result.config.probability_threshold,
-        "slice_probability": result.probability,
-        "nodule_slices": [
-            {"z": s.z, "probability": s.probability, "chosen": list(s.chosen),
-             "candidates": [{"label": c.label, "area_px": c.area_px, "score": c.score} for c in s.candidates]}
-            for s in result.slices
-        ],
-    }
-    written.append(to_json(scores, folder / "rnam_scores.json", overwrite=overwrite))
+        else:
+            written.append(write_mask(vol, volume, folder / f"{name}.nii.gz", overwrite=overwrite))
+    if set(result.outputs) != {"mask"}:
+        for name, mask in result.outputs.items():
+            written.append(write_mask(mask, volume, folder / f"{name}.nii.gz", overwrite=overwrite))
+    if nam is not None:
+        scores = {
+            "probability_threshold": nam.config.probability_threshold,
+            "slice_probability": nam.probability,
+            "nodule_slices": [
+                {"z": s.z, "probability": s.probability, "chosen": list(s.chosen),
+                 "candidates": [{"label": c.label, "area_px": c.area_px, "score": c.score} for c in s.candidates]}
+                for s in nam.slices
+            ],
+        }
+        written.append(to_json(scores, folder / "rnam_scores.json", overwrite=overwrite))
     return written
 
 
@@ -131,79 +145,70 @@ def nodule_summary(labels, spacing) -> list[dict]:
     return rows
 
 
+def segmenter_options(kind: str, args: argparse.Namespace) -> dict:
+    """The command line's method options that apply to a checkpoint of ``kind`` (refusing the others)."""
+    from wsnodule_core.errors import ModelConfigError
+    from wsnodule_core.segmentation.load import _kinds
+
+    kinds = _kinds()
+    given = {"--mode": args.mode != "fine", "--two-nodules": args.two_nodules,
+             "--multi-gap-checkpoint": args.multi_gap_checkpoint is not None, "--passes": args.passes is not None}
+    allowed = {kinds["nam"]: {"--mode", "--two-nodules", "--multi-gap-checkpoint"},
+               kinds["pw4medseg"]: {"--passes"}}.get(kind, set())
+    wrong = [flag for flag, set_ in given.items() if set_ and flag not in allowed]
+    if wrong:
+        raise ModelConfigError(f"{args.checkpoint} holds a {kind!r} model, which takes no {', '.join(wrong)}; "
+                               "drop it (NAM takes --mode, --two-nodules, --multi-gap-checkpoint; PW4MedSeg "
+                               "takes --passes).")
+    if kind == kinds["nam"]:
+        return {"output": args.mode, **({"top_k": 2} if args.two_nodules else {})}
+    if kind == kinds["pw4medseg"] and args.passes is not None:
+        return {"passes": args.passes}
+    return {}
+
+
 def run(args: argparse.Namespace) -> int:
-    from wsnodule_core.data.lung import segment_lungs
-    from wsnodule_core.evaluation import nam_config_from_checkpoint
     from wsnodule_core.io import read_volume
-    from wsnodule_core.nam.pipeline import segment_volume
-    from wsnodule_core.training.checkpoint import load_checkpoint, load_classifier
+    from wsnodule_core.segmentation import checkpoint_kind, load_segmenter
     from wsnodule_core.training.device import choose_device
 
     _check_outputs(args)
+    options = segmenter_options(checkpoint_kind(args.checkpoint), args)
     choice = choose_device(args.device)
     print(choice.describe())
     bar = (lambda label: None) if args.quiet else TextProgress
-    if load_checkpoint(args.checkpoint).kind == "pw4medseg":
-        return run_pw4medseg(args, choice.device, bar)
-    model, checkpoint = load_classifier(args.checkpoint, choice.device)
-    multi = None
-    if args.multi_gap_checkpoint is not None:
-        multi, _ = load_classifier(args.multi_gap_checkpoint, choice.device)
+    segmenter = load_segmenter(args.checkpoint, str(choice.device),
+                               multi_gap_checkpoint=args.multi_gap_checkpoint, **options)
     volume = read_volume(args.image)
     _check_dicom_seg(args.output, volume)
-    lungs = segment_lungs(volume, progress=bar("lungs")).lungs
-    config = nam_config_from_checkpoint(checkpoint, top_k=2 if args.two_nodules else 1)
-    result = segment_volume(model, volume, lungs=lungs, config=config, multi_gap_model=multi,
-                            progress=bar("NAM/R-NAM"))
-    mask = result.fine if args.mode == "fine" else result.coarse
-    if args.output.suffix.lower() == ".dcm" and not mask.array.any():
+    lungs = None
+    if segmenter.needs_lungs:
+        from wsnodule_core.data.lung import segment_lungs
+
+        lungs = segment_lungs(volume, progress=bar("lungs")).lungs
+    result = segmenter.segment(volume, lungs=lungs, progress=bar(segmenter.name))
+    mask = result.mask
+    what = f"{args.mode} mask" if "fine" in result.outputs else "mask"
+    if args.output.suffix.lower() == ".dcm" and not np.asarray(mask.array).any():
         print(f"no nodule found: a DICOM-SEG needs at least one segment, so {args.output} was not written "
               "(write .nii.gz to get an empty mask)")
     else:
         path = _write_output(mask, volume, args.output, args.overwrite)
-        print(f"wrote {args.mode} mask: {path}")
+        print(f"wrote {what}: {path}")
     if args.maps is not None:
         write_maps(result, volume, args.maps, args.overwrite)
         print(f"wrote maps: {args.maps}")
     nodules = nodule_summary(mask.array, volume.spacing)
-    n_slices = int(result.is_nodule.sum())
-    print(f"{n_slices} of {volume.shape[0]} slice(s) classified as nodule slices; {len(nodules)} nodule(s)")
+    details = result.details
+    if hasattr(details, "is_nodule"):
+        print(f"{int(details.is_nodule.sum())} of {volume.shape[0]} slice(s) classified as nodule slices; "
+              f"{len(nodules)} nodule(s)")
+    else:
+        print(f"{len(nodules)} nodule(s)")
     if nodules:
         print("label  volume_mm3  diameter_mm  slices")
         for row in nodules:
             print(f"{row['label']:>5}  {row['volume_mm3']:>10.1f}  {row['diameter_mm']:>11.1f}  "
                   f"{row['slices'][0]}-{row['slices'][1]}")
-    sys.stdout.flush()
-    return 0
-
-
-def run_pw4medseg(args: argparse.Namespace, device, bar) -> int:
-    """A PW4MedSeg checkpoint: K stochastic passes; the mask (one label per connected nodule) and, with
-    ``--maps``, the mean probability and the uncertainty (spread of the passes) on the image's grid."""
-    from scipy import ndimage
-
-    from wsnodule_core.io import read_volume, write_volume
-    from wsnodule_core.pw4medseg.infer import predict_volume
-    from wsnodule_core.pw4medseg.train import load_pw4medseg
-
-    model, config = load_pw4medseg(args.checkpoint, device)
-    volume = read_volume(args.image)
-    _check_dicom_seg(args.output, volume)
-    prediction = predict_volume(model, volume, config, passes=args.passes, device=device, seed=0,
-                                progress=bar(f"PW4MedSeg, {args.passes} passes"))
-    labels, n = ndimage.label(prediction.mask.array > 0, structure=np.ones((3, 3, 3)))
-    mask = volume.with_array(labels.astype(np.int32))
-    if args.output.suffix.lower() == ".dcm" and n == 0:
-        print(f"no nodule found: a DICOM-SEG needs at least one segment, so {args.output} was not written")
-    else:
-        print(f"wrote mask: {_write_output(mask, volume, args.output, args.overwrite)}")
-    if args.maps is not None:
-        args.maps.mkdir(parents=True, exist_ok=True)
-        for name in ("probability", "uncertainty"):
-            write_volume(getattr(prediction, name), args.maps / f"{name}.nii.gz", overwrite=args.overwrite)
-        print(f"wrote maps: {args.maps}")
-    for row in nodule_summary(labels, volume.spacing):
-        print(f"nodule {row['label']}: {row['volume_mm3']:.1f} mm3, {row['diameter_mm']:.1f} mm, slices "
-              f"{row['slices'][0]}-{row['slices'][1]}")
     sys.stdout.flush()
     return 0

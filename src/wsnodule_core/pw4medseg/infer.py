@@ -5,21 +5,20 @@ in training; each of the ``passes`` passes is a MONAI ``sliding_window_inference
 training crop size (Gaussian blending of the window probabilities) with the attention logits sampled
 (the paper: K = 6). ``probability`` is the mean over passes, ``uncertainty`` their standard deviation,
 both put back on the input volume's grid (linear), and ``mask`` the probability thresholded.
-:class:`PwSegmenter` makes a checkpoint a :class:`~wsnodule_core.evaluation.Segmenter`.
+:class:`~wsnodule_core.segmentation.PwSegmenter` makes a checkpoint a segmenter.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from wsnodule_core.errors import ModelConfigError, SegmentationCancelled
-from wsnodule_core.io.volume import Volume, check_mask_matches
+from wsnodule_core.io.volume import Volume
 from wsnodule_core.pw4medseg.train import PwTrainConfig, model_grid, resample_array
 from wsnodule_core.training.device import amp_enabled, autocast
 
@@ -173,56 +172,3 @@ def predict_volume(model: torch.nn.Module, volume: Volume, config: PwTrainConfig
     return Prediction(volume.with_array(mean), volume.with_array(std),
                       volume.with_array((mean >= threshold).astype(np.uint8)), passes if stochastic else 1,
                       float(threshold))
-
-
-@dataclass(frozen=True, eq=False)
-class PwSegmenter:
-    """PW4MedSeg as a :class:`~wsnodule_core.evaluation.Segmenter`: output ``"mask"`` (int32 labels, one
-    per 26-connected component of the thresholded mean probability).
-
-    Give ``checkpoint`` (``best.pt``/``last.pt`` or its run folder), or ``model`` and ``config``.
-    ``threshold`` None uses ``config.threshold`` (for a checkpoint: the one chosen on its validation cases).
-    ``lung_margin_mm`` not None keeps only what lies within that distance of the lungs when a lung mask
-    is given (the paper does not restrict; off by default).
-    """
-
-    checkpoint: str | os.PathLike | None = None
-    passes: int = 6
-    threshold: float | None = None
-    overlap: float = 0.25
-    batch_size: int = 2
-    device: str = "cpu"
-    seed: int | None = 0
-    lung_margin_mm: float | None = None
-    model: Any = None
-    config: Any = None
-
-    def __post_init__(self) -> None:
-        if self.model is None:
-            if self.checkpoint is None:
-                raise ModelConfigError("PwSegmenter needs a checkpoint path, or a model and its config.")
-            from wsnodule_core.pw4medseg.train import load_pw4medseg
-
-            model, config = load_pw4medseg(self.checkpoint, self.device)
-            object.__setattr__(self, "model", model)
-            object.__setattr__(self, "config", config)
-        elif self.config is None:
-            raise ModelConfigError("PwSegmenter: give the model's PwTrainConfig with the model.")
-        if self.threshold is None:  # the checkpoint's validation-chosen one, else the run's
-            object.__setattr__(self, "threshold", float(self.config.threshold))
-
-    def predict(self, volume: Volume, **kwargs) -> Prediction:
-        return predict_volume(self.model, volume, self.config, passes=self.passes, overlap=self.overlap,
-                              batch_size=self.batch_size, threshold=self.threshold, seed=self.seed, **kwargs)
-
-    def __call__(self, volume: Volume, lungs: np.ndarray | None) -> dict[str, Volume]:
-        from wsnodule_core.baselines.unet.segment import label_nodules
-
-        mask = self.predict(volume).mask.array > 0
-        if self.lung_margin_mm is not None and lungs is not None and np.any(lungs):
-            from scipy import ndimage
-
-            lung_array = check_mask_matches(lungs, volume).astype(bool)
-            distance = ndimage.distance_transform_edt(~lung_array, sampling=volume.spacing)
-            mask &= distance <= self.lung_margin_mm
-        return {"mask": volume.with_array(label_nodules(mask))}

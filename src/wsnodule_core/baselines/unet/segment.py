@@ -19,6 +19,7 @@ from wsnodule_core.baselines.unet.model import UNetSegmenter
 from wsnodule_core.data.lung import CropResult, lung_crop, uncrop_mask
 from wsnodule_core.errors import NamSegmentationError, SegmentationCancelled
 from wsnodule_core.io.volume import Volume, check_mask_matches
+from wsnodule_core.nodules import label_nodules
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,12 +55,6 @@ def uncrop_float(planes: np.ndarray, crop: CropResult, reference: Volume) -> np.
     return np.stack([ndimage.affine_transform(np.asarray(p, np.float32), matrix, offset=offset,
                                               output_shape=(ny, nx), order=1, mode="constant", cval=0.0,
                                               prefilter=False) for p in planes])
-
-
-def label_nodules(mask: np.ndarray) -> np.ndarray:
-    """int32 labels 1..n of the 26-connected 3D components of a (z, y, x) mask."""
-    labels, _ = ndimage.label(np.asarray(mask, bool), structure=np.ones((3, 3, 3), bool))
-    return labels.astype(np.int32)
 
 
 def _device(model: torch.nn.Module) -> torch.device:

@@ -1,0 +1,32 @@
+"""The fully supervised U-Net baseline as a :class:`~wsnodule_core.segmentation.base.Segmenter`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from wsnodule_core.io.volume import Volume
+from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
+                                             labelled, lung_volume, resolve_lungs)
+
+
+@dataclass(frozen=True, eq=False)
+class UnetBaselineSegmenter:
+    """:func:`~wsnodule_core.baselines.unet.segment_volume_unet` on a lung-centred crop of each slice."""
+
+    model: Any
+    threshold: float = 0.5
+    name: str = "U-net"
+    kind: str = "unet-baseline"
+    needs_lungs = True
+
+    def segment(self, volume: Volume, *, lungs: Lungs = LUNGS_AUTO, progress: Progress | None = None,
+                cancel: Cancel | None = None) -> SegmentationResult:
+        from wsnodule_core.baselines.unet import segment_volume_unet
+
+        lung_mask = resolve_lungs(volume, lungs, needed=True)
+        result = segment_volume_unet(self.model, volume, lung_mask, threshold=self.threshold,
+                                     progress=progress, cancel=cancel)
+        mask = labelled(volume, result.mask)
+        return SegmentationResult(mask, {"mask": mask}, self.name, {"probability": result.probability},
+                                  lung_volume(volume, lung_mask), result)
