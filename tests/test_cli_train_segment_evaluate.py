@@ -191,7 +191,7 @@ def test_evaluate_errors(dataset, nam_run, tmp_path, capsys):
 def test_checkpoint_names_parse():
     from pathlib import Path
 
-    from wsnodule_core.cli.evaluate import parse_checkpoint
+    from wsnodule_core.cli.arguments import parse_checkpoint
 
     assert parse_checkpoint("2-GAP=runs/a/best.pt") == ("2-GAP", Path("runs/a/best.pt"))
     assert parse_checkpoint("runs/a") == (None, Path("runs/a"))

@@ -210,11 +210,35 @@ def evaluate_dataset(
 ) -> EvaluationReport:
     """Segment every case of ``split`` with every method; write the paper's Table 1 and Fig. 3.
 
-    Writes ``out_dir/metrics.json`` (every row's metrics, size bins, 3D detection, per case),
-    ``out_dir/report.md`` (the table in Markdown), ``out_dir/fig3_size.png`` (TP Dice and TP DOA
-    versus nodule size) and, with ``save_masks``, ``out_dir/masks/<row>/<case>.nii.gz``.
-    ``split`` None evaluates every case. Existing files are refused unless ``overwrite``.
-    ``progress(done, total)`` counts (case, method) runs; ``cancel()`` is polled before each.
+    Parameters
+    ----------
+    dataset_dir
+        A data set folder (``dataset.json``, from :func:`~wsnodule_core.build_dataset` or ``wsnodule data``).
+    methods
+        ``{name: segmenter}``, e.g. from :func:`~wsnodule_core.load_segmenter` or :func:`load_segmenters`.
+    split
+        ``"train"``, ``"val"``, ``"test"`` or None for every case.
+    out_dir
+        Receives ``metrics.json`` (every row's metrics, size bins, 3D detection, per case),
+        ``report.md`` (the table in Markdown), ``fig3_size.png`` (TP Dice and TP DOA versus nodule size)
+        and, with ``save_masks``, ``masks/<row>/<case>.nii.gz``. Existing files are refused unless
+        ``overwrite``.
+    progress, cancel
+        ``progress(done, total)`` counts (case, method) runs; ``cancel()`` is polled before each.
+    slices
+        ``"lungs"`` (default) or ``"all"``: which slices count in the slice-level metrics.
+
+    Returns
+    -------
+    EvaluationReport
+        The rows, the metrics document, the Markdown table and the files written.
+
+    Examples
+    --------
+    >>> from wsnodule_core import evaluate_dataset, load_segmenter
+    >>> report = evaluate_dataset("data/phantom", {"NAM": load_segmenter("runs/nam1")},
+    ...                           "test", "evaluation")          # doctest: +SKIP
+    >>> print(report.table)                                        # doctest: +SKIP
     """
     from wsnodule_core.data.dataset import load_dataset
     from wsnodule_core.io import write_mask

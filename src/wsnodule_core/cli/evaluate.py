@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from wsnodule_core.cli.arguments import parse_checkpoint
 from wsnodule_core.cli.progress import TextProgress
 
 
@@ -43,15 +44,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     add_flow_arguments(parser)
     parser.set_defaults(func=run)
-
-
-def parse_checkpoint(text: str) -> tuple[str | None, Path]:
-    """``"NAME=path"`` -> ``("NAME", path)``; a plain path (even one holding '=') -> ``(None, path)``."""
-    if "=" in text and not Path(text).exists():
-        name, _, path = text.partition("=")
-        if name.strip() and path:
-            return name.strip(), Path(path)
-    return None, Path(text)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -69,7 +69,7 @@ def guidance_config(args: argparse.Namespace):
 
 
 def run_flow_evaluation(args: argparse.Namespace, device, progress) -> int:
-    from wsnodule_core.cli.evaluate import parse_checkpoint
+    from wsnodule_core.cli.arguments import parse_checkpoint
     from wsnodule_core.errors import ModelConfigError
     from wsnodule_core.flow.evaluate import FlowEvalConfig, evaluate_patches, write_flow_report
     from wsnodule_core.flow.patches import PatchConfig, patches_from_dataset

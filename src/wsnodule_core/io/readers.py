@@ -80,6 +80,13 @@ def read_volume(
     ------
     VolumeReadError, InvalidVolumeError
         Subclasses naming the file and what to do; see ``docs/io.md``.
+
+    Examples
+    --------
+    >>> from wsnodule_core import read_volume
+    >>> ct = read_volume("LIDC-IDRI-0001/")            # doctest: +SKIP
+    >>> ct.shape, ct.spacing                             # doctest: +SKIP
+    ((133, 512, 512), (2.5, 0.703125, 0.703125))
     """
     path = Path(path).expanduser()
     if not path.exists():

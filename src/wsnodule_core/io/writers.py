@@ -111,8 +111,29 @@ def write_mask(
 ) -> Path:
     """Write a label mask on ``reference``'s grid, with its geometry, as uint8 (or uint16 above 255).
 
-    ``mask`` is an array of ``reference.shape`` or a Volume with the same geometry. Formats as
-    :func:`write_volume`; NRRD/MetaImage data is gzipped by default (masks compress well).
+    Parameters
+    ----------
+    mask
+        An array of ``reference.shape`` or a Volume with the same geometry (0 background, labels > 0).
+    reference
+        The CT the mask belongs to: its spacing, origin and direction are written with the mask.
+    path
+        ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mhd`` or ``.mha``.
+    overwrite
+        Replace an existing file (refused otherwise, with :class:`~wsnodule_core.errors.OutputExistsError`).
+    compress
+        Gzip NRRD/MetaImage data (masks compress well).
+
+    Returns
+    -------
+    Path
+        The file written.
+
+    Examples
+    --------
+    >>> from wsnodule_core import read_volume, write_mask
+    >>> ct = read_volume("scan.nii.gz")                          # doctest: +SKIP
+    >>> write_mask(ct.array > 200, ct, "bright.nii.gz")           # doctest: +SKIP
     """
     array = mask_storage_array(check_mask_matches(mask, reference), "mask")
     path = check_output_path(path, overwrite)
