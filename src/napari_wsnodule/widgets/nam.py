@@ -30,9 +30,10 @@ from napari_wsnodule.widgets._staged import STEP_GAP_MS, StagedSteps
 from napari_wsnodule.widgets._view import jump_to, read_only_table, table_item
 from wsnodule_core.errors import LungSegmentationError, WsnoduleError
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.nam.pipeline import NamConfig, NamSegmentation, segment_volume
+from wsnodule_core.nam.pipeline import NamConfig, NamSegmentation
+from wsnodule_core.nam.train import KIND as NAM_KIND
+from wsnodule_core.segmentation.nam import NamSegmenter, nam_config_for_checkpoint
 
-NAM_KIND = "nam-multigap"
 TABLE_CHUNK = 40  # table rows added per event-loop turn
 TABLE_COLUMNS = ("slice", "P(nodule)", "candidate", "area (mm²)", "score", "chosen", "R-NAM")
 NO_MODEL = ("No NAM model is loaded. Train one or load a NAM checkpoint in the Model widget "
@@ -56,16 +57,19 @@ def _n_gap(model: LoadedModel) -> int:
 
 
 def checkpoint_defaults(model: LoadedModel | None) -> NamConfig:
-    """The NamConfig matching a model's checkpoint: crop size and spacing of its training slices and
-    the slice threshold its validation chose (plain defaults without a checkpoint)."""
+    """The NamConfig a model's checkpoint segments with everywhere (the command line, the evaluation):
+    crop size and spacing of its training slices and the slice threshold its validation chose (plain
+    defaults without a checkpoint)."""
     checkpoint = None if model is None else model.checkpoint
     if checkpoint is None or not hasattr(checkpoint, "train_config"):
         return NamConfig()
-    from wsnodule_core.evaluation import nam_config_from_checkpoint
+    return nam_config_for_checkpoint(checkpoint)
 
-    config = nam_config_from_checkpoint(checkpoint)
-    threshold = getattr(checkpoint, "raw", {}).get("probability_threshold")
-    return config if threshold is None else replace(config, probability_threshold=float(threshold))
+
+def nam_segmenter(model: LoadedModel, config: NamConfig, multi: LoadedModel | None) -> NamSegmenter:
+    """The front door's NAM segmenter for the widget's model, options and multi-GAP model."""
+    return NamSegmenter(model.model, config, None if multi is None else multi.model, "fine", model.name,
+                        model.kind)
 
 
 def rnam_volume(result: NamSegmentation) -> Volume:
@@ -222,6 +226,7 @@ class NamWidget(WsnoduleWidget):
             self._error(f"Cannot segment {source.name!r}: {error}")
             return
         use_lungs = self.lungs_check.isChecked()
+        segmenter = nam_segmenter(model, config, multi)
 
         def work(reporter: TaskReporter) -> NamRun:
             lungs = None
@@ -235,11 +240,9 @@ class NamWidget(WsnoduleWidget):
                     hint = "Or untick 'Crop around the lungs' to give the network whole slices."
                     raise LungSegmentationError(f"{error} {hint}") from error
                 reporter.raise_if_cancelled()
-            result = segment_volume(
-                model.model, volume, lungs=lungs, config=config,
-                multi_gap_model=None if multi is None else multi.model,
-                progress=reporter.progress_fn("NAM: classifying slices, screening candidates"),
-                cancel=reporter.cancelled)
+            result = segmenter.segment(
+                volume, lungs=lungs, progress=reporter.progress_fn("NAM: classifying slices, screening candidates"),
+                cancel=reporter.cancelled).details
             return NamRun(source, volume, result, rnam_volume(result), model.name,
                           None if multi is None else multi.name)
 

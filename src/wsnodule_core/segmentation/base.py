@@ -18,7 +18,7 @@ from wsnodule_core.errors import ModelConfigError
 from wsnodule_core.io.volume import Volume, check_mask_matches
 
 LUNGS_AUTO = "auto"
-Lungs = Union[np.ndarray, Volume, str, None]
+Lungs = Union[np.ndarray, Volume, str, Any, None]  # Any: a LungSegmentation
 Progress = Callable[[int, int], None]
 Cancel = Callable[[], bool]
 
@@ -73,6 +73,8 @@ def resolve_lungs(volume: Volume, lungs: Lungs, *, needed: bool,
         return np.asarray(segment_lungs(volume, progress=progress).lungs, bool)
     if lungs is None:
         return None
+    if hasattr(lungs, "lungs"):  # a LungSegmentation
+        lungs = lungs.lungs
     return np.asarray(check_mask_matches(lungs, volume)) > 0
 
 
