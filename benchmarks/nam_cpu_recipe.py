@@ -28,7 +28,7 @@ from wsnodule_core.metrics import (
     summarize_slices,
     summarize_volumes,
 )
-from wsnodule_core.nam.pipeline import segment_volume
+from wsnodule_core.segmentation import NamSegmenter
 from wsnodule_core.nam.recipes import get_recipe, recipe_names
 from wsnodule_core.nam.train import train_classifier
 from wsnodule_core.reports import markdown_table
@@ -132,7 +132,7 @@ def main() -> None:
     for entry in tests:
         case = dataset.load_case(entry)
         t0 = time.perf_counter()
-        seg = segment_volume(model, case.image, lungs=case.lungs, config=recipe.segment)
+        seg = NamSegmenter(model, recipe.segment).segment(case.image, lungs=case.lungs).details
         t_seg += time.perf_counter() - t0
         n_nodule_slices += int(seg.is_nodule.sum())
         nam_evals.append(_evaluate(seg.fine.array > 0, case))

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsnodule_core.baselines.blob_filter import BlobFilterConfig, segment_blobs
 from wsnodule_core.data.dataset import build_dataset, load_dataset
-from wsnodule_core.evaluation import NamSegmenter, evaluate_dataset
+from wsnodule_core.evaluation import evaluate_dataset
+from wsnodule_core.segmentation import BlobSegmenter, load_segmenter
 from wsnodule_core.nam.recipes import get_recipe
 from wsnodule_core.nam.slices import slices_from_dataset
 from wsnodule_core.nam.train import best_threshold, roc_auc, train_classifier
@@ -70,10 +70,6 @@ def _parse() -> argparse.Namespace:
     return p.parse_args()
 
 
-def _blob_segmenter(volume, lungs):
-    return {"mask": volume.with_array(segment_blobs(volume, lungs, BlobFilterConfig()).mask.astype(np.uint8))}
-
-
 @torch.no_grad()
 def _slice_diagnostics(model, dataset, recipe, threshold: float) -> dict:
     """The classifier alone on the test series' slices (positives: >= the recipe's nodule area;
@@ -96,11 +92,11 @@ def _localisation(model, dataset, segment, min_area_mm2: float) -> dict:
     """Per nodule slice of the test series (GT area >= ``min_area_mm2``): called a nodule slice by
     the classifier, and whether the fine mask then overlaps the nodule; per nodule-free lung slice:
     called a nodule slice, and given a (false) mask."""
-    from wsnodule_core.nam.pipeline import segment_volume
+    from wsnodule_core.segmentation import NamSegmenter
 
     counts = dict.fromkeys(("nodule_slices", "called", "hit", "free_slices", "free_called", "free_masked"), 0)
     for case in dataset.cases("test"):
-        result = segment_volume(model, case.image, lungs=case.lungs, config=segment)
+        result = NamSegmenter(model, segment).segment(case.image, lungs=case.lungs).details
         gt = np.asarray(case.mask.array) > 0
         fine = np.asarray(result.fine.array) > 0
         area = gt.sum(axis=(1, 2)) * case.image.spacing[1] * case.image.spacing[2]
@@ -183,13 +179,12 @@ def main() -> None:
               f"{counts['free_called'] / max(counts['free_slices'], 1):.2f}", flush=True)
     if args.no_eval:
         return
-    methods = {"NAM/R-NAM 1-GAP": NamSegmenter(model, segment), "Hessian blob filter": _blob_segmenter}
+    threshold = {} if args.val_threshold else {"probability_threshold": recipe.segment.probability_threshold}
+    nam = load_segmenter(best, "cpu", name="NAM/R-NAM 1-GAP", config=recipe.segment, **threshold)
+    methods = {"NAM/R-NAM 1-GAP": nam, "Hessian blob filter": BlobSegmenter(name="Hessian blob filter")}
     methods = {k: v for k, v in methods.items() if ("nam" if k.startswith("NAM") else "blob") in args.methods}
     if args.unet and "unet" in args.methods:
-        from wsnodule_core.evaluation import UNetVolumeSegmenter
-        from wsnodule_core.baselines.unet import load_unet
-
-        methods["U-net"] = UNetVolumeSegmenter(load_unet(args.unet, "cpu")[0])
+        methods["U-net"] = load_segmenter(args.unet, "cpu", name="U-net")
     t0 = time.perf_counter()
     report = evaluate_dataset(data_dir, methods, split="test", out_dir=out / args.eval_dir, overwrite=True)
     t_eval = time.perf_counter() - t0

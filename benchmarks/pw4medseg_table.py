@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from wsnodule_core.data.dataset import load_dataset
     from wsnodule_core.evaluation import evaluate_dataset
-    from wsnodule_core.pw4medseg.infer import PwSegmenter
+    from wsnodule_core.segmentation import load_segmenter
     from wsnodule_core.pw4medseg.train import PwTrainConfig, train_pw4medseg
     from wsnodule_core.training.checkpoint import LAST, load_checkpoint
 
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         summary[annotation] = {"val": [{k: h.get(k) for k in keys} for h in validated],
                                "train_config": last.train_config}
         print(annotation, "validation:", summary[annotation]["val"], flush=True)
-        segmenters[f"PW4MedSeg ({annotation})"] = PwSegmenter(run, passes=args.passes, device="cpu")
+        name = f"PW4MedSeg ({annotation})"
+        segmenters[name] = load_segmenter(run, "cpu", name=name, passes=args.passes)
     if args.train_only:
         return 0
     started = time.monotonic()
