@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("data", type=Path, metavar="DATASET_DIR", help="data set folder (dataset.json)")
     parser.add_argument("--checkpoint", action="append", default=None, metavar="[NAME=]CKPT",
-                        help="a NAM or U-Net checkpoint (file or run folder), repeatable; NAME names its "
+                        help="a checkpoint (file or run folder): NAM, 3D NAM, U-Net or PW4MedSeg, repeatable; NAME names its "
                              "rows (default '<n>-GAP' for NAM, 'U-net')")
     parser.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
                         help="cases to evaluate (default test)")
