@@ -16,6 +16,7 @@ _EXPORTS = {
     "load_model_of_kind": "load",
     "NamSegmenter": "nam", "Nam3DSegmenter": "nam", "nam_config_for_checkpoint": "nam",
     "PwSegmenter": "pw4medseg", "UnetBaselineSegmenter": "unet", "BlobSegmenter": "blob",
+    "FlowSegmenter": "flow",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,0 +1,136 @@
+"""Flow guidance on a whole CT as a :class:`~wsnodule_core.segmentation.base.Segmenter`.
+
+The frozen rectified-flow prior is guided towards "no nodule" by the predictor in patches around
+candidate centres, and the mask is where the CT and its healthy counterfactual differ
+(:func:`~wsnodule_core.flow.on_volume.guide_at_points`). Which centres: the ones given
+(``centres_xyz``, world mm, e.g. clicked by a person or from a detector), else the strongest blobs of
+the training-free Hessian filter inside the lungs (a cheap first pass: guiding every patch of a chest
+costs hundreds of network evaluations each).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from wsnodule_core.errors import ModelConfigError
+from wsnodule_core.io.volume import Volume
+from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
+                                             labelled, lung_volume, resolve_lungs)
+
+FLOW_OPTIONS = ("centres_xyz", "max_candidates", "batch_size", "floor_hu", "rule", "guidance")
+
+
+@dataclass(frozen=True, eq=False)
+class FlowSegmenter:
+    """``predictor`` guides ``prior`` (``(velocity model, PriorTrainConfig)``) at candidate centres.
+
+    ``guidance`` is a :class:`~wsnodule_core.flow.guidance.GuidanceConfig` (default: the sweep's
+    choice), ``rule`` a :class:`~wsnodule_core.flow.attribution.ThresholdRule`; ``floor_hu`` ignores
+    smaller differences (reconstruction noise). At most ``max_candidates`` blob centres are guided,
+    ``batch_size`` patches at a time.
+    """
+
+    predictor: Any
+    prior: tuple[Any, Any]
+    patch_config: Any = None
+    guidance: Any = None
+    rule: Any = None
+    floor_hu: float = 0.0
+    centres_xyz: Sequence[Sequence[float]] | None = None
+    max_candidates: int = 16
+    batch_size: int = 4
+    name: str = "Flow guidance"
+    kind: str = "flow-predictor"
+    needs_lungs = True
+
+    def __post_init__(self) -> None:
+        from wsnodule_core.flow.attribution import ThresholdRule
+        from wsnodule_core.flow.guidance import GuidanceConfig
+
+        if self.guidance is None:
+            object.__setattr__(self, "guidance", GuidanceConfig())
+        if self.rule is None:
+            object.__setattr__(self, "rule", ThresholdRule())
+        if self.max_candidates < 1 or self.batch_size < 1:
+            raise ModelConfigError(f"flow guidance needs max_candidates >= 1 and batch_size >= 1, got "
+                                   f"{self.max_candidates} and {self.batch_size}.")
+
+    def with_options(self, **changes: Any) -> "FlowSegmenter":
+        unknown = sorted(set(changes) - set(FLOW_OPTIONS))
+        if unknown:
+            raise ModelConfigError(f"flow guidance has no option {unknown}; its options are {list(FLOW_OPTIONS)}.")
+        return replace(self, **changes)
+
+    def candidate_centres(self, volume: Volume, lungs: np.ndarray | None) -> np.ndarray:
+        """``(n, 3)`` world centres: the given ones, else the strongest Hessian blobs in the lungs."""
+        if self.centres_xyz is not None:
+            return np.asarray(self.centres_xyz, float).reshape(-1, 3)
+        from scipy import ndimage
+
+        from wsnodule_core.baselines.blob_filter import segment_blobs
+
+        inside = np.zeros(volume.shape, bool) if lungs is None else lungs
+        blobs = segment_blobs(volume, inside)
+        labels = np.asarray(blobs.mask)
+        n = int(labels.max()) if labels.size else 0
+        if n == 0:
+            return np.zeros((0, 3))
+        strength = ndimage.maximum(np.asarray(blobs.response), labels, index=np.arange(1, n + 1))
+        keep = np.argsort(-np.asarray(strength))[: self.max_candidates] + 1
+        centres = ndimage.center_of_mass(labels > 0, labels, index=keep)
+        return np.array([volume.index_to_world(np.asarray(c, float)) for c in centres], float).reshape(-1, 3)
+
+    def segment(self, volume: Volume, *, lungs: Lungs = LUNGS_AUTO, progress: Progress | None = None,
+                cancel: Cancel | None = None) -> SegmentationResult:
+        from wsnodule_core.flow.on_volume import guide_at_points
+
+        lung_mask = resolve_lungs(volume, lungs, needed=True)
+        centres = self.candidate_centres(volume, lung_mask)
+        mask = np.zeros(volume.shape, np.uint8)
+        difference = np.zeros(volume.shape, np.float32)
+        runs = []
+        chunks = [centres[i:i + self.batch_size] for i in range(0, len(centres), self.batch_size)]
+        lung_grid = lung_volume(volume, lung_mask)
+        for k, chunk in enumerate(chunks):
+            def chunk_progress(done: int, total: int, k: int = k) -> None:
+                if progress is not None:
+                    progress(k * total + done, len(chunks) * total)
+
+            run = guide_at_points(volume, chunk, self.prior[0], self.predictor, self.guidance, self.rule,
+                                  prior_config=self.prior[1], patch_config=self.patch_config,
+                                  floor_hu=self.floor_hu, lungs=lung_grid, progress=chunk_progress,
+                                  cancel=cancel)
+            mask = np.maximum(mask, np.asarray(run.mask.array, np.uint8))
+            difference = np.maximum(difference, np.asarray(run.difference_map.array, np.float32))
+            runs.append(run)
+        labels = labelled(volume, mask > 0)
+        return SegmentationResult(labels, {"mask": labels}, self.name,
+                                  {"difference": volume.with_array(difference)}, lung_grid,
+                                  {"centres_xyz": centres, "runs": runs})
+
+
+def flow_segmenter(predictor: Any, checkpoint: Any, prior: Any, *, name: str | None = None,
+                   **options: Any) -> FlowSegmenter:
+    """A :class:`FlowSegmenter` for a predictor checkpoint and a loaded prior ``(model, config)``;
+    ``guidance`` may be a GuidanceConfig or a dict of its fields, ``rule`` a ThresholdRule or
+    ``(kind, value)``."""
+    from wsnodule_core.flow.attribution import ThresholdRule
+    from wsnodule_core.flow.guidance import GuidanceConfig
+    from wsnodule_core.flow.patches import PatchConfig
+
+    if prior is None:
+        raise ModelConfigError("flow guidance needs its prior: give prior_checkpoint (--flow-prior PRIOR).")
+    unknown = sorted(set(options) - set(FLOW_OPTIONS))
+    if unknown:
+        raise ModelConfigError(f"flow guidance has no option {unknown}; its options are {list(FLOW_OPTIONS)}.")
+    raw = (getattr(checkpoint, "raw", None) or {}).get("patch_config")
+    known = {f.name for f in fields(PatchConfig)}
+    patch_config = None if not raw else PatchConfig(**{k: v for k, v in raw.items() if k in known})
+    if isinstance(options.get("guidance"), dict):
+        options["guidance"] = GuidanceConfig(**options["guidance"])
+    if isinstance(options.get("rule"), (tuple, list)):
+        options["rule"] = ThresholdRule(*options["rule"])
+    return FlowSegmenter(predictor, tuple(prior), patch_config, name=name or "Flow guidance", **options)
