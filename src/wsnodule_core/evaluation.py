@@ -134,15 +134,18 @@ def load_segmenters(
     otherwise each NAM checkpoint segments alone.
     """
     from wsnodule_core.errors import CheckpointError
-    from wsnodule_core.training.checkpoint import load_checkpoint, load_classifier
+    from wsnodule_core.baselines.unet.train import KIND as UNET_KIND
+    from wsnodule_core.nam.model import KIND as NAM_KIND
+    from wsnodule_core.nam.model import load_classifier
+    from wsnodule_core.training.checkpoint import load_checkpoint
 
     loaded: list[tuple[str, str, Any, Any]] = []  # name, kind, model, checkpoint
     for name, path in checkpoints:
         kind = load_checkpoint(path).kind
-        if kind == "nam-multigap":
+        if kind == NAM_KIND:
             model, checkpoint = load_classifier(path, device)
             default = f"{model.config.n_gap}-GAP"
-        elif kind == "unet-baseline":
+        elif kind == UNET_KIND:
             from wsnodule_core.baselines.unet import load_unet
 
             model, checkpoint = load_unet(path, device)
@@ -161,10 +164,10 @@ def load_segmenters(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ModelConfigError(f"several checkpoints are called {duplicates}; name them with NAME=CKPT.")
-    one_gap = next(((m, c) for _, k, m, c in loaded if k == "nam-multigap" and m.config.n_gap == 1), None)
+    one_gap = next(((m, c) for _, k, m, c in loaded if k == NAM_KIND and m.config.n_gap == 1), None)
     out: dict[str, Segmenter] = {}
     for name, kind, model, checkpoint in loaded:
-        if kind == "unet-baseline":
+        if kind == UNET_KIND:
             out[name] = UNetVolumeSegmenter(model)
         elif kind == "pw4medseg":
             out[name] = model

@@ -136,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     from wsnodule_core.evaluation import nam_config_from_checkpoint
     from wsnodule_core.io import read_volume
     from wsnodule_core.nam.pipeline import segment_volume
-    from wsnodule_core.training.checkpoint import load_checkpoint, load_classifier
+    from wsnodule_core.nam.model import load_classifier
+    from wsnodule_core.training.checkpoint import load_checkpoint
     from wsnodule_core.training.device import choose_device
 
     _check_outputs(args)

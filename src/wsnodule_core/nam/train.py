@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from wsnodule_core.errors import CheckpointError, TrainingDataError
-from wsnodule_core.nam.model import MultiGapClassifier
+from wsnodule_core.nam.model import KIND, MultiGapClassifier
 from wsnodule_core.nam.slices import SliceSet, slices_from_dataset
 from wsnodule_core.nam.train_config import TrainConfig
 from wsnodule_core.training import distributed as ddp
@@ -32,8 +32,6 @@ from wsnodule_core.training.device import amp_enabled, autocast, choose_device, 
 from wsnodule_core.training.loop import CLASSIFY_SUMS, EpochLoop, RunState, classify_metrics, classify_step
 from wsnodule_core.training.result import RunResult
 from wsnodule_core.training.sampler import BalancedBatchSampler
-
-KIND = "nam-multigap"
 
 
 TrainResult = RunResult  # what train_* returns; the model is a MultiGapClassifier
