@@ -32,7 +32,7 @@ from wsnodule_core.baselines.blob_filter import BlobFilterConfig, segment_blobs
 from wsnodule_core.data.dataset import build_dataset, load_dataset
 from wsnodule_core.evaluation import NamSegmenter, evaluate_dataset
 from wsnodule_core.nam.recipes import get_recipe
-from wsnodule_core.nam.slices import slices_from_dataset
+from wsnodule_core.data.slices import slices_from_dataset
 from wsnodule_core.nam.train import best_threshold, roc_auc, train_classifier
 from wsnodule_core.nam.model import load_classifier
 

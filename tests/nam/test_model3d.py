@@ -10,8 +10,9 @@ import torch
 from wsnodule_core.errors import CheckpointError, ModelConfigError
 from wsnodule_core.nam.model3d import (MultiGap3DClassifier, MultiGap3DConfig, MultiGap3DOutput,
                                        load_classifier_3d, nodule_activation_map_3d)
-from wsnodule_core.nam.patches3d import (PatchSet3D, Train3DConfig, augment_patches, build_model_3d,
-                                         evaluate_3d, patches_from_dataset, train_classifier_3d)
+from wsnodule_core.nam.patches3d import (PatchSet3D, Train3DConfig, build_model_3d, evaluate_3d,
+                                         patches_from_dataset, train_classifier_3d)
+from wsnodule_core.training.augment import augment_patches
 from wsnodule_core.training.callbacks import TrainCallbacks
 from wsnodule_core.training.sampler import BalancedBatchSampler
 

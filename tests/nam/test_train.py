@@ -11,7 +11,7 @@ import torch
 
 from wsnodule_core import __version__
 from wsnodule_core.errors import CheckpointError, OutputExistsError, TrainingDataError
-from wsnodule_core.nam.slices import SliceConfig, slices_from_arrays, slices_from_dataset, slices_from_volumes
+from wsnodule_core.data.slices import SliceConfig, slices_from_arrays, slices_from_dataset, slices_from_volumes
 from wsnodule_core.nam.train import TrainConfig, make_optimizer, train_classifier
 from wsnodule_core.nam.train_config import PAPER_LR
 from wsnodule_core.training.callbacks import TrainCallbacks

@@ -316,7 +316,7 @@ class ModelWidget(WsnoduleWidget):
 
             def from_dataset(reporter: TaskReporter, config: TrainConfig) -> tuple:
                 from wsnodule_core.data.dataset import load_dataset
-                from wsnodule_core.nam.slices import slices_from_dataset
+                from wsnodule_core.data.slices import slices_from_dataset
 
                 dataset = load_dataset(folder)
                 slice_config = config.slice_config()

@@ -39,7 +39,7 @@ from torch import nn
 
 from wsnodule_core.errors import CheckpointError, ModelConfigError, TrainingDataError
 from wsnodule_core.flow.patches import PatchConfig, PatchSet, patches_from_dataset
-from wsnodule_core.nam.patches3d import augment_patches
+from wsnodule_core.training.augment import augment_patches
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
 from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_checkpoint,
                                                load_model, prepare_run_dir, restore_training_state,

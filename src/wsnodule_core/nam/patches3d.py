@@ -35,6 +35,7 @@ from wsnodule_core.io.sitk_bridge import from_sitk, to_sitk
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.nam.model3d import KIND_3D, MultiGap3DClassifier, MultiGap3DConfig
 from wsnodule_core.nam.model import normalize_ct_slice
+from wsnodule_core.training.augment import augment_patches
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
 from wsnodule_core.training.checkpoint import (LAST, capture_rng_state, load_checkpoint,
                                                prepare_run_dir, restore_training_state, save_checkpoint)
@@ -221,22 +222,6 @@ def patches_from_dataset(data, split: str | None, config: Patch3DConfig = Patch3
         if progress is not None:
             progress(i + 1, len(entries))
     return PatchSet3D.concatenate(sets, config)
-
-
-def augment_patches(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random rot90 in the axial (y, x) plane and flips along x and z of a batch (B, C, D, H, W).
-
-    Exact (no interpolation); always three draws per patch from ``generator`` (CPU)."""
-    draws = torch.randint(0, 4, (x.shape[0], 3), generator=generator)
-    out = []
-    for patch, (k, flip_x, flip_z) in zip(x, draws.tolist()):
-        patch = torch.rot90(patch, k % 4, dims=(-2, -1))
-        if flip_x % 2:
-            patch = torch.flip(patch, dims=(-1,))
-        if flip_z % 2:
-            patch = torch.flip(patch, dims=(-3,))
-        out.append(patch)
-    return torch.stack(out)
 
 
 # --- training ----------------------------------------------------------------------------------

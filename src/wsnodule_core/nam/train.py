@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from wsnodule_core.errors import CheckpointError, TrainingDataError
 from wsnodule_core.nam.model import KIND, MultiGapClassifier
-from wsnodule_core.nam.slices import SliceSet, slices_from_dataset
+from wsnodule_core.data.slices import SliceSet, slices_from_dataset
 from wsnodule_core.nam.train_config import TrainConfig
 from wsnodule_core.training import distributed as ddp
 from wsnodule_core.training.augment import augment_batch

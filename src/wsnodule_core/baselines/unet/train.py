@@ -1,6 +1,6 @@
 """Training the U-Net baseline on full nodule masks (the paper's section 3.2 recipe).
 
-The slices are the NAM classifier's (:mod:`wsnodule_core.nam.slices`: lung-centred crops of
+The slices are the NAM classifier's (:mod:`wsnodule_core.data.slices`: lung-centred crops of
 the train/val splits, with their per-slice nodule masks); batches hold as many slices with a
 nodule as without (1:1, as the paper's slice set; by default an epoch is every nodule slice
 and as many fresh nodule-free ones). Loss: the negative Dice coefficient of the mini-batch
@@ -23,7 +23,7 @@ import torch
 
 from wsnodule_core.baselines.unet.model import UNetConfig, UNetSegmenter
 from wsnodule_core.errors import CheckpointError, ModelConfigError, TrainingDataError
-from wsnodule_core.training.augment import AugmentConfig, augment_batch
+from wsnodule_core.training.augment import AugmentConfig, augment_pair
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
 from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_checkpoint,
                                                load_model, prepare_run_dir, restore_training_state,
@@ -144,7 +144,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 @torch.no_grad()
 def evaluate(model: UNetSegmenter, slices, device: torch.device | str = "cpu", *, batch_size: int = 32,
              threshold: float = 0.5, loss: str = "batch", smooth: float = 1.0, use_amp: bool = False) -> dict:
-    """Scores of ``model`` on a :class:`~wsnodule_core.nam.slices.SliceSet`.
+    """Scores of ``model`` on a :class:`~wsnodule_core.data.slices.SliceSet`.
 
     ``soft_dice``: minus the training loss averaged over batches of ``batch_size``; ``dice``: the
     mean over slices with a nodule of the Dice of the thresholded prediction (the paper's
@@ -180,7 +180,7 @@ def evaluate(model: UNetSegmenter, slices, device: torch.device | str = "cpu", *
 
 
 def _resolve_data(data, config: UNetTrainConfig):
-    from wsnodule_core.nam.slices import SliceSet, slices_from_dataset
+    from wsnodule_core.data.slices import SliceSet, slices_from_dataset
 
     if isinstance(data, SliceSet):
         return data, None
@@ -204,14 +204,6 @@ def _check_slices(slices, config: UNetTrainConfig, name: str) -> None:
 
 def _aug_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng([seed, epoch, 29]).integers(2**62))
-
-
-def augment_pair(x: torch.Tensor, masks: torch.Tensor, generator: torch.Generator,
-                 config: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """One random affine for each image and its mask (the shared augmentation on two channels);
-    the mask channel is binarised again at 0.5 after the resampling and the intensity change."""
-    both = augment_batch(torch.cat([x, masks], dim=1), generator, config)
-    return both[:, :1], (both[:, 1:] >= 0.5).to(masks.dtype)
 
 
 def train_unet(data, out_dir: str | os.PathLike, config: UNetTrainConfig | None = None,
