@@ -19,6 +19,7 @@ from wsnodule_core.baselines.unet.model import UNetSegmenter
 from wsnodule_core.data.lung import CropResult, lung_crop, uncrop_mask
 from wsnodule_core.errors import NamSegmentationError, SegmentationCancelled
 from wsnodule_core.io.volume import Volume, check_mask_matches
+from wsnodule_core.training.device import device_of
 
 
 @dataclass(frozen=True, eq=False)
@@ -60,12 +61,6 @@ def label_nodules(mask: np.ndarray) -> np.ndarray:
     """int32 labels 1..n of the 26-connected 3D components of a (z, y, x) mask."""
     labels, _ = ndimage.label(np.asarray(mask, bool), structure=np.ones((3, 3, 3), bool))
     return labels.astype(np.int32)
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def segment_volume_unet(
@@ -117,7 +112,7 @@ def segment_volume_unet(
                      pixel_spacing_mm=config.pixel_spacing_mm)
     source = crop.volume.array
     nz = volume.shape[0]
-    device = _device(model)
+    device = device_of(model)
     probability = np.zeros(crop.volume.shape, np.float32)
     was_training = model.training
     model.eval()
