@@ -25,13 +25,13 @@ from wsnodule_core.baselines.unet.model import UNetConfig, UNetSegmenter
 from wsnodule_core.errors import CheckpointError, ModelConfigError, TrainingDataError
 from wsnodule_core.training.augment import AugmentConfig, augment_pair
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
-from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_checkpoint,
-                                               load_model, prepare_run_dir, restore_training_state,
-                                               save_checkpoint)
-from wsnodule_core.training.device import amp_enabled, autocast, choose_device, deterministic, grad_scaler
+from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_model,
+                                               restore_training_state, save_checkpoint)
+from wsnodule_core.training.device import amp_enabled, autocast, deterministic, grad_scaler
 from wsnodule_core.training.loop import EpochLoop, RunState, optimizer_step
 from wsnodule_core.training.result import RunResult, config_from_dict
 from wsnodule_core.training.sampler import BalancedBatchSampler
+from wsnodule_core.training.setup import start_run
 
 KIND = "unet-baseline"
 LOSS_MODES = ("batch", "per_slice")
@@ -227,29 +227,21 @@ def train_unet(data, out_dir: str | os.PathLike, config: UNetTrainConfig | None 
     log
         ``log(text)`` for one-line messages.
     """
-    from wsnodule_core.training.distributed import env_world_size
-
-    if env_world_size() > 1:
-        raise ModelConfigError("the U-Net baseline trains in one process only (no DDP); run it without torchrun "
-                               "(WORLD_SIZE is set), one job per GPU.")
     callbacks = as_callbacks(callbacks)
-    out = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
-    checkpoint = load_checkpoint(out / LAST) if resume else None
-    if checkpoint is not None:
-        if checkpoint.kind != KIND:
-            raise CheckpointError(f"{out / LAST}: holds a {checkpoint.kind!r} run, not a U-Net run; give "
-                                  "the U-Net run's folder.")
+
+    def configure(checkpoint: Checkpoint | None) -> UNetTrainConfig:
+        if checkpoint is None:
+            return config or UNetTrainConfig()
         saved = UNetTrainConfig.from_dict(checkpoint.train_config)
-        config = saved if config is None else config
-        if config.model != saved.model:
-            raise CheckpointError(f"{out / LAST}: the run trained {saved.model}, the config asks for "
+        if config is not None and config.model != saved.model:
+            raise CheckpointError(f"{checkpoint.path}: the run trained {saved.model}, the config asks for "
                                   f"{config.model}; resume with the same model settings.")
-    config = config or UNetTrainConfig()
-    choice = choose_device(config.device)
-    say = log or (lambda text: None)
-    say(choice.describe())
-    with deterministic(config.deterministic):
-        return _train(data, out, config, callbacks, checkpoint, choice.device, say)
+        return config or saved
+
+    run = start_run(out_dir, kind=KIND, name="U-Net", configure=configure, resume=resume, overwrite=overwrite,
+                    log=log)
+    with deterministic(run.config.deterministic):
+        return _train(data, run.out, run.config, callbacks, run.checkpoint, run.device, run.say)
 
 
 def _train(data, out: Path, config: UNetTrainConfig, callbacks: TrainCallbacks, checkpoint, device, say
@@ -329,46 +321,3 @@ def _train(data, out: Path, config: UNetTrainConfig, callbacks: TrainCallbacks, 
     model.train()
     epochs_done, cancelled = loop.run(state, aug_state)
     return state.result(out, epochs_done, cancelled, device, model)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m wsnodule_core.baselines.unet.train DATA OUT [options]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m wsnodule_core.baselines.unet.train",
-                                     description="Train the fully supervised U-Net baseline on a data set "
-                                                 "folder.")
-    parser.add_argument("data", help="data set folder (dataset.json; train and val splits are used)")
-    parser.add_argument("out", help="run folder for best.pt / last.pt")
-    parser.add_argument("--preset", choices=("paper", "compact"), default="paper")
-    parser.add_argument("--input-size", type=int, default=None, help="crop side in pixels (default 384)")
-    parser.add_argument("--pixel-spacing-mm", type=float, default=None,
-                        help="resample slices (default: native)")
-    parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--lr-decay", type=float, default=0.999)
-    parser.add_argument("--loss", choices=LOSS_MODES, default="batch")
-    parser.add_argument("--epoch-size", choices=("balanced", "all"), default="balanced")
-    parser.add_argument("--max-steps-per-epoch", type=int, default=None)
-    parser.add_argument("--no-augment", action="store_true")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    overrides = {"pixel_spacing_mm": args.pixel_spacing_mm}
-    if args.input_size is not None:
-        overrides["input_size"] = args.input_size
-    model = (UNetConfig.paper if args.preset == "paper" else UNetConfig.compact)(**overrides)
-    config = UNetTrainConfig(model=model, lr=args.lr, lr_decay=args.lr_decay, batch_size=args.batch_size,
-                             epochs=args.epochs, max_steps_per_epoch=args.max_steps_per_epoch, loss=args.loss,
-                             epoch_size=args.epoch_size,
-                             seed=args.seed, device=args.device, augment=not args.no_augment)
-    result = train_unet(args.data, args.out, config, resume=args.resume, overwrite=args.overwrite, log=print)
-    print(f"best epoch {result.best_epoch} (Dice {result.best_metric}); checkpoints in {result.out_dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
