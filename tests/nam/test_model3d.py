@@ -160,12 +160,3 @@ def test_load_refuses_a_2d_checkpoint(tmp_path):
         load_classifier_3d(tmp_path / "x.pt")
     assert isinstance(PatchSet3D.concatenate([], Train3DConfig(**TRAIN).patch_config()).images, np.ndarray)
 
-
-def test_command_line_refuses_to_overwrite_a_run(tmp_path, capsys):
-    from wsnodule_core.nam.patches3d import main
-
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "last.pt").write_bytes(b"earlier run")
-    assert main([str(tmp_path), str(tmp_path / "run"), "--patch-size", "16"]) == 2
-    assert "--resume" in capsys.readouterr().out
-    assert (tmp_path / "run" / "last.pt").read_bytes() == b"earlier run"
