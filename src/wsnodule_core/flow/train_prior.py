@@ -9,7 +9,8 @@ is written every ``steps_per_epoch`` steps and on cancellation, and resumes exac
 times and noise of step ``k`` depend only on ``(seed, k)``, so a resumed run makes the same
 batches (and, with one process, the same weights) as an uninterrupted one. ``batch_size`` is the
 global batch: under ``torchrun`` each of ``N`` processes takes every N-th patch of it. Run:
-``torchrun --nproc_per_node=N -m wsnodule_core.flow.train_prior DATA OUT --preset gpu``.
+``torchrun --nproc_per_node=N -m wsnodule_core.cli.main train --method flow-prior DATA --out OUT
+--flow-preset gpu``.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ LR 1e-2 / 2e-3 / 1e-3 for 1- / 2- / 3-GAP; decay 0.99 per epoch; class-balanced 
 (by balanced validation accuracy, or ``select_metric``) and ``last.pt`` describe themselves and
 resume exactly; they record the slice probability threshold that maximised balanced validation
 accuracy (``probability_threshold``; see :func:`checkpoint_threshold`). Run several GPUs with
-``torchrun --nproc_per_node=N -m wsnodule_core.nam.train``.
+``torchrun --nproc_per_node=N -m wsnodule_core.cli.main train``.
 """
 
 from __future__ import annotations
