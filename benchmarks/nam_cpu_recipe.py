@@ -109,14 +109,14 @@ def main() -> None:
 
     t0 = time.perf_counter()
     if args.skip_train:
-        from wsnodule_core.training.checkpoint import load_classifier
+        from wsnodule_core.nam.model import load_classifier
         model, _ = load_classifier(out / "train" / "best.pt", device="cpu")
         history = []
     else:
         result = train_classifier(dataset, out / "train", recipe.train, overwrite=True,
                                   log=lambda s: print(f"[{time.perf_counter() - t0:.0f} s] {s}", flush=True))
         history = result.history
-        from wsnodule_core.training.checkpoint import load_classifier
+        from wsnodule_core.nam.model import load_classifier
         model, _ = load_classifier(result.best_path or result.last_path, device="cpu")
         print(f"best epoch {result.best_epoch}, best {recipe.train.select_metric} {result.best_metric}",
               flush=True)

@@ -52,7 +52,7 @@ def _volume(args):
 
 def _model(args, device):
     if args.checkpoint:
-        from wsnodule_core.training.checkpoint import load_classifier
+        from wsnodule_core.nam.model import load_classifier
 
         model, _ = load_classifier(args.checkpoint, device=device)
         return model, f"checkpoint {args.checkpoint}"

@@ -245,3 +245,51 @@ def test_train_pw4medseg_from_simulated_points_then_evaluate_it(dataset, tmp_pat
     assert uncertainty.same_geometry(ct) and float(uncertainty.array.max()) > 0.0  # two sampled passes differ
     assert main(["train", "--method", "pw4medseg", str(dataset), "--out", str(tmp_path / "pw2"), "--n-gap", "2"]) != 0
     assert "--n-gap: not options of --method pw4medseg" in capsys.readouterr().err
+
+
+def test_train_the_3d_nam_and_refuse_to_overwrite_its_run(dataset, tmp_path, capsys):
+    run = tmp_path / "nam3d"
+    quick = ["--patch-size", "16", "--pixel-spacing", "2", "--batch-size", "4", "--epochs", "1",
+             "--max-steps-per-epoch", "2", "--nam3d-width", "narrow", "--device", "cpu", "--quiet"]
+    assert main(["train", "--method", "nam3d", str(dataset), "--out", str(run), *quick]) == 0
+    assert (run / "last.pt").exists() and (run / "best.pt").exists()
+    from wsnodule_core.nam.model3d import KIND_3D
+    from wsnodule_core.training.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(run / "last.pt")
+    assert saved.kind == KIND_3D and saved.train_config["patch_size"] == 16
+    assert saved.train_config["spacing_mm"] == 2.0
+    before = (run / "last.pt").read_bytes()
+    assert main(["train", "--method", "nam3d", str(dataset), "--out", str(run), *quick]) == 1
+    assert "--resume" in capsys.readouterr().err
+    assert (run / "last.pt").read_bytes() == before
+    assert main(["train", "--method", "nam3d", str(dataset), "--out", str(tmp_path / "x"), "--width", "vgg16"]) == 1
+    assert "--nam3d-width" in capsys.readouterr().err
+    assert main(["train", "--method", "unet", str(dataset), "--out", str(tmp_path / "y"), "--nam3d-norm",
+                 "batch"]) == 1
+    assert "--nam3d-norm: not options of --method unet" in capsys.readouterr().err
+
+
+def test_train_module_runs_under_python_dash_m():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "wsnodule_core.cli.main", "train", "--help"],
+                          capture_output=True, text=True, check=True)
+    assert "--method" in done.stdout and "nam3d" in done.stdout and "--splits" in done.stdout
+
+
+def test_train_options_of_the_former_module_parsers(tmp_path):
+    from wsnodule_core.cli.main import build_parser
+    from wsnodule_core.cli.train import unet_config_from_args
+    from wsnodule_core.cli.train_flow_prior import prior_config_from_args
+    from wsnodule_core.cli.train_nam import config_from_args
+
+    parse = build_parser().parse_args
+    args = parse(["train", "DATA", str(tmp_path / "r"), "--method", "unet", "--epoch-size", "all"])
+    assert unet_config_from_args(args).epoch_size == "all"
+    assert config_from_args(parse(["train", "DATA", "OUT", "--epoch-size", "all"])).epoch_size == "all"
+    args = parse(["train", "DATA", str(tmp_path / "p"), "--method", "flow-prior", "--flow-preset", "gpu",
+                  "--splits", "train", "val", "--warmup-steps", "7"])
+    config = prior_config_from_args(args)
+    assert config.splits == ("train", "val") and config.warmup_steps == 7 and config.batch_size == 16

@@ -10,10 +10,10 @@ import torch
 
 from wsnodule_core.baselines.unet import (UNetConfig, UNetSegmenter, UNetTrainConfig, evaluate, load_unet,
                                           negative_dice_loss, segment_volume_unet, train_unet)
-from wsnodule_core.baselines.unet.train import augment_pair, build_model, make_optimizer
+from wsnodule_core.baselines.unet.train import build_model, make_optimizer
 from wsnodule_core.errors import CheckpointError, ModelConfigError, OutputExistsError, SegmentationCancelled
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.training.augment import AugmentConfig
+from wsnodule_core.training.augment import AugmentConfig, augment_pair
 from wsnodule_core.training.callbacks import TrainCallbacks
 from wsnodule_core.training.checkpoint import save_checkpoint
 
@@ -24,7 +24,7 @@ COMPACT = UNetConfig.compact(input_size=64)
 def phantom_slices(tmp_path_factory):
     """Training and test slices (64 px lung-centred crops at the scan's spacing) of 3 tiny phantom cases."""
     from wsnodule_core.data.dataset import build_dataset
-    from wsnodule_core.nam.slices import slices_from_dataset
+    from wsnodule_core.data.slices import slices_from_dataset
 
     folder = tmp_path_factory.mktemp("unet_phantom") / "ds"
     build_dataset(folder, source="phantom", n_cases=3, size="tiny", n_shapes=20, seed=0)

@@ -12,7 +12,7 @@ from wsnodule_core.data.cases import make_phantom_case
 from wsnodule_core.data.dataset import build_dataset, load_dataset
 from wsnodule_core.data.user_cases import save_training_case
 from wsnodule_core.errors import GeometryMismatchError, InvalidDatasetError, OutputExistsError
-from wsnodule_core.nam.slices import SliceConfig, slices_from_dataset
+from wsnodule_core.data.slices import SliceConfig, slices_from_dataset
 
 
 @pytest.fixture(scope="module")

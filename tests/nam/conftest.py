@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsnodule_core.nam.slices import SliceConfig, SliceSet
+from wsnodule_core.data.slices import SliceConfig, SliceSet
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,9 @@ import torch
 from wsnodule_core.errors import CheckpointError, ModelConfigError
 from wsnodule_core.nam.model3d import (MultiGap3DClassifier, MultiGap3DConfig, MultiGap3DOutput,
                                        load_classifier_3d, nodule_activation_map_3d)
-from wsnodule_core.nam.patches3d import (PatchSet3D, Train3DConfig, augment_patches, build_model_3d,
-                                         evaluate_3d, patches_from_dataset, train_classifier_3d)
+from wsnodule_core.nam.patches3d import (PatchSet3D, Train3DConfig, build_model_3d, evaluate_3d,
+                                         patches_from_dataset, train_classifier_3d)
+from wsnodule_core.training.augment import augment_patches
 from wsnodule_core.training.callbacks import TrainCallbacks
 from wsnodule_core.training.sampler import BalancedBatchSampler
 
@@ -159,12 +160,3 @@ def test_load_refuses_a_2d_checkpoint(tmp_path):
         load_classifier_3d(tmp_path / "x.pt")
     assert isinstance(PatchSet3D.concatenate([], Train3DConfig(**TRAIN).patch_config()).images, np.ndarray)
 
-
-def test_command_line_refuses_to_overwrite_a_run(tmp_path, capsys):
-    from wsnodule_core.nam.patches3d import main
-
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "last.pt").write_bytes(b"earlier run")
-    assert main([str(tmp_path), str(tmp_path / "run"), "--patch-size", "16"]) == 2
-    assert "--resume" in capsys.readouterr().out
-    assert (tmp_path / "run" / "last.pt").read_bytes() == b"earlier run"

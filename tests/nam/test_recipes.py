@@ -9,7 +9,7 @@ from wsnodule_core.data.dataset import SIZE_PRESETS
 from wsnodule_core.errors import ModelConfigError, WsnoduleError
 from wsnodule_core.nam.model import MultiGapClassifier
 from wsnodule_core.nam.recipes import DataParams, NamRecipe, get_recipe, recipe_names
-from wsnodule_core.nam.slices import SliceConfig
+from wsnodule_core.data.slices import SliceConfig
 
 
 def test_recipe_names_and_unknown_name():

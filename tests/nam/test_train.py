@@ -11,11 +11,12 @@ import torch
 
 from wsnodule_core import __version__
 from wsnodule_core.errors import CheckpointError, OutputExistsError, TrainingDataError
-from wsnodule_core.nam.slices import SliceConfig, slices_from_arrays, slices_from_dataset, slices_from_volumes
+from wsnodule_core.data.slices import SliceConfig, slices_from_arrays, slices_from_dataset, slices_from_volumes
 from wsnodule_core.nam.train import TrainConfig, make_optimizer, train_classifier
 from wsnodule_core.nam.train_config import PAPER_LR
 from wsnodule_core.training.callbacks import TrainCallbacks
-from wsnodule_core.training.checkpoint import load_checkpoint, load_classifier
+from wsnodule_core.nam.model import load_classifier
+from wsnodule_core.training.checkpoint import load_checkpoint
 
 # a fast CPU configuration: narrow 1-GAP on 32 px discs, deterministic
 FAST = TrainConfig(width="narrow", head_channels=16, image_size=32, batch_size=8, epochs=3, lr=1e-2,

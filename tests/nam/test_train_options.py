@@ -96,7 +96,7 @@ def test_old_checkpoints_without_threshold_still_load(tmp_path, disc_train):
     assert NamConfig(probability_threshold=0.4).with_checkpoint_threshold(old).probability_threshold == 0.4
     config = TrainConfig.from_dict(load_checkpoint(old).train_config)
     assert config.optimizer == "sgd" and config.select_metric == "balanced_accuracy"
-    from wsnodule_core.training.checkpoint import load_classifier
+    from wsnodule_core.nam.model import load_classifier
 
     model, _ = load_classifier(old, device="cpu")
     assert isinstance(model, MultiGapClassifier)

@@ -3,7 +3,7 @@ import pytest
 
 from wsnodule_core.data.dataset import load_dataset
 from wsnodule_core.errors import GeometryMismatchError, TrainingDataError
-from wsnodule_core.nam.slices import SliceConfig
+from wsnodule_core.data.slices import SliceConfig
 from wsnodule_core.nam.volume_slices import volume_training_slices
 
 CONFIG = SliceConfig(size=64, pixel_spacing_mm=4.4)

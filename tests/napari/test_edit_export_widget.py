@@ -16,7 +16,7 @@ from wsnodule_core.data.dataset import load_dataset
 from wsnodule_core.io import read_volume
 from wsnodule_core.io.synthetic_dicom import write_synthetic_series
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.nam.slices import SliceConfig, slices_from_dataset
+from wsnodule_core.data.slices import SliceConfig, slices_from_dataset
 
 pytestmark = pytest.mark.gui
 WAIT_MS = 30_000

@@ -16,7 +16,8 @@ from wsnodule_core.data.dataset import build_dataset, load_dataset
 from wsnodule_core.io import read_volume, write_volume
 from wsnodule_core.nam.model import MultiGapClassifier, MultiGapConfig
 from wsnodule_core.segmentation import load_segmenter
-from wsnodule_core.training.checkpoint import load_classifier, save_checkpoint
+from wsnodule_core.nam.model import load_classifier
+from wsnodule_core.training.checkpoint import save_checkpoint
 from wsnodule_core.training.device import choose_device
 
 pytestmark = pytest.mark.gui

@@ -15,7 +15,8 @@ from napari_wsnodule.widgets.nam import NO_MODEL, NamWidget
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.nam.blob_model import BlobDetectorModel
 from wsnodule_core.nam.model import MultiGapClassifier, MultiGapConfig
-from wsnodule_core.training.checkpoint import load_classifier, save_checkpoint
+from wsnodule_core.nam.model import load_classifier
+from wsnodule_core.training.checkpoint import save_checkpoint
 from wsnodule_core.training.device import choose_device
 
 pytestmark = pytest.mark.gui

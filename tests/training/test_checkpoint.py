@@ -10,8 +10,9 @@ import torch
 
 from wsnodule_core import __version__
 from wsnodule_core.errors import CheckpointError, OutputExistsError
-from wsnodule_core.training.checkpoint import (capture_rng_state, load_checkpoint, load_classifier, prepare_run_dir,
-                                               restore_rng_state, save_checkpoint)
+from wsnodule_core.nam.model import load_classifier
+from wsnodule_core.training.checkpoint import (capture_rng_state, load_checkpoint, prepare_run_dir, restore_rng_state,
+                                               save_checkpoint)
 
 
 @pytest.fixture(autouse=True)

@@ -101,3 +101,14 @@ def test_flips_and_intensity_jitter():
     a = augment_batch(x, torch.Generator().manual_seed(5), AugmentConfig())
     b = augment_batch(x, torch.Generator().manual_seed(5), AugmentConfig())
     assert torch.equal(a, b) and 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+
+
+def test_device_of_reads_the_first_parameter_then_buffer():
+    from wsnodule_core.training.device import device_of
+
+    assert device_of(torch.nn.Linear(2, 2)) == torch.device("cpu")
+    assert device_of(torch.nn.Linear(2, 2, device="meta")) == torch.device("meta")
+    buffers_only = torch.nn.BatchNorm1d(2, affine=False).to("meta")
+    assert device_of(buffers_only) == torch.device("meta")
+    assert device_of(torch.nn.ReLU()) == torch.device("cpu")           # neither: the CPU
+    assert device_of(lambda x: x) == torch.device("cpu")               # not a module (a plain callable)

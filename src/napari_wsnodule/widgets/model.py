@@ -27,11 +27,12 @@ from napari_wsnodule.widgets._base import WsnoduleWidget, device_picker
 from napari_wsnodule.widgets._loss_plot import LossPlot
 from napari_wsnodule.widgets._view import row_of
 from wsnodule_core.errors import CheckpointError, ModelConfigError, WsnoduleError
+from wsnodule_core.nam.model import KIND as NAM_KIND
+from wsnodule_core.nam.model import load_classifier
 from wsnodule_core.nam.recipes import get_recipe
-from wsnodule_core.nam.train import KIND as NAM_KIND
 from wsnodule_core.nam.train import TrainResult, train_classifier
 from wsnodule_core.nam.train_config import PAPER_LR, TrainConfig
-from wsnodule_core.training.checkpoint import BEST, LAST, load_checkpoint, load_classifier
+from wsnodule_core.training.checkpoint import BEST, LAST, load_checkpoint
 from wsnodule_core.training.device import DeviceChoice, choose_device
 from wsnodule_core.training.export import copy_checkpoint
 
@@ -315,7 +316,7 @@ class ModelWidget(WsnoduleWidget):
 
             def from_dataset(reporter: TaskReporter, config: TrainConfig) -> tuple:
                 from wsnodule_core.data.dataset import load_dataset
-                from wsnodule_core.nam.slices import slices_from_dataset
+                from wsnodule_core.data.slices import slices_from_dataset
 
                 dataset = load_dataset(folder)
                 slice_config = config.slice_config()

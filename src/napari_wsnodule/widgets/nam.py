@@ -31,7 +31,7 @@ from napari_wsnodule.widgets._view import jump_to, read_only_table, table_item
 from wsnodule_core.errors import LungSegmentationError, WsnoduleError
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.nam.pipeline import NamConfig, NamSegmentation
-from wsnodule_core.nam.train import KIND as NAM_KIND
+from wsnodule_core.nam.model import KIND as NAM_KIND
 from wsnodule_core.segmentation.nam import NamSegmenter, nam_config_for_checkpoint
 
 TABLE_CHUNK = 40  # table rows added per event-loop turn

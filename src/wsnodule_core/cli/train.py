@@ -1,5 +1,8 @@
-"""``wsnodule train``: the NAM multi-GAP classifier (weak slice labels), the U-Net baseline, or the
-rectified-flow prior (no labels), or PW4MedSeg (sparse annotations)."""
+"""``wsnodule train``: the NAM multi-GAP classifier (weak slice labels) or its 3D variant (patch labels),
+the U-Net baseline, the rectified-flow prior (no labels), or PW4MedSeg (sparse annotations).
+
+Several GPUs (NAM and the flow prior): ``torchrun --nproc_per_node=N -m wsnodule_core.cli.main train ...``.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import argparse
 
 from wsnodule_core.cli.progress import print_run, training_hooks
 
-METHODS = ("nam", "unet", "flow-prior", "pw4medseg")
+METHODS = ("nam", "nam3d", "unet", "flow-prior", "pw4medseg")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -20,7 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Train on the train split of a data set folder (validation: its val split) and write best.pt and "
             "last.pt into the run folder. --method nam (default) trains the multi-GAP classifier from slice "
-            "labels only (weak supervision); --method unet the fully supervised U-Net baseline from the "
+            "labels only (weak supervision); --method nam3d the 3D multi-GAP classifier from patch labels; "
+            "--method unet the fully supervised U-Net baseline from the "
             "nodule masks; --method flow-prior the 3D rectified-flow prior on unlabelled CT patches of the "
             "train split (last.pt with EMA weights); --method pw4medseg the probabilistic transformer from "
             "simulated sparse annotations (--annotation). An existing run is refused unless --resume or "
@@ -39,6 +43,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "[paper; compact with --width narrow]")
     unet.add_argument("--unet-loss", choices=("batch", "per_slice"), default="batch",
                       help="negative Dice over the mini-batch (paper) or averaged per slice [batch]")
+    unet.add_argument("--epoch-size", choices=("balanced", "all"), default=None,
+                      help="balanced: every nodule slice and as many without; all: every slice "
+                           "(also --method nam) [balanced]")
+    nam3d = parser.add_argument_group("3D NAM (--method nam3d; also --n-gap, --patch-size, --pixel-spacing)")
+    nam3d.add_argument("--nam3d-width", choices=("narrow", "standard", "wide"), default=None,
+                       help="backbone width [narrow]")
+    nam3d.add_argument("--nam3d-norm", choices=("group", "batch", "none"), default=None,
+                       help="normalisation layers [group]")
+    nam3d.add_argument("--nam3d-optimizer", choices=("adamw", "sgd"), default=None, help="[adamw]")
+    nam3d.add_argument("--weight-decay", type=float, default=None, help="[5e-4]")
+    nam3d.add_argument("--positives-per-nodule", type=int, default=None,
+                       help="patches per nodule (one centred, the rest jittered) [4]")
+    nam3d.add_argument("--negatives-per-case", type=int, default=None, help="nodule-free lung patches per case [8]")
     add_prior_arguments(parser)
     add_pw_arguments(parser)
     parser.set_defaults(func=run)
@@ -66,9 +83,26 @@ def _check_data(path: str) -> None:
                                   "`wsnodule data phantom ...`.")
 
 
+#: Options that only some methods take, and those methods.
+_ONLY_FOR = {"epoch_size": ("nam", "unet"), "nam3d_width": ("nam3d",), "nam3d_norm": ("nam3d",),
+             "nam3d_optimizer": ("nam3d",), "weight_decay": ("nam3d",), "positives_per_nodule": ("nam3d",),
+             "negatives_per_case": ("nam3d",)}
+
+
+def _check_method_options(args: argparse.Namespace) -> None:
+    from wsnodule_core.errors import ModelConfigError
+
+    wrong = [name for name, methods in _ONLY_FOR.items()
+             if getattr(args, name, None) is not None and args.method not in methods]
+    if wrong:
+        flags = ", ".join("--" + name.replace("_", "-") for name in wrong)
+        raise ModelConfigError(f"{flags}: not options of --method {args.method}; drop them.")
+
+
 def run(args: argparse.Namespace) -> int:
     args.out = _out(args)
     _check_data(args.data)
+    _check_method_options(args)
     if args.method == "nam":
         from wsnodule_core.cli.train_nam import run_train
 
@@ -81,7 +115,42 @@ def run(args: argparse.Namespace) -> int:
         from wsnodule_core.cli.train_pw4medseg import run_train_pw
 
         return run_train_pw(args)
+    if args.method == "nam3d":
+        return run_nam3d(args)
     return run_unet(args)
+
+
+def nam3d_config_from_args(args: argparse.Namespace):
+    """The :class:`Train3DConfig` of the options given (``--pixel-spacing`` = isotropic patch spacing)."""
+    from wsnodule_core.errors import ModelConfigError
+    from wsnodule_core.nam.patches3d import Train3DConfig
+
+    if args.width is not None or args.vgg16_weights is not None:
+        raise ModelConfigError("--width and --vgg16-weights are 2D NAM options; use --nam3d-width with "
+                               "--method nam3d.")
+    values = {"augment": not args.no_augment, "amp": not args.no_amp}
+    for arg, name in (("n_gap", "n_gap"), ("patch_size", "patch_size"), ("batch_size", "batch_size"),
+                      ("epochs", "epochs"), ("max_steps_per_epoch", "max_steps_per_epoch"), ("seed", "seed"),
+                      ("positives_per_nodule", "positives_per_nodule"),
+                      ("negatives_per_case", "negatives_per_case"), ("pixel_spacing", "spacing_mm"),
+                      ("lr", "lr"), ("lr_decay", "lr_decay"), ("weight_decay", "weight_decay"),
+                      ("nam3d_width", "width"), ("nam3d_norm", "norm"), ("nam3d_optimizer", "optimizer"),
+                      ("device", "device")):
+        if getattr(args, arg, None) is not None:
+            values[name] = getattr(args, arg)
+    return Train3DConfig(**values)
+
+
+def run_nam3d(args: argparse.Namespace) -> int:
+    """Train the 3D NAM classifier; with --resume the run's own settings."""
+    from wsnodule_core.nam.patches3d import train_classifier_3d
+
+    config = None if args.resume else nam3d_config_from_args(args)
+    callbacks, log = training_hooks("training 3D NAM", not args.quiet)
+    result = train_classifier_3d(args.data, args.out, config, callbacks, resume=args.resume,
+                                 overwrite=args.overwrite, log=log)
+    print_run(result, "validation accuracy")
+    return 0
 
 
 def unet_config_from_args(args: argparse.Namespace):
@@ -98,7 +167,7 @@ def unet_config_from_args(args: argparse.Namespace):
     model = (UNetConfig.compact if preset == "compact" else UNetConfig.paper)(**model_values)
     values = {"model": model, "loss": args.unet_loss, "augment": not args.no_augment,
               "amp": not args.no_amp, "deterministic": args.deterministic}
-    for name in ("lr", "lr_decay", "batch_size", "epochs", "max_steps_per_epoch", "seed", "device"):
+    for name in ("lr", "lr_decay", "batch_size", "epochs", "max_steps_per_epoch", "epoch_size", "seed", "device"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     if args.min_nodule_area is not None:

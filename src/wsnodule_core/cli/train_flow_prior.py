@@ -22,6 +22,8 @@ def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the saved weights [preset]")
     group.add_argument("--t-sampling", choices=("uniform", "logit-normal"), default=None,
                        help="how training times are drawn [uniform]")
+    group.add_argument("--splits", nargs="+", default=None, metavar="SPLIT",
+                       help="data set splits whose volumes the prior trains on [train]")
 
 
 def prior_config_from_args(args: argparse.Namespace):
@@ -47,7 +49,7 @@ def prior_config_from_args(args: argparse.Namespace):
         raise ModelConfigError(f"{flags}: not options of --method flow-prior (it trains for --steps); drop them.")
     changes = {name: getattr(args, name) for name in ("steps", "steps_per_epoch", "patch_size", "ema_decay",
                                                       "t_sampling", "warmup_steps", "lr", "batch_size", "seed",
-                                                      "device")
+                                                      "device", "splits")
                if getattr(args, name, None) is not None}
     if getattr(args, "pixel_spacing", None) is not None:
         changes["spacing_mm"] = args.pixel_spacing

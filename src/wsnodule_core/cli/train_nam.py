@@ -52,7 +52,7 @@ _FIELDS = {"n_gap": "n_gap", "width": "width", "vgg16_weights": "vgg16_weights",
            "batch_size": "batch_size", "lr": "lr", "lr_decay": "lr_decay", "image_size": "image_size",
            "pixel_spacing": "pixel_spacing_mm", "min_nodule_area": "min_nodule_area_mm2",
            "max_steps_per_epoch": "max_steps_per_epoch", "seed": "seed", "device": "device",
-           "num_workers": "num_workers"}
+           "num_workers": "num_workers", "epoch_size": "epoch_size"}
 
 
 def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:

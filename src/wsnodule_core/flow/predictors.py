@@ -39,15 +39,15 @@ from torch import nn
 
 from wsnodule_core.errors import CheckpointError, ModelConfigError, TrainingDataError
 from wsnodule_core.flow.patches import PatchConfig, PatchSet, patches_from_dataset
-from wsnodule_core.nam.patches3d import augment_patches
+from wsnodule_core.training.augment import augment_patches
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
-from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_checkpoint,
-                                               load_model, prepare_run_dir, restore_training_state,
-                                               save_checkpoint)
-from wsnodule_core.training.device import amp_enabled, autocast, choose_device, grad_scaler
+from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_model,
+                                               restore_training_state, save_checkpoint)
+from wsnodule_core.training.device import amp_enabled, autocast, grad_scaler
 from wsnodule_core.training.loop import CLASSIFY_SUMS, EpochLoop, RunState, classify_metrics, classify_step
 from wsnodule_core.training.result import RunResult, config_from_dict
 from wsnodule_core.training.sampler import BalancedBatchSampler
+from wsnodule_core.training.setup import start_run
 
 KIND = "flow-predictor"
 ARCHITECTURES = ("cnn3d", "ortho25d")
@@ -449,23 +449,20 @@ def train_predictor(patches, out_dir: str | os.PathLike, config: PredictorTrainC
         Its ``model`` is the :class:`PredictorModule` after the last step, in eval mode.
     """
     callbacks = as_callbacks(callbacks)
-    say = log or (lambda text: None)
-    out = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
-    checkpoint = load_checkpoint(out / LAST) if resume else None
-    if checkpoint is not None:
-        if checkpoint.kind != KIND:
-            raise CheckpointError(f"{out / LAST}: a {checkpoint.kind!r} run, not a flow predictor run; give "
-                                  "its own folder.")
+
+    def configure(checkpoint: Checkpoint | None) -> PredictorTrainConfig:
+        if checkpoint is None:
+            return config or PredictorTrainConfig()
         saved = PredictorTrainConfig.from_dict(checkpoint.train_config)
-        config = saved if config is None else config
-        if config.model_config().to_dict() | {"pretrained_path": None} != \
+        if config is not None and config.model_config().to_dict() | {"pretrained_path": None} != \
                 saved.model_config().to_dict() | {"pretrained_path": None}:
-            raise CheckpointError(f"{out / LAST}: the run trained {saved.model_config()}, the config asks "
+            raise CheckpointError(f"{checkpoint.path}: the run trained {saved.model_config()}, the config asks "
                                   f"for {config.model_config()}; resume with the same model settings.")
-    config = config or PredictorTrainConfig()
-    choice = choose_device(config.device)
-    device = choice.device
-    say(choice.describe())
+        return config or saved
+
+    run = start_run(out_dir, kind=KIND, name="flow predictor", configure=configure, resume=resume,
+                    overwrite=overwrite, log=log)
+    out, checkpoint, config, device, say = run.out, run.checkpoint, run.config, run.device, run.say
     train_set, val_set = _resolve(patches, patch_config)
     if len(train_set) == 0:
         raise TrainingDataError("no training patches: the train split yields no labelled patch; check its "

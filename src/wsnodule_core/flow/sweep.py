@@ -18,13 +18,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 
 from wsnodule_core.errors import ModelConfigError, SegmentationCancelled
 from wsnodule_core.flow.attribution import ThresholdRule
 from wsnodule_core.flow.guidance import GuidanceConfig, difference_mask, guide, start_state
 from wsnodule_core.flow.patches import PatchSet
 from wsnodule_core.metrics import dice_3d
+from wsnodule_core.training.device import device_of
 
 SWEPT = ("t0", "guided_steps", "scale", "rule")
 
@@ -85,14 +85,6 @@ def _validation_arrays(data, positives_only: bool) -> tuple[np.ndarray, np.ndarr
     return images, masks, lungs
 
 
-def _device_of(model) -> torch.device:
-    if isinstance(model, nn.Module):
-        first = next(model.parameters(), None)
-        if first is not None:
-            return first.device
-    return torch.device("cpu")
-
-
 def sweep(velocity_model, predictor, data, grid: SweepGrid = SweepGrid(),
           base: GuidanceConfig = GuidanceConfig(), *, mask_rule: ThresholdRule = ThresholdRule(),
           floor: float = 0.0, batch_size: int = 4, positives_only: bool = True,
@@ -131,7 +123,7 @@ def sweep(velocity_model, predictor, data, grid: SweepGrid = SweepGrid(),
     images, masks, lungs = _validation_arrays(data, positives_only)
     settings = grid.combinations()
     configs = [replace(base, **s) for s in settings]  # validates every combination up front
-    device = torch.device(device) if device is not None else _device_of(velocity_model)
+    device = torch.device(device) if device is not None else device_of(velocity_model)
     n = len(images)
     starts = list(range(0, n, int(batch_size)))
     total, done = len(settings) * len(starts), 0

@@ -9,7 +9,8 @@ is written every ``steps_per_epoch`` steps and on cancellation, and resumes exac
 times and noise of step ``k`` depend only on ``(seed, k)``, so a resumed run makes the same
 batches (and, with one process, the same weights) as an uninterrupted one. ``batch_size`` is the
 global batch: under ``torchrun`` each of ``N`` processes takes every N-th patch of it. Run:
-``torchrun --nproc_per_node=N -m wsnodule_core.flow.train_prior DATA OUT --preset gpu``.
+``torchrun --nproc_per_node=N -m wsnodule_core.cli.main train --method flow-prior DATA --out OUT
+--flow-preset gpu``.
 """
 
 from __future__ import annotations
@@ -26,16 +27,17 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from wsnodule_core.errors import CheckpointError, ModelConfigError, TrainingDataError, WsnoduleError
+from wsnodule_core.errors import CheckpointError, ModelConfigError, TrainingDataError
 from wsnodule_core.flow.rectified_flow import T_SAMPLING, VELOCITY, rf_loss, sample_noise, sample_times
 from wsnodule_core.flow.velocity import VelocityConfig, VelocityUNet, build_velocity_model
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.training import distributed as ddp
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
-from wsnodule_core.training.checkpoint import (LAST, capture_rng_state, load_checkpoint, load_model,
-                                               prepare_run_dir, restore_training_state, save_checkpoint)
-from wsnodule_core.training.device import amp_enabled, choose_device, deterministic, grad_scaler
+from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_model,
+                                               restore_training_state, save_checkpoint)
+from wsnodule_core.training.device import amp_enabled, deterministic, grad_scaler
 from wsnodule_core.training.result import RunResult, config_from_dict
+from wsnodule_core.training.setup import start_run
 
 KIND = "flow-prior"
 INTENSITY_RANGES = {"unit": (0.0, 1.0), "symmetric": (-1.0, 1.0)}
@@ -340,31 +342,24 @@ def train_prior(volumes_or_dataset, out_dir: str | os.PathLike, config: PriorTra
         model in eval mode.
     """
     callbacks = as_callbacks(callbacks)
-    out = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
-    checkpoint = load_checkpoint(out / LAST) if resume else None
-    if checkpoint is not None:
-        if checkpoint.kind != KIND:
-            raise CheckpointError(f"{out / LAST}: holds a {checkpoint.kind!r} run, not a flow prior; "
-                                  "give the prior run's folder.")
+
+    def configure(checkpoint: Checkpoint | None) -> PriorTrainConfig:
+        if checkpoint is None:
+            return config or PriorTrainConfig()
         saved = PriorTrainConfig.from_dict(checkpoint.train_config)
-        config = saved if config is None else config
-        if config.model != saved.model:
-            raise CheckpointError(f"{out / LAST}: the run trained {saved.model}, the config asks for "
+        if config is not None and config.model != saved.model:
+            raise CheckpointError(f"{checkpoint.path}: the run trained {saved.model}, the config asks for "
                                   f"{config.model}; resume with the same model.")
-    config = config or PriorTrainConfig()
-    choice = choose_device(config.device)
-    ctx = ddp.init_distributed(choice.device)
-    device = ddp.device_for_rank(choice.device, ctx)
-    say = (log or (lambda text: None)) if ctx.is_main else (lambda text: None)
-    say(choice.describe() + (f", {ctx.world_size} processes" if ctx.enabled else ""))
-    try:
+        return config or saved
+
+    with start_run(out_dir, kind=KIND, name="flow prior", configure=configure, resume=resume,
+                   overwrite=overwrite, distributed=True, log=log) as run:
+        config, ctx = run.config, run.ctx
         if config.batch_size % ctx.world_size:
             raise ModelConfigError(f"batch_size {config.batch_size} must be a multiple of the "
                                    f"{ctx.world_size} processes.")
         with deterministic(config.deterministic):
-            return _train(volumes_or_dataset, out, config, callbacks, checkpoint, ctx, device, say)
-    finally:
-        ddp.shutdown(ctx)
+            return _train(volumes_or_dataset, run.out, config, callbacks, run.checkpoint, ctx, run.device, run.say)
 
 
 def _train(data, out: Path, config: PriorTrainConfig, callbacks: TrainCallbacks, checkpoint, ctx, device,
@@ -463,44 +458,3 @@ def _train(data, out: Path, config: PriorTrainConfig, callbacks: TrainCallbacks,
 def _result(out: Path, step: int, history, cancelled: bool, device, ema, config) -> RunResult:
     return RunResult(out, None, out / LAST if (out / LAST).exists() else None, step // config.steps_per_epoch,
                      step, None, None, history, cancelled, str(device), ema.eval())
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m wsnodule_core.flow.train_prior DATA OUT [options]`` (also under ``torchrun``)."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="python -m wsnodule_core.flow.train_prior",
-                                     description="Train the 3D rectified-flow prior on CT patches.")
-    parser.add_argument("data", help="data set folder (dataset.json); the train split's images and lungs")
-    parser.add_argument("out", help="run folder for last.pt")
-    parser.add_argument("--preset", choices=("compact", "gpu"), default="compact")
-    for name, kind in (("steps", int), ("batch-size", int), ("steps-per-epoch", int), ("lr", float),
-                       ("patch-size", int), ("spacing-mm", float), ("ema-decay", float), ("seed", int),
-                       ("warmup-steps", int)):
-        parser.add_argument(f"--{name}", type=kind, default=None)
-    parser.add_argument("--t-sampling", choices=T_SAMPLING, default=None)
-    parser.add_argument("--splits", nargs="+", default=None, help="data set splits to train on [train]")
-    parser.add_argument("--device", default=None, help="auto, cuda, cuda:N, mps or cpu [auto]")
-    parser.add_argument("--no-amp", action="store_true")
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    changes = {k: v for k, v in vars(args).items()
-               if v is not None and k not in ("data", "out", "preset", "no_amp", "resume", "overwrite")}
-    if args.no_amp:
-        changes["amp"] = False
-    try:
-        config = PriorTrainConfig.for_preset(args.preset, **changes)
-        result = train_prior(args.data, args.out, config, resume=args.resume, overwrite=args.overwrite,
-                             log=lambda text: sys.stderr.write(text + "\n"))
-    except WsnoduleError as error:
-        sys.stderr.write(f"error: {error}\n")
-        return 2
-    if os.environ.get("RANK", "0") == "0":
-        print(f"trained {result.global_step} steps on {result.device}; {result.last_path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,13 +17,6 @@ from wsnodule_core.nam.model import nodule_activation_map
 Branches = str | Sequence[int]
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a model without any)."""
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 @contextmanager
 def evaluating(model: torch.nn.Module) -> Iterator[None]:
     """Eval mode and no autograd for the duration; the model's training flag is restored after."""

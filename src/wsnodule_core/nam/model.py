@@ -29,6 +29,8 @@ _TAP_CONVS = {"conv3_3": 6, "conv4_3": 9, "conv5_3": 12}
 BRANCH_TAPS = ("conv5_3", "conv4_3", "conv3_3")
 WIDTHS = {"vgg16": 1, "narrow": 8}
 NODULE_CLASS = 1
+#: The checkpoint kind of a NAM multi-GAP classifier run.
+KIND = "nam-multigap"
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -265,3 +267,16 @@ def normalize_ct_slice(hu, window: tuple[float, float] = (-1200.0, 600.0)):
         return ((hu.float() - lo) / (hi - lo)).clamp_(0.0, 1.0)
     array = (np.asarray(hu, dtype=np.float32) - np.float32(lo)) / np.float32(hi - lo)
     return np.clip(array, 0.0, 1.0, out=array)
+
+
+def load_classifier(path: str | os.PathLike, device: str | torch.device | None = None):
+    """The NAM classifier of a checkpoint (``best.pt``/``last.pt`` or its run folder), in eval mode.
+
+    Returns ``(model, checkpoint)``; ``device`` defaults to the CPU.
+    """
+    from wsnodule_core.training.checkpoint import load_model
+
+    return load_model(
+        path, KIND, lambda c: MultiGapClassifier(MultiGapConfig.from_dict(c.model_config)),
+        "the NAM multi-GAP classifier; give a checkpoint from NAM training", device,
+    )

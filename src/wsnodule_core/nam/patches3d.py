@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
@@ -29,19 +29,20 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from wsnodule_core.errors import (CheckpointError, ModelConfigError, SegmentationCancelled, TrainingDataError,
-                                  WsnoduleError)
+from wsnodule_core.errors import CheckpointError, ModelConfigError, SegmentationCancelled, TrainingDataError
 from wsnodule_core.io.sitk_bridge import from_sitk, to_sitk
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.nam.model3d import KIND_3D, MultiGap3DClassifier, MultiGap3DConfig
 from wsnodule_core.nam.model import normalize_ct_slice
+from wsnodule_core.training.augment import augment_patches
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
-from wsnodule_core.training.checkpoint import (LAST, capture_rng_state, load_checkpoint,
-                                               prepare_run_dir, restore_training_state, save_checkpoint)
-from wsnodule_core.training.device import amp_enabled, autocast, choose_device, grad_scaler
+from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, restore_training_state,
+                                               save_checkpoint)
+from wsnodule_core.training.device import amp_enabled, autocast, grad_scaler
 from wsnodule_core.training.loop import CLASSIFY_SUMS, EpochLoop, RunState, classify_metrics, classify_step
 from wsnodule_core.training.result import RunResult, config_from_dict
 from wsnodule_core.training.sampler import BalancedBatchSampler
+from wsnodule_core.training.setup import start_run
 
 AIR_HU = -1024.0
 
@@ -223,22 +224,6 @@ def patches_from_dataset(data, split: str | None, config: Patch3DConfig = Patch3
     return PatchSet3D.concatenate(sets, config)
 
 
-def augment_patches(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random rot90 in the axial (y, x) plane and flips along x and z of a batch (B, C, D, H, W).
-
-    Exact (no interpolation); always three draws per patch from ``generator`` (CPU)."""
-    draws = torch.randint(0, 4, (x.shape[0], 3), generator=generator)
-    out = []
-    for patch, (k, flip_x, flip_z) in zip(x, draws.tolist()):
-        patch = torch.rot90(patch, k % 4, dims=(-2, -1))
-        if flip_x % 2:
-            patch = torch.flip(patch, dims=(-1,))
-        if flip_z % 2:
-            patch = torch.flip(patch, dims=(-3,))
-        out.append(patch)
-    return torch.stack(out)
-
-
 # --- training ----------------------------------------------------------------------------------
 
 
@@ -390,23 +375,20 @@ def train_classifier_3d(data, out_dir: str | os.PathLike, config: Train3DConfig 
         same batches, augmentation and optimiser state) or ``overwrite`` (start again).
     """
     callbacks = as_callbacks(callbacks)
-    say = log or (lambda text: None)
-    out = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
-    checkpoint = load_checkpoint(out / LAST) if resume else None
-    if checkpoint is not None:
-        if checkpoint.kind != KIND_3D:
-            raise CheckpointError(
-                f"{out / LAST}: a {checkpoint.kind!r} run, not a 3D NAM run; give its own folder.")
+
+    def configure(checkpoint: Checkpoint | None) -> Train3DConfig:
+        if checkpoint is None:
+            return config or Train3DConfig()
         saved = Train3DConfig.from_dict(checkpoint.train_config)
-        config = saved if config is None else config
-        if config.model_config() != saved.model_config():
+        if config is not None and config.model_config() != saved.model_config():
             raise CheckpointError(
-                f"{out / LAST}: the run trained {saved.model_config()}, the config asks for "
+                f"{checkpoint.path}: the run trained {saved.model_config()}, the config asks for "
                 f"{config.model_config()}; resume with the same model settings.")
-    config = config or Train3DConfig()
-    choice = choose_device(config.device)
-    device = choice.device
-    say(choice.describe())
+        return config or saved
+
+    run = start_run(out_dir, kind=KIND_3D, name="3D NAM", configure=configure, resume=resume,
+                    overwrite=overwrite, log=log)
+    out, checkpoint, config, device, say = run.out, run.checkpoint, run.config, run.device, run.say
     train_set, val_set = _resolve(data, config, None)
     if len(train_set) == 0:
         raise TrainingDataError("no training patches: the train split yields no labelled 3D patch; check its "
@@ -471,43 +453,3 @@ def train_classifier_3d(data, out_dir: str | os.PathLike, config: Train3DConfig 
     model.train()
     epochs_done, cancelled = loop.run(state, aug_state)
     return state.result(out, epochs_done, cancelled, device, model)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m wsnodule_core.nam.patches3d DATA OUT [options]``: train the 3D classifier on a data set."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="python -m wsnodule_core.nam.patches3d",
-        description="Train the 3D multi-GAP NAM classifier on patch-level labels.")
-    parser.add_argument("data", help="data-set folder written by `wsnodule data ...` (build_dataset)")
-    parser.add_argument("out", help="run folder for best.pt / last.pt")
-    defaults = Train3DConfig()
-    for name in ("n_gap", "patch_size", "batch_size", "epochs", "max_steps_per_epoch", "seed",
-                 "positives_per_nodule", "negatives_per_case"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name))
-    for name in ("spacing_mm", "lr", "lr_decay", "weight_decay"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
-    parser.add_argument("--width", default=defaults.width, choices=("narrow", "standard", "wide"))
-    parser.add_argument("--norm", default=defaults.norm, choices=("group", "batch", "none"))
-    parser.add_argument("--optimizer", default=defaults.optimizer, choices=("adamw", "sgd"))
-    parser.add_argument("--device", default=defaults.device)
-    parser.add_argument("--no-augment", action="store_true")
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    values = {k: v for k, v in vars(args).items() if k in {f.name for f in fields(Train3DConfig)}}
-    config = Train3DConfig(**values, augment=not args.no_augment)
-    try:
-        result = train_classifier_3d(args.data, args.out, None if args.resume else config, resume=args.resume,
-                                     overwrite=args.overwrite, log=print)
-    except WsnoduleError as error:
-        print(f"error: {error}")
-        return 2
-    print(f"best: {result.best_path} (epoch {result.best_epoch}, {result.best_metric}); "
-          f"last: {result.last_path}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -24,10 +24,11 @@ from wsnodule_core.data.lung import LungSegmentation
 from wsnodule_core.errors import NamSegmentationError, SegmentationCancelled
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.nam.assembly import NetworkGrid, link_slices, network_grid
-from wsnodule_core.nam.maps import evaluating, forward_maps, model_device, to_numpy
+from wsnodule_core.nam.maps import evaluating, forward_maps, to_numpy
 from wsnodule_core.nam.model import normalize_ct_slice
 from wsnodule_core.nam.segment_config import NamConfig
 from wsnodule_core.nam.slice_segment import SliceResult, segment_positive, segment_slice
+from wsnodule_core.training.device import device_of
 
 __all__ = [
     "CandidateInfo", "NamConfig", "NamSegmentation", "SliceCandidates", "SliceResult", "link_slices",
@@ -189,7 +190,7 @@ def segment_volume(
 def _classify(model, grid: NetworkGrid, config: NamConfig, batch_size: int, report, cancel):
     """Probabilities and NAM volume of all slices; network image and NAM of the nodule slices."""
     nz = grid.source.shape[0]
-    device = model_device(model)
+    device = device_of(model)
     probability = np.zeros(nz, np.float32)
     nam_vol = np.zeros((nz, *grid.out_shape), np.float32)
     images: dict[int, np.ndarray] = {}
@@ -217,7 +218,7 @@ def _multi_gap_nams(multi_gap_model, grid: NetworkGrid, images: dict, shape, bat
     """The multi-GAP NAM of the nodule slices: on the network grid and as a volume."""
     volume = np.zeros(shape, np.float32)
     nams: dict[int, np.ndarray] = {}
-    device = model_device(multi_gap_model)
+    device = device_of(multi_gap_model)
     zs = sorted(images)
     with evaluating(multi_gap_model):
         for start in range(0, len(zs), batch_size):

@@ -25,7 +25,8 @@ from scipy import ndimage
 from skimage.restoration import inpaint_biharmonic
 
 from wsnodule_core.errors import NamSegmentationError
-from wsnodule_core.nam.maps import Branches, evaluating, forward_maps, model_device, to_numpy
+from wsnodule_core.nam.maps import Branches, evaluating, forward_maps, to_numpy
+from wsnodule_core.training.device import device_of
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ def rnam_screening(
     if batch_size < 1:
         raise NamSegmentationError(f"rnam_screening: batch_size must be >= 1, got {batch_size}.")
     exclude = candidates > 0 if dense is None else (np.asarray(dense, bool) | (candidates > 0))
-    device = model_device(model)
+    device = device_of(model)
     nam_t = torch.as_tensor(nam, dtype=torch.float32).to(device)
     scope_t = torch.as_tensor(scope).to(device)
     scores, rnams = [], []

@@ -26,6 +26,7 @@ from wsnodule_core.io.volume import Volume, check_mask_matches
 from wsnodule_core.nam.icm import gmm_1d, kmeans_1d
 from wsnodule_core.nam.model3d import nodule_activation_map_3d
 from wsnodule_core.nam.patches3d import AIR_HU, normalize_ct_3d, resample_isotropic, resample_to_grid
+from wsnodule_core.training.device import device_of
 
 Branches = str | Sequence[int]
 _BALL = ndimage.generate_binary_structure(3, 1)
@@ -258,15 +259,9 @@ def mask_candidate_3d(image: np.ndarray, candidate: np.ndarray, exclude: np.ndar
     return out
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
 def _forward(model, images01: np.ndarray, branches: Branches) -> tuple[np.ndarray, np.ndarray]:
     """Nodule probabilities (B,) and NAMs (B, D, H, W) at the input size, as numpy float32."""
-    x = torch.from_numpy(np.ascontiguousarray(images01, np.float32))[:, None].to(_device(model))
+    x = torch.from_numpy(np.ascontiguousarray(images01, np.float32))[:, None].to(device_of(model))
     output = model.forward_with_maps(x)
     prob = torch.softmax(output.logits.float(), dim=1)[:, 1]
     nam = nodule_activation_map_3d(output, tuple(images01.shape[1:]), branches)

@@ -9,11 +9,12 @@ import torch
 
 from wsnodule_core.errors import NamSegmentationError
 from wsnodule_core.nam.icm import dense_candidates, dense_phases, icm_segment
-from wsnodule_core.nam.maps import evaluating, forward_maps, model_device, to_numpy
+from wsnodule_core.nam.maps import evaluating, forward_maps, to_numpy
 from wsnodule_core.nam.model import normalize_ct_slice
 from wsnodule_core.nam.rnam import rnam_screening
 from wsnodule_core.nam.scope import combine_multi_gap, screening_scopes
 from wsnodule_core.nam.segment_config import NamConfig
+from wsnodule_core.training.device import device_of
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,14 +123,14 @@ def segment_slice(
     slice_hu = np.asarray(slice_hu, dtype=np.float32)
     if slice_hu.ndim != 2:
         raise NamSegmentationError(f"segment_slice: expected a 2D HU slice, got shape {slice_hu.shape}.")
-    device = model_device(model)
+    device = device_of(model)
     x = normalize_ct_slice(torch.from_numpy(slice_hu).to(device), config.window)[None, None]
     with evaluating(model):
         prob, nam = forward_maps(model, x, config.nam_branches)
     multi_nam = None
     if multi_gap_model is not None:
         with evaluating(multi_gap_model):
-            _, m = forward_maps(multi_gap_model, x.to(model_device(multi_gap_model)), "all")
+            _, m = forward_maps(multi_gap_model, x.to(device_of(multi_gap_model)), "all")
         multi_nam = to_numpy(m[0])
     p = float(prob[0])
     image = to_numpy(x[0, 0])

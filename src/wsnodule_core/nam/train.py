@@ -6,7 +6,7 @@ LR 1e-2 / 2e-3 / 1e-3 for 1- / 2- / 3-GAP; decay 0.99 per epoch; class-balanced 
 (by balanced validation accuracy, or ``select_metric``) and ``last.pt`` describe themselves and
 resume exactly; they record the slice probability threshold that maximised balanced validation
 accuracy (``probability_threshold``; see :func:`checkpoint_threshold`). Run several GPUs with
-``torchrun --nproc_per_node=N -m wsnodule_core.nam.train``.
+``torchrun --nproc_per_node=N -m wsnodule_core.cli.main train``.
 """
 
 from __future__ import annotations
@@ -20,20 +20,19 @@ import torch
 import torch.nn.functional as F
 
 from wsnodule_core.errors import CheckpointError, TrainingDataError
-from wsnodule_core.nam.model import MultiGapClassifier
-from wsnodule_core.nam.slices import SliceSet, slices_from_dataset
+from wsnodule_core.nam.model import KIND, MultiGapClassifier
+from wsnodule_core.data.slices import SliceSet, slices_from_dataset
 from wsnodule_core.nam.train_config import TrainConfig
 from wsnodule_core.training import distributed as ddp
 from wsnodule_core.training.augment import augment_batch
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
-from wsnodule_core.training.checkpoint import (LAST, capture_rng_state, load_checkpoint,
-                                               prepare_run_dir, restore_training_state, save_checkpoint)
-from wsnodule_core.training.device import amp_enabled, autocast, choose_device, deterministic, grad_scaler
+from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_checkpoint,
+                                               restore_training_state, save_checkpoint)
+from wsnodule_core.training.device import amp_enabled, autocast, deterministic, grad_scaler
 from wsnodule_core.training.loop import CLASSIFY_SUMS, EpochLoop, RunState, classify_metrics, classify_step
 from wsnodule_core.training.result import RunResult
 from wsnodule_core.training.sampler import BalancedBatchSampler
-
-KIND = "nam-multigap"
+from wsnodule_core.training.setup import start_run
 
 
 TrainResult = RunResult  # what train_* returns; the model is a MultiGapClassifier
@@ -227,25 +226,19 @@ def train_classifier(data, out_dir: str | os.PathLike, config: TrainConfig | Non
         ``log(text)`` for one-line messages (device, epochs); rank 0 only.
     """
     callbacks = as_callbacks(callbacks)
-    out = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
-    checkpoint = load_checkpoint(out / LAST) if resume else None
-    if checkpoint is not None:
+
+    def configure(checkpoint: Checkpoint | None) -> TrainConfig:
+        if checkpoint is None:
+            return config or TrainConfig()
         saved = TrainConfig.from_dict(checkpoint.train_config)
-        config = saved if config is None else config
-        if config.model_config() != saved.model_config():
-            raise CheckpointError(f"{out / LAST}: the run trained the model {saved.model_config()}, the "
+        if config is not None and config.model_config() != saved.model_config():
+            raise CheckpointError(f"{checkpoint.path}: the run trained the model {saved.model_config()}, the "
                                   f"config asks for {config.model_config()}; resume with the same model.")
-    config = config or TrainConfig()
-    choice = choose_device(config.device)
-    ctx = ddp.init_distributed(choice.device)
-    device = ddp.device_for_rank(choice.device, ctx)
-    say = (log or (lambda text: None)) if ctx.is_main else (lambda text: None)
-    say(choice.describe() + (f", {ctx.world_size} processes" if ctx.enabled else ""))
-    try:
-        with deterministic(config.deterministic):
-            return _train(data, out, config, callbacks, checkpoint, ctx, device, say)
-    finally:
-        ddp.shutdown(ctx)
+        return config or saved
+
+    with start_run(out_dir, kind=KIND, name="NAM", configure=configure, resume=resume, overwrite=overwrite,
+                   distributed=True, log=log) as run, deterministic(run.config.deterministic):
+        return _train(data, run.out, run.config, callbacks, run.checkpoint, run.ctx, run.device, run.say)
 
 
 def _train(data, out: Path, config: TrainConfig, callbacks: TrainCallbacks, checkpoint, ctx, device, say
@@ -357,19 +350,3 @@ def _batch_stream(images: torch.Tensor, labels: torch.Tensor, batches: list, con
     for batch in batches:
         index = torch.as_tensor(batch)
         yield images[index].to(device, non_blocking=True), labels[index].to(device, non_blocking=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m wsnodule_core.nam.train DATA OUT [options]`` (also under ``torchrun``)."""
-    import argparse
-
-    from wsnodule_core.cli.train_nam import add_train_arguments, run_train
-
-    parser = argparse.ArgumentParser(prog="python -m wsnodule_core.nam.train",
-                                     description="Train the NAM multi-GAP slice classifier.")
-    add_train_arguments(parser)
-    return run_train(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,7 +11,7 @@ from wsnodule_core.training.result import config_from_dict
 
 if TYPE_CHECKING:
     from wsnodule_core.nam.model import MultiGapConfig
-    from wsnodule_core.nam.slices import SliceConfig
+    from wsnodule_core.data.slices import SliceConfig
     from wsnodule_core.training.augment import AugmentConfig
 
 #: The paper's initial learning rates by number of GAP branches.
@@ -92,7 +92,7 @@ class TrainConfig:
         return MultiGapConfig(n_gap=self.n_gap, width=self.width, batch_norm=batch_norm, **extra)
 
     def slice_config(self) -> "SliceConfig":
-        from wsnodule_core.nam.slices import SliceConfig
+        from wsnodule_core.data.slices import SliceConfig
 
         return SliceConfig(size=self.image_size, pixel_spacing_mm=self.pixel_spacing_mm,
                            min_nodule_area_mm2=self.min_nodule_area_mm2,

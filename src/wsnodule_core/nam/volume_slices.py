@@ -11,7 +11,7 @@ import numpy as np
 
 from wsnodule_core.errors import GeometryMismatchError, TrainingDataError
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.nam.slices import SliceConfig, SliceSet, slices_from_arrays
+from wsnodule_core.data.slices import SliceConfig, SliceSet, slices_from_arrays
 
 
 def volume_training_slices(volume: Volume, mask: np.ndarray | Volume, config: SliceConfig, *,

@@ -16,7 +16,7 @@ def _kinds() -> dict[str, str]:
     from wsnodule_core.flow.predictors import KIND as FLOW_PREDICTOR
     from wsnodule_core.flow.train_prior import KIND as FLOW_PRIOR
     from wsnodule_core.nam.model3d import KIND_3D as NAM_3D
-    from wsnodule_core.nam.train import KIND as NAM
+    from wsnodule_core.nam.model import KIND as NAM
     from wsnodule_core.pw4medseg.train import KIND as PW
 
     return {"nam": NAM, "nam3d": NAM_3D, "unet": UNET, "pw4medseg": PW, "flow_predictor": FLOW_PREDICTOR,
@@ -94,7 +94,7 @@ def load_model_of_kind(path: PathLike, kind: str, device: Any) -> tuple[Any, Any
     """``(model, checkpoint)`` of a checkpoint whose kind is ``kind``, in eval mode on ``device``."""
     kinds = _kinds()
     if kind == kinds["nam"]:
-        from wsnodule_core.training.checkpoint import load_classifier
+        from wsnodule_core.nam.model import load_classifier
 
         return load_classifier(path, device)
     if kind == kinds["nam3d"]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 _HOMES = {"TrainCallbacks": "callbacks", "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
-          "load_classifier": "checkpoint", "save_checkpoint": "checkpoint", "DeviceChoice": "device",
+          "save_checkpoint": "checkpoint", "DeviceChoice": "device",
           "choose_device": "device"}
 __all__ = sorted(_HOMES)
 

@@ -1,9 +1,12 @@
-"""Random 2D augmentation of a batch of slices on its device (torch ops, one resampling).
+"""Random augmentation of training batches: 2D slices (and their masks) and exact 3D patch flips.
 
-Flips, a small rotation, scaling and shift are folded into one affine ``grid_sample``
+2D (:func:`augment_batch`, :func:`augment_pair`), on the batch's device, one resampling:
+flips, a small rotation, scaling and shift are folded into one affine ``grid_sample``
 (bilinear, zero padding = the low end of the window); then a random gain and offset of the
 intensities, clipped to [0, 1]. Random numbers come from a CPU ``torch.Generator`` so a run
 is reproducible on any device and resumable from the generator's saved state.
+
+3D (:func:`augment_patches`): axial rot90 and flips, exact (no interpolation).
 """
 
 from __future__ import annotations
@@ -45,3 +48,27 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, config: AugmentCo
     gain = (1.0 + (2 * v[:, 0] - 1) * config.intensity_gain).to(x.device, x.dtype).view(b, 1, 1, 1)
     offset = ((2 * v[:, 1] - 1) * config.intensity_shift).to(x.device, x.dtype).view(b, 1, 1, 1)
     return (out * gain + offset).clamp_(0.0, 1.0)
+
+
+def augment_pair(x: torch.Tensor, masks: torch.Tensor, generator: torch.Generator,
+                 config: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random affine for each image and its mask (the shared augmentation on two channels);
+    the mask channel is binarised again at 0.5 after the resampling and the intensity change."""
+    both = augment_batch(torch.cat([x, masks], dim=1), generator, config)
+    return both[:, :1], (both[:, 1:] >= 0.5).to(masks.dtype)
+
+
+def augment_patches(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random rot90 in the axial (y, x) plane and flips along x and z of a batch (B, C, D, H, W).
+
+    Exact (no interpolation); always three draws per patch from ``generator`` (CPU)."""
+    draws = torch.randint(0, 4, (x.shape[0], 3), generator=generator)
+    out = []
+    for patch, (k, flip_x, flip_z) in zip(x, draws.tolist()):
+        patch = torch.rot90(patch, k % 4, dims=(-2, -1))
+        if flip_x % 2:
+            patch = torch.flip(patch, dims=(-1,))
+        if flip_z % 2:
+            patch = torch.flip(patch, dims=(-3,))
+        out.append(patch)
+    return torch.stack(out)

@@ -167,19 +167,6 @@ def load_model(
     return model.eval(), checkpoint
 
 
-def load_classifier(path: str | os.PathLike, device: str | torch.device | None = None):
-    """The NAM classifier of a checkpoint (``best.pt``/``last.pt`` or its run folder), in eval mode.
-
-    Returns ``(model, checkpoint)``; ``device`` defaults to the CPU.
-    """
-    from wsnodule_core.nam.model import MultiGapClassifier, MultiGapConfig
-
-    return load_model(
-        path, "nam-multigap", lambda c: MultiGapClassifier(MultiGapConfig.from_dict(c.model_config)),
-        "the NAM multi-GAP classifier; give a checkpoint from NAM training", device,
-    )
-
-
 @dataclass(frozen=True)
 class ResumeState:
     """Where a run stands: counters, history and best metric (all zero/empty for a fresh run)."""

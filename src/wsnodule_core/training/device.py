@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,15 @@ class DeviceChoice:
         if self.device.type == "cuda":
             text += f" ({torch.cuda.get_device_name(self.device)})"
         return text + (f" [{self.fallback_reason}]" if self.fallback_reason else "")
+
+
+def device_of(model) -> torch.device:
+    """The device of ``model``'s first parameter, else of its first buffer; the CPU for a module with
+    neither, or for anything that is not a ``torch.nn.Module`` (a plain callable)."""
+    if isinstance(model, torch.nn.Module):
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            return tensor.device
+    return torch.device("cpu")
 
 
 def _mps_available() -> bool:

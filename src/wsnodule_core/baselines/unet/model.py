@@ -94,8 +94,8 @@ class UNetConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def slice_config(self, **extra):
-        """The :class:`~wsnodule_core.nam.slices.SliceConfig` that cuts this model's slices."""
-        from wsnodule_core.nam.slices import SliceConfig
+        """The :class:`~wsnodule_core.data.slices.SliceConfig` that cuts this model's slices."""
+        from wsnodule_core.data.slices import SliceConfig
 
         return SliceConfig(size=self.input_size, pixel_spacing_mm=self.pixel_spacing_mm, window=self.window,
                            **extra)

@@ -20,6 +20,7 @@ from wsnodule_core.data.lung import CropResult, lung_crop, uncrop_mask
 from wsnodule_core.errors import NamSegmentationError, SegmentationCancelled
 from wsnodule_core.io.volume import Volume, check_mask_matches
 from wsnodule_core.nodules import label_nodules
+from wsnodule_core.training.device import device_of
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,10 +58,6 @@ def uncrop_float(planes: np.ndarray, crop: CropResult, reference: Volume) -> np.
                                               prefilter=False) for p in planes])
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def segment_volume_unet(
@@ -112,7 +109,7 @@ def segment_volume_unet(
                      pixel_spacing_mm=config.pixel_spacing_mm)
     source = crop.volume.array
     nz = volume.shape[0]
-    device = _device(model)
+    device = device_of(model)
     probability = np.zeros(crop.volume.shape, np.float32)
     was_training = model.training
     model.eval()

@@ -1,6 +1,6 @@
 """Training the U-Net baseline on full nodule masks (the paper's section 3.2 recipe).
 
-The slices are the NAM classifier's (:mod:`wsnodule_core.nam.slices`: lung-centred crops of
+The slices are the NAM classifier's (:mod:`wsnodule_core.data.slices`: lung-centred crops of
 the train/val splits, with their per-slice nodule masks); batches hold as many slices with a
 nodule as without (1:1, as the paper's slice set; by default an epoch is every nodule slice
 and as many fresh nodule-free ones). Loss: the negative Dice coefficient of the mini-batch
@@ -23,15 +23,15 @@ import torch
 
 from wsnodule_core.baselines.unet.model import UNetConfig, UNetSegmenter
 from wsnodule_core.errors import CheckpointError, ModelConfigError, TrainingDataError
-from wsnodule_core.training.augment import AugmentConfig, augment_batch
+from wsnodule_core.training.augment import AugmentConfig, augment_pair
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
-from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_checkpoint,
-                                               load_model, prepare_run_dir, restore_training_state,
-                                               save_checkpoint)
-from wsnodule_core.training.device import amp_enabled, autocast, choose_device, deterministic, grad_scaler
+from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_model,
+                                               restore_training_state, save_checkpoint)
+from wsnodule_core.training.device import amp_enabled, autocast, deterministic, grad_scaler
 from wsnodule_core.training.loop import EpochLoop, RunState, optimizer_step
 from wsnodule_core.training.result import RunResult, config_from_dict
 from wsnodule_core.training.sampler import BalancedBatchSampler
+from wsnodule_core.training.setup import start_run
 
 KIND = "unet-baseline"
 LOSS_MODES = ("batch", "per_slice")
@@ -144,7 +144,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 @torch.no_grad()
 def evaluate(model: UNetSegmenter, slices, device: torch.device | str = "cpu", *, batch_size: int = 32,
              threshold: float = 0.5, loss: str = "batch", smooth: float = 1.0, use_amp: bool = False) -> dict:
-    """Scores of ``model`` on a :class:`~wsnodule_core.nam.slices.SliceSet`.
+    """Scores of ``model`` on a :class:`~wsnodule_core.data.slices.SliceSet`.
 
     ``soft_dice``: minus the training loss averaged over batches of ``batch_size``; ``dice``: the
     mean over slices with a nodule of the Dice of the thresholded prediction (the paper's
@@ -180,7 +180,7 @@ def evaluate(model: UNetSegmenter, slices, device: torch.device | str = "cpu", *
 
 
 def _resolve_data(data, config: UNetTrainConfig):
-    from wsnodule_core.nam.slices import SliceSet, slices_from_dataset
+    from wsnodule_core.data.slices import SliceSet, slices_from_dataset
 
     if isinstance(data, SliceSet):
         return data, None
@@ -206,14 +206,6 @@ def _aug_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng([seed, epoch, 29]).integers(2**62))
 
 
-def augment_pair(x: torch.Tensor, masks: torch.Tensor, generator: torch.Generator,
-                 config: AugmentConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """One random affine for each image and its mask (the shared augmentation on two channels);
-    the mask channel is binarised again at 0.5 after the resampling and the intensity change."""
-    both = augment_batch(torch.cat([x, masks], dim=1), generator, config)
-    return both[:, :1], (both[:, 1:] >= 0.5).to(masks.dtype)
-
-
 def train_unet(data, out_dir: str | os.PathLike, config: UNetTrainConfig | None = None,
                callbacks: TrainCallbacks | object | None = None, *, resume: bool = False,
                overwrite: bool = False, log=None) -> UNetTrainResult:
@@ -235,29 +227,21 @@ def train_unet(data, out_dir: str | os.PathLike, config: UNetTrainConfig | None 
     log
         ``log(text)`` for one-line messages.
     """
-    from wsnodule_core.training.distributed import env_world_size
-
-    if env_world_size() > 1:
-        raise ModelConfigError("the U-Net baseline trains in one process only (no DDP); run it without torchrun "
-                               "(WORLD_SIZE is set), one job per GPU.")
     callbacks = as_callbacks(callbacks)
-    out = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
-    checkpoint = load_checkpoint(out / LAST) if resume else None
-    if checkpoint is not None:
-        if checkpoint.kind != KIND:
-            raise CheckpointError(f"{out / LAST}: holds a {checkpoint.kind!r} run, not a U-Net run; give "
-                                  "the U-Net run's folder.")
+
+    def configure(checkpoint: Checkpoint | None) -> UNetTrainConfig:
+        if checkpoint is None:
+            return config or UNetTrainConfig()
         saved = UNetTrainConfig.from_dict(checkpoint.train_config)
-        config = saved if config is None else config
-        if config.model != saved.model:
-            raise CheckpointError(f"{out / LAST}: the run trained {saved.model}, the config asks for "
+        if config is not None and config.model != saved.model:
+            raise CheckpointError(f"{checkpoint.path}: the run trained {saved.model}, the config asks for "
                                   f"{config.model}; resume with the same model settings.")
-    config = config or UNetTrainConfig()
-    choice = choose_device(config.device)
-    say = log or (lambda text: None)
-    say(choice.describe())
-    with deterministic(config.deterministic):
-        return _train(data, out, config, callbacks, checkpoint, choice.device, say)
+        return config or saved
+
+    run = start_run(out_dir, kind=KIND, name="U-Net", configure=configure, resume=resume, overwrite=overwrite,
+                    log=log)
+    with deterministic(run.config.deterministic):
+        return _train(data, run.out, run.config, callbacks, run.checkpoint, run.device, run.say)
 
 
 def _train(data, out: Path, config: UNetTrainConfig, callbacks: TrainCallbacks, checkpoint, device, say
@@ -337,46 +321,3 @@ def _train(data, out: Path, config: UNetTrainConfig, callbacks: TrainCallbacks, 
     model.train()
     epochs_done, cancelled = loop.run(state, aug_state)
     return state.result(out, epochs_done, cancelled, device, model)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m wsnodule_core.baselines.unet.train DATA OUT [options]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m wsnodule_core.baselines.unet.train",
-                                     description="Train the fully supervised U-Net baseline on a data set "
-                                                 "folder.")
-    parser.add_argument("data", help="data set folder (dataset.json; train and val splits are used)")
-    parser.add_argument("out", help="run folder for best.pt / last.pt")
-    parser.add_argument("--preset", choices=("paper", "compact"), default="paper")
-    parser.add_argument("--input-size", type=int, default=None, help="crop side in pixels (default 384)")
-    parser.add_argument("--pixel-spacing-mm", type=float, default=None,
-                        help="resample slices (default: native)")
-    parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--lr-decay", type=float, default=0.999)
-    parser.add_argument("--loss", choices=LOSS_MODES, default="batch")
-    parser.add_argument("--epoch-size", choices=("balanced", "all"), default="balanced")
-    parser.add_argument("--max-steps-per-epoch", type=int, default=None)
-    parser.add_argument("--no-augment", action="store_true")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    overrides = {"pixel_spacing_mm": args.pixel_spacing_mm}
-    if args.input_size is not None:
-        overrides["input_size"] = args.input_size
-    model = (UNetConfig.paper if args.preset == "paper" else UNetConfig.compact)(**overrides)
-    config = UNetTrainConfig(model=model, lr=args.lr, lr_decay=args.lr_decay, batch_size=args.batch_size,
-                             epochs=args.epochs, max_steps_per_epoch=args.max_steps_per_epoch, loss=args.loss,
-                             epoch_size=args.epoch_size,
-                             seed=args.seed, device=args.device, augment=not args.no_augment)
-    result = train_unet(args.data, args.out, config, resume=args.resume, overwrite=args.overwrite, log=print)
-    print(f"best epoch {result.best_epoch} (Dice {result.best_metric}); checkpoints in {result.out_dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

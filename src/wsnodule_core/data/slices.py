@@ -1,4 +1,5 @@
-"""Axial slices for the NAM classifier: lung-centred crops with slice-level labels, in memory.
+"""Lung-centred axial slice sets with slice-level labels, in memory (the NAM classifier's and the
+U-Net baseline's training data).
 
 Each case's slices are cropped around the lungs (:func:`wsnodule_core.data.lung.lung_crop`),
 optionally resampled to a pixel spacing, and normalised to [0, 1] with
@@ -18,7 +19,7 @@ import numpy as np
 
 from wsnodule_core.errors import GeometryMismatchError, TrainingDataError
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.nam.model import normalize_ct_slice
+from wsnodule_core.nam.model import normalize_ct_slice  # moves to the image layer with the window (issue 13)
 
 
 @dataclass(frozen=True)
