@@ -184,7 +184,7 @@ def run_pw4medseg(args: argparse.Namespace, device, bar) -> int:
 
     from wsnodule_core.io import read_volume, write_volume
     from wsnodule_core.pw4medseg.infer import predict_volume
-    from wsnodule_core.pw4medseg.train import load_pw4medseg
+    from wsnodule_core.pw4medseg.config import load_pw4medseg
 
     model, config = load_pw4medseg(args.checkpoint, device)
     volume = read_volume(args.image)
