@@ -120,3 +120,9 @@ def test_grid_of_a_volume_and_bad_arguments():
         resample_to_grid(ct, ct, interpolator="cubic")  # type: ignore[arg-type]
     with pytest.raises(InvalidSpacingError):
         Grid((0, 2, 2), (1, 1, 1), (0, 0, 0), np.eye(3))
+
+
+def test_model_grid_as_pw4medseg():  # was pw4medseg.train.model_grid (scipy), now through resample_to_spacing
+    from wsnodule_core.pw4medseg.preprocess import model_grid
+
+    _same(model_grid(_volume("fl"), (1.0, 1.0, 1.0)), "pw_grid", atol=1e-5)
