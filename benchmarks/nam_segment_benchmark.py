@@ -67,7 +67,7 @@ def _model(args, device):
 
 def _forward_only(model, volume, lungs, config, batch_size, device) -> float:
     from wsnodule_core.data.lung import lung_crop
-    from wsnodule_core.nam.model import normalize_ct_slice
+    from wsnodule_core.image.window import NAM_WINDOW, apply_window
 
     crop = lung_crop(volume, lungs, size=config.input_size).volume.array
     _sync(device)
@@ -75,7 +75,7 @@ def _forward_only(model, volume, lungs, config, batch_size, device) -> float:
     with torch.inference_mode():
         for i in range(0, crop.shape[0], batch_size):
             hu = torch.as_tensor(np.asarray(crop[i : i + batch_size], np.float32)).to(device)
-            x = normalize_ct_slice(hu)
+            x = apply_window(hu, NAM_WINDOW)
             model.forward_with_maps(x[:, None])
     _sync(device)
     return time.perf_counter() - start

@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     from wsnodule_core.data.dataset import load_dataset
     from wsnodule_core.evaluation import evaluate_dataset
     from wsnodule_core.segmentation import load_segmenter
-    from wsnodule_core.pw4medseg.train import PwTrainConfig, train_pw4medseg
+    from wsnodule_core.pw4medseg.config import PwTrainConfig
+    from wsnodule_core.pw4medseg.train import train_pw4medseg
     from wsnodule_core.training.checkpoint import LAST, load_checkpoint
 
     torch.set_num_threads(args.threads)

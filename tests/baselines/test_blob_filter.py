@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from wsnodule_core.baselines.blob_filter import BlobFilterConfig, dot_enhancement, segment_blobs
+from wsnodule_core.baselines.blob_filter import BlobFilterConfig, segment_blobs
+from wsnodule_core.image.filters import dot_enhancement
 from wsnodule_core.errors import GeometryMismatchError
 from wsnodule_core.io.volume import Volume
 

@@ -125,8 +125,15 @@ def trained(phantom_slices, tmp_path_factory):
     """A compact U-Net trained 8 epochs (48 steps) on the phantom folder's train split; the epochs seen."""
     folder = phantom_slices[0]
     epochs_seen: list[int] = []
-    result = train_unet(folder, tmp_path_factory.mktemp("unet_run") / "run", _fast(),
-                        TrainCallbacks(epoch_fn=lambda e, m: epochs_seen.append(e)))
+    # the thresholds below were measured with two torch threads; reductions differ with one, and a
+    # test that ran earlier in the same process may have left one
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = train_unet(folder, tmp_path_factory.mktemp("unet_run") / "run", _fast(),
+                            TrainCallbacks(epoch_fn=lambda e, m: epochs_seen.append(e)))
+    finally:
+        torch.set_num_threads(threads)
     return result, epochs_seen
 
 

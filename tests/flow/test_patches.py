@@ -8,8 +8,8 @@ import pytest
 from wsnodule_core.data.cases import Case
 from wsnodule_core.data.insertion import NoduleRecord
 from wsnodule_core.errors import ModelConfigError, SegmentationCancelled
-from wsnodule_core.flow.patches import (PatchConfig, PatchSet, case_patches, patches_from_dataset, unwindow,
-                                        window_ct)
+from wsnodule_core.flow.patches import PatchConfig, PatchSet, case_patches, patches_from_dataset
+from wsnodule_core.image.window import FLOW_WINDOW, apply_window, invert_window
 from wsnodule_core.io.volume import Volume
 
 SPACING = (2.5, 1.2, 1.2)
@@ -89,7 +89,7 @@ def test_positives_contain_their_nodule_and_negatives_none(case, patches):
     for i in np.flatnonzero(patches.labels == 0):
         assert patches.nodule_labels[i] == 0 and not patches.nodule_masks[i].any()
         assert patches.lungs[i][8, 8, 8]  # centred on a lung voxel
-        assert abs(float(patches.images[i][8, 8, 8]) - window_ct(-850.0)) < 0.02
+        assert abs(float(patches.images[i][8, 8, 8]) - apply_window(-850.0, FLOW_WINDOW)) < 0.02
 
 
 def test_no_negatives_from_cases_that_may_hide_lesions():
@@ -109,9 +109,9 @@ def test_same_seed_same_patches_and_subset_concatenate(case, patches):
 
 def test_window_and_its_inverse():
     hu = np.array([-1200.0, -1000.0, 0.0, 500.0, 1000.0, 3000.0])
-    values = window_ct(hu)
+    values = apply_window(hu, FLOW_WINDOW)
     assert np.allclose(values, [0, 0, 0.5, 0.75, 1, 1])
-    assert np.allclose(unwindow(values), [-1000, -1000, 0, 500, 1000, 1000])
+    assert np.allclose(invert_window(values, FLOW_WINDOW), [-1000, -1000, 0, 500, 1000, 1000])
 
 
 def test_config_defaults_and_validation():

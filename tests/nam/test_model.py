@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from wsnodule_core.errors import CheckpointError, ModelConfigError
 from wsnodule_core.nam.model import (MultiGapClassifier, MultiGapConfig, MultiGapOutput, nodule_activation_map,
-                                     normalize_ct_slice, vgg16_backbone_state)
+                                     vgg16_backbone_state)
 
 # torchvision vgg16 "features" indices of the 13 convolutions and their (out, in) channels
 TV_CONVS = {0: (64, 3), 2: (64, 64), 5: (128, 64), 7: (128, 128), 10: (256, 128), 12: (256, 256),
@@ -141,14 +140,3 @@ def test_bad_imagenet_weights_are_refused(tmp_path):
         vgg16_backbone_state(state)
     with pytest.raises(CheckpointError, match="no such"):
         MultiGapClassifier.from_vgg16_weights(tmp_path / "missing.pth", MultiGapConfig(head_channels=8))
-
-
-def test_normalize_ct_slice_window():
-    hu = np.array([-2000.0, -1200.0, -300.0, 600.0, 3000.0])
-    expected = np.array([0.0, 0.0, 0.5, 1.0, 1.0], np.float32)
-    out = normalize_ct_slice(hu)
-    assert out.dtype == np.float32 and np.allclose(out, expected)
-    assert torch.allclose(normalize_ct_slice(torch.tensor(hu)), torch.from_numpy(expected))
-    assert np.allclose(normalize_ct_slice(np.array([0.0]), window=(-100.0, 100.0)), 0.5)
-    with pytest.raises(ModelConfigError):
-        normalize_ct_slice(hu, window=(10.0, 10.0))

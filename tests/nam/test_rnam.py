@@ -8,7 +8,8 @@ import torch
 
 from wsnodule_core.errors import NamSegmentationError
 from wsnodule_core.nam.blob_model import BlobDetectorModel
-from wsnodule_core.nam.model import MultiGapOutput, normalize_ct_slice
+from wsnodule_core.image.window import NAM_WINDOW, apply_window
+from wsnodule_core.nam.model import MultiGapOutput
 from wsnodule_core.nam.rnam import FillParams, mask_candidate, rnam_screening
 from wsnodule_core.nam.scope import ScopeParams
 from wsnodule_core.nam.segment_config import NamConfig
@@ -103,7 +104,7 @@ def test_the_nodule_not_the_brighter_vessel_drives_the_activation():
 
 def test_batched_equals_one_by_one():
     hu, _, _ = lung_slice(seed=1)
-    image = normalize_ct_slice(hu)
+    image = apply_window(hu, NAM_WINDOW)
     candidates = np.zeros(hu.shape, np.int32)
     for j, (y, x) in enumerate([(60, 60), (40, 71), (80, 71), (64, 30), (30, 40)], start=1):
         candidates[y - 2 : y + 3, x - 2 : x + 3] = j

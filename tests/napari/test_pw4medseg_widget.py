@@ -339,7 +339,7 @@ def test_inference_uses_the_threshold_the_run_chose_on_validation():
     from types import SimpleNamespace
 
     from napari_wsnodule.widgets.pw4medseg import model_config
-    from wsnodule_core.pw4medseg.train import PwTrainConfig
+    from wsnodule_core.pw4medseg.config import PwTrainConfig
 
     saved = PwTrainConfig(device="cpu").to_dict()
     tuned = SimpleNamespace(checkpoint=SimpleNamespace(train_config=saved, raw={"probability_threshold": 0.8}))

@@ -11,7 +11,8 @@ from wsnodule_core.io.volume import Volume
 from wsnodule_core.pw4medseg.infer import count_windows, mc_sliding_window, predict_volume
 from wsnodule_core.segmentation import PwSegmenter, load_segmenter
 from wsnodule_core.pw4medseg.model import PTransformerConfig
-from wsnodule_core.pw4medseg.train import PwTrainConfig, build_model, train_pw4medseg
+from wsnodule_core.pw4medseg.config import PwTrainConfig
+from wsnodule_core.pw4medseg.train import build_model, train_pw4medseg
 
 # instance norm: an untrained batch-norm network's output barely varies (fresh running statistics)
 TINY = PTransformerConfig.compact(img_size=(16, 16, 16), patch_size=8, hidden_size=32, num_layers=2,

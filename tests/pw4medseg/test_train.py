@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from wsnodule_core.errors import CheckpointError, ModelConfigError, OutputExistsError, TrainingDataError
+from wsnodule_core.image.resample import resample_array, resampled_shape
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.pw4medseg.loss import ProbabilityInformedLoss
 from wsnodule_core.pw4medseg.model import PTransformerConfig
-from wsnodule_core.pw4medseg.train import (AnnotationSpec, PwTrainConfig, TargetCase, build_model,
-                                           load_pw4medseg, lr_factor, model_grid, normalise_intensity,
-                                           prepare_case, resample_array, resampled_shape, sample_batch,
-                                           train_pw4medseg, TrainingCase, validate)
+from wsnodule_core.pw4medseg.config import AnnotationSpec, PwTrainConfig, load_pw4medseg
+from wsnodule_core.pw4medseg.preprocess import model_grid, normalise_intensity
+from wsnodule_core.pw4medseg.targets import TargetCase, TrainingCase, prepare_case
+from wsnodule_core.pw4medseg.train import build_model, lr_factor, sample_batch, train_pw4medseg, validate
 from wsnodule_core.training.callbacks import TrainCallbacks
 from wsnodule_core.training.checkpoint import load_checkpoint, save_checkpoint
 

@@ -459,7 +459,7 @@ class Pw4MedSegWidget(WsnoduleWidget):
         def work(reporter: TaskReporter) -> TrainOutcome:
             from wsnodule_core.training.checkpoint import load_checkpoint
 
-            from wsnodule_core.pw4medseg.train import load_pw4medseg
+            from wsnodule_core.pw4medseg.config import load_pw4medseg
 
             device = choose_device(config.device)
             reporter.stage(f"training on '{name}' (targets, then steps)")
@@ -481,7 +481,7 @@ class Pw4MedSegWidget(WsnoduleWidget):
     def train_config(self) -> Any:
         """The run's PwTrainConfig: train.py's CPU-sized defaults, the widget's epochs, steps and device, then
         ``train_overrides`` (a dict scripts and tests may set, e.g. a smaller model)."""
-        from wsnodule_core.pw4medseg.train import PwTrainConfig
+        from wsnodule_core.pw4medseg.config import PwTrainConfig
 
         values = {"epochs": int(self.epochs_spin.value()), "steps_per_epoch": int(self.steps_spin.value()),
                   "device": str(self.device_combo.currentData()), **self.train_overrides}
@@ -544,7 +544,7 @@ class Pw4MedSegWidget(WsnoduleWidget):
         preference = str(self.device_combo.currentData())
 
         def work(reporter: TaskReporter) -> LoadedModel:
-            from wsnodule_core.pw4medseg.train import load_pw4medseg
+            from wsnodule_core.pw4medseg.config import load_pw4medseg
             from wsnodule_core.training.checkpoint import load_checkpoint
 
             reporter.stage(f"loading {path.name}")
@@ -651,14 +651,14 @@ class Pw4MedSegWidget(WsnoduleWidget):
 
 def pw4medseg_kind() -> str:
     """The checkpoint kind of PW4MedSeg models."""
-    from wsnodule_core.pw4medseg.train import KIND
+    from wsnodule_core.pw4medseg.config import KIND
 
     return str(KIND)
 
 
 def training_case(volume: Volume, label: PseudoLabel, lungs: np.ndarray | None, name: str) -> Any:
     """The open CT with its pseudo-label (soft probability and confidence) as a ready training target."""
-    from wsnodule_core.pw4medseg.train import TargetCase
+    from wsnodule_core.pw4medseg.targets import TargetCase
 
     return TargetCase(name, volume, np.asarray(label.probability, np.float32),
                       np.asarray(label.confidence, np.float32), None if lungs is None else np.asarray(lungs, bool))
@@ -675,7 +675,7 @@ def train_on_volume(volume: Volume, label: PseudoLabel, lungs: np.ndarray | None
 def model_config(model: LoadedModel) -> Any:
     """The PwTrainConfig a model was trained with (grid, normalisation, crop), from its checkpoint; its
     threshold is the one the run chose on its validation cases, when it recorded one."""
-    from wsnodule_core.pw4medseg.train import checkpoint_config
+    from wsnodule_core.pw4medseg.config import checkpoint_config
 
     return checkpoint_config(model.checkpoint)
 

@@ -35,7 +35,7 @@ def pw_config_from_args(args: argparse.Namespace):
     """The :class:`PwTrainConfig` of the preset with the options given (None with ``--resume``: the
     run's own)."""
     from wsnodule_core.errors import ModelConfigError
-    from wsnodule_core.pw4medseg.train import PwTrainConfig
+    from wsnodule_core.pw4medseg.config import PwTrainConfig
 
     given = [name for name in _NOT_FOR_PW if getattr(args, name, None) is not None]
     if given:

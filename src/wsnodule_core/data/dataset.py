@@ -276,7 +276,9 @@ def build_dataset(
 
 
 def _read_cts(ct_paths, spacing) -> tuple[list[Volume], list[str]]:
-    from wsnodule_core.data.hybrid import resample_to_spacing, series_name
+    from wsnodule_core.data.hybrid import series_name
+    from wsnodule_core.image.resample import resample_to_spacing
+    from wsnodule_core.image.window import AIR_HU
     from wsnodule_core.io.readers import read_volume
 
     if not ct_paths:
@@ -285,7 +287,7 @@ def _read_cts(ct_paths, spacing) -> tuple[list[Volume], list[str]]:
     for path in ct_paths:
         ct = read_volume(path)
         if spacing is not None:
-            ct = resample_to_spacing(ct, spacing)
+            ct = resample_to_spacing(ct, spacing, fill=AIR_HU, keep_dtype=True)
         name = series_name(ct) if ct.metadata.source_path else Path(path).name
         if name in names:
             raise WsnoduleError(f"two CT paths are named {name!r}: give each real series once.")

@@ -11,42 +11,18 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import SimpleITK as sitk
 
 from wsnodule_core.data.cases import Case, case_from_insertion
 from wsnodule_core.data.insertion import PLACEMENTS, derive_vessels
 from wsnodule_core.data.nodule_shape import NoduleShape
-from wsnodule_core.io.sitk_bridge import from_sitk, to_sitk
+from wsnodule_core.image.resample import resample_to_spacing
+from wsnodule_core.image.window import AIR_HU
 from wsnodule_core.io.volume import Volume
 
 #: Real series in ``$WSNODULE_DATA/chest-ct`` that hold a lesion nobody labelled.
 KNOWN_UNLABELLED_LESIONS = {
     "tcga-34-2605": "a lung mass in the right lower lobe (TCGA-LUSC): not nodule-free, no negatives from it",
 }
-
-
-def resample_to_spacing(volume: Volume, spacing: Sequence[float], *, is_mask: bool = False,
-                        default_value: float = -1024.0) -> Volume:
-    """``volume`` resampled to ``spacing`` (z, y, x) mm over the same extent (linear, or nearest for masks)."""
-    spacing = tuple(float(s) for s in spacing)
-    if np.allclose(spacing, volume.spacing, atol=1e-6):
-        return volume
-    image = to_sitk(volume)
-    old_size = np.array(volume.shape[::-1])
-    new_size = np.maximum(1, np.round(old_size * np.array(volume.spacing[::-1]) / np.array(spacing[::-1])))
-    # keep the physical centre of the first voxel's footprint edge
-    origin = np.array(volume.origin) + volume.direction @ (0.5 * (np.array(spacing[::-1]) - np.array(volume.spacing[::-1])))
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetSize([int(n) for n in new_size])
-    resampler.SetOutputSpacing(spacing[::-1])
-    resampler.SetOutputOrigin(tuple(float(v) for v in origin))
-    resampler.SetOutputDirection(tuple(float(v) for v in volume.direction.ravel()))
-    resampler.SetInterpolator(sitk.sitkNearestNeighbor if is_mask else sitk.sitkLinear)
-    resampler.SetDefaultPixelValue(0.0 if is_mask else default_value)
-    out = from_sitk(resampler.Execute(image), volume.metadata)
-    if not is_mask and volume.array.dtype.kind in "iu":
-        out = out.with_array(np.rint(out.array).astype(np.int16))
-    return out
 
 
 def series_name(ct: Volume) -> str:
@@ -85,7 +61,7 @@ def make_hybrid_case(
         :data:`KNOWN_UNLABELLED_LESIONS` marks the case as not safe for negatives.
     """
     if spacing is not None:
-        ct = resample_to_spacing(ct, spacing)
+        ct = resample_to_spacing(ct, spacing, fill=AIR_HU, keep_dtype=True)
         if lungs is not None:
             raise ValueError("give either a lung mask on the CT's grid or a spacing to resample to, not both")
     if lungs is None:

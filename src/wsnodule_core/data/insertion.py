@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from wsnodule_core.data.nodule_shape import NoduleShape
 from wsnodule_core.errors import GeometryMismatchError, WsnoduleError
+from wsnodule_core.image.resample import Grid, resample_to_grid
 from wsnodule_core.io.volume import Volume
 
 PLACEMENTS = ("isolated", "juxtavascular", "juxtapleural")
@@ -200,10 +200,9 @@ def resample_shape(
     pad = 3
     mask = np.pad(np.asarray(shape.mask, bool), pad)
     sdf = _signed_distance(mask, src_spacing)
-    image = sitk.GetImageFromArray(sdf)
-    image.SetSpacing(src_spacing[::-1])
+    # the distance map centred on the world origin, with the identity direction
     centre_idx = (np.array(mask.shape) - 1) / 2.0
-    image.SetOrigin(tuple(float(v) for v in (-centre_idx * np.array(src_spacing))[::-1]))
+    source = Volume(sdf, src_spacing, tuple(-(centre_idx * np.array(src_spacing))[::-1]), np.eye(3))
 
     extent = np.array(mask.shape) * np.array(src_spacing)  # (z, y, x) mm
     half_xy = 0.5 * math.hypot(extent[1], extent[2])
@@ -217,20 +216,12 @@ def resample_shape(
                        [0.0, 0.0, 1.0]])
     if flip_x:
         matrix = matrix @ np.diag([-1.0, 1.0, 1.0])
-    transform = sitk.AffineTransform(3)
-    transform.SetMatrix(tuple(matrix.ravel()))
     # Sub-voxel grid: each target voxel is split into f_z x f_y x f_x sub-voxels (about 0.6 mm).
     factors = np.clip(np.ceil(np.array(spacing) / SUBVOXEL_MM), 1, 8).astype(int)
     fine_spacing = np.array(spacing) / factors
     fine_origin = out_origin - 0.5 * np.array(spacing) + 0.5 * fine_spacing
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetSize([int(s) for s in (size * factors)[::-1]])
-    resampler.SetOutputSpacing(tuple(float(v) for v in fine_spacing[::-1]))
-    resampler.SetOutputOrigin(tuple(float(v) for v in fine_origin[::-1]))
-    resampler.SetTransform(transform)
-    resampler.SetInterpolator(sitk.sitkLinear)
-    resampler.SetDefaultPixelValue(float(sdf.max()) + 100.0)
-    fine = sitk.GetArrayFromImage(resampler.Execute(image)).astype(np.float32)
+    grid = Grid(tuple(size * factors), tuple(fine_spacing), tuple(fine_origin[::-1]), np.eye(3))
+    fine = resample_to_grid(source, grid, fill=float(sdf.max()) + 100.0, transform=matrix).array
     return ResampledShape.from_fine(fine, tuple(int(f) for f in factors), spacing, shape.volume_mm3)
 
 

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 
 from wsnodule_core.data.lidc.annotations import LidcNodule, cluster_nodules, get_scan, scan_annotations
 from wsnodule_core.data.lidc.scan import AnnotationMask, LidcGrid, align_masks, annotation_mask, scan_grid
 from wsnodule_core.errors import AnnotationFileError, DataNotAvailableError, InputPathNotFoundError
-from wsnodule_core.io.sitk_bridge import from_sitk, to_sitk
+from wsnodule_core.image.resample import Grid, resample_to_grid
 from wsnodule_core.io.volume import Volume
 
 REQUIRED_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
@@ -152,17 +151,8 @@ def extract_patch(
     # Index (x, y, z) -> world is direction @ diag(spacing_xyz); put index `half` at `center`.
     spacing_xyz = out_spacing[::-1]
     origin = center - volume.direction @ (spacing_xyz * half[::-1])
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetOutputSpacing(tuple(float(s) for s in spacing_xyz))
-    resampler.SetSize(tuple(int(s) for s in size[::-1]))
-    resampler.SetOutputOrigin(tuple(float(o) for o in origin))
-    resampler.SetOutputDirection(tuple(float(d) for d in volume.direction.ravel()))
-    resampler.SetDefaultPixelValue(float(fill))
-    resampler.SetInterpolator(sitk.sitkLinear if interpolator == "linear" else sitk.sitkNearestNeighbor)
-    image = to_sitk(volume)
-    if interpolator == "linear" and image.GetPixelID() != sitk.sitkFloat32:
-        image = sitk.Cast(image, sitk.sitkFloat32)
-    return from_sitk(resampler.Execute(image), volume.metadata)
+    grid = Grid(tuple(size), tuple(out_spacing), tuple(origin), volume.direction)
+    return resample_to_grid(volume, grid, interpolator=interpolator, fill=fill)
 
 
 @dataclass(frozen=True, eq=False)

@@ -3,7 +3,7 @@ U-Net baseline's training data).
 
 Each case's slices are cropped around the lungs (:func:`wsnodule_core.data.lung.lung_crop`),
 optionally resampled to a pixel spacing, and normalised to [0, 1] with
-:func:`~wsnodule_core.nam.model.normalize_ct_slice`. Positive slices hold at least
+:func:`~wsnodule_core.image.window.apply_window`. Positive slices hold at least
 ``min_nodule_area_mm2`` of nodule; negatives hold no nodule voxel and enough lung; slices with
 a smaller nodule are ambiguous and left out (the paper keeps only clear slices). Images are
 kept as float16 and masks as uint8 to save memory; the nodule masks ride along for evaluation.
@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from wsnodule_core.errors import GeometryMismatchError, TrainingDataError
+from wsnodule_core.image.window import NAM_WINDOW, apply_window
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.nam.model import normalize_ct_slice  # moves to the image layer with the window (issue 13)
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class SliceConfig:
 
     size: int = 384
     pixel_spacing_mm: float | None = None
-    window: tuple[float, float] = (-1200.0, 600.0)
+    window: tuple[float, float] = NAM_WINDOW
     min_nodule_area_mm2: float = 0.0
     min_lung_fraction: float = 0.1  # of the case's largest lung cross-section, for negatives
     use_unsafe_negatives: bool = False  # take negatives from cases marked negatives_ok=False
@@ -140,7 +140,7 @@ def slices_from_arrays(case_id: str, image: Volume, lungs: np.ndarray, *, config
         raise TrainingDataError(f"case {case_id}: give a nodule mask or slice labels.")
     keep_neg = (labels == 0) & has_lung & (negatives_ok or config.use_unsafe_negatives)
     keep = np.flatnonzero((labels == 1) | keep_neg)
-    images = normalize_ct_slice(np.asarray(crop.volume.array)[keep], config.window).astype(np.float16)
+    images = apply_window(np.asarray(crop.volume.array)[keep], config.window).astype(np.float16)
     spacing = np.tile(np.asarray(crop.volume.spacing[1:], np.float32), (len(keep), 1))
     return SliceSet(images, labels[keep].astype(np.int8), masks[keep], np.full(len(keep), case_id, dtype=object),
                     keep.astype(np.int32), spacing, config)

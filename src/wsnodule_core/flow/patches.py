@@ -23,14 +23,11 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
 
 from wsnodule_core.data.luna16 import extract_patch
 from wsnodule_core.errors import ModelConfigError, SegmentationCancelled
+from wsnodule_core.image.window import AIR_HU, FLOW_WINDOW, apply_window, invert_window
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.nam.patches3d import AIR_HU, normalize_ct_3d
-
-FLOW_WINDOW = (-1000.0, 1000.0)
 
 
 @dataclass(frozen=True)
@@ -123,7 +120,7 @@ class PatchSet:
     def volume(self, i: int, kind: str = "image") -> Volume:
         """Patch ``i`` as a Volume: ``kind`` "image" ([0, 1] float32), "hu", "mask" (label map) or "lungs"."""
         arrays = {"image": lambda: np.asarray(self.images[i], np.float32),
-                  "hu": lambda: unwindow(self.images[i], self.config.window),
+                  "hu": lambda: invert_window(self.images[i], self.config.window),
                   "mask": lambda: np.asarray(self.masks[i]),
                   "lungs": lambda: np.asarray(self.lungs[i], np.uint8)}
         if kind not in arrays:
@@ -164,20 +161,6 @@ def empty_patch_set(config: PatchConfig) -> PatchSet:
     return PatchSet(np.zeros(cube, np.float16), np.zeros(0, np.int8), np.zeros(cube, np.uint16),
                     np.zeros(cube, bool), np.zeros(0, np.int32), np.zeros(0, object), np.zeros((0, 3)),
                     np.zeros((0, 3, 3)), np.zeros((0, 3)), config)
-
-
-def window_ct(hu, window: tuple[float, float] = FLOW_WINDOW):
-    """HU to [0, 1] over ``window`` (clipped); numpy (or a number) -> float32 numpy, tensor -> tensor."""
-    if isinstance(hu, torch.Tensor):
-        return normalize_ct_3d(hu, window)
-    array = np.asarray(hu, np.float32)
-    return normalize_ct_3d(np.atleast_1d(array), window).reshape(array.shape)  # 0-d arrays too
-
-
-def unwindow(values, window: tuple[float, float] = FLOW_WINDOW) -> np.ndarray:
-    """[0, 1] back to HU over ``window`` (values clipped by :func:`window_ct` stay at the window's ends)."""
-    lo, hi = float(window[0]), float(window[1])
-    return np.asarray(values, np.float32) * np.float32(hi - lo) + np.float32(lo)
 
 
 # --- cutting ------------------------------------------------------------------------------------
@@ -238,7 +221,7 @@ def case_patches(case, config: PatchConfig = PatchConfig()) -> PatchSet:
         return empty_patch_set(config)
     cut = [cutter.patch(centre) for centre, _, _ in points]
     return PatchSet(
-        images=np.stack([window_ct(np.asarray(im.array), config.window)
+        images=np.stack([apply_window(np.asarray(im.array), config.window)
                          for im, _, _ in cut]).astype(np.float16),
         labels=np.array([p[1] for p in points], np.int8),
         masks=np.stack([np.asarray(m.array) for _, m, _ in cut]).astype(np.uint16),

@@ -190,7 +190,7 @@ def prepare_sources(data, config: PriorTrainConfig) -> list[PatchSource]:
     """The training volumes of ``data`` (a data set folder or ``Dataset``: the cases of
     ``config.splits``; or Volumes, ``(Volume, lungs)`` pairs, Cases), resampled to
     ``config.spacing_mm`` when set, with their lung voxels as patch centres."""
-    from wsnodule_core.data.hybrid import resample_to_spacing
+    from wsnodule_core.image.resample import resample_to_spacing
 
     sources = []
     for name, volume, lungs in _as_pairs(data, config):
@@ -201,8 +201,8 @@ def prepare_sources(data, config: PriorTrainConfig) -> list[PatchSource]:
             spacing = (float(config.spacing_mm),) * 3
             if lungs is not None:
                 lungs = resample_to_spacing(volume.with_array(np.asarray(lungs, np.uint8)), spacing,
-                                            is_mask=True).array > 0
-            volume = resample_to_spacing(volume, spacing, default_value=config.hu_window[0])
+                                            interpolator="nearest").array > 0
+            volume = resample_to_spacing(volume, spacing, fill=config.hu_window[0], keep_dtype=True)
         array = np.asarray(volume.array)
         array = array.astype(np.int16 if array.dtype.kind in "iu" else np.float32, copy=False)
         centres = None

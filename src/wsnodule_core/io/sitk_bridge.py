@@ -38,3 +38,12 @@ def from_sitk(image: sitk.Image, metadata: VolumeMetadata | None = None) -> Volu
         direction=np.asarray(image.GetDirection(), dtype=float).reshape(3, 3),
         metadata=metadata or VolumeMetadata(),
     )
+
+
+def sitk_grid(shape, spacing) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """A grid's ``(z, y, x)`` shape and spacing as SimpleITK's ``(x, y, z)`` size and spacing.
+
+    Origin and direction need no conversion: they are ``(x, y, z)`` on both sides.
+    """
+    size = tuple(int(n) for n in np.asarray(shape)[::-1])
+    return size, tuple(float(s) for s in np.asarray(spacing, float)[::-1])  # type: ignore[return-value]

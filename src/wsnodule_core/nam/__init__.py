@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["MultiGapClassifier", "MultiGapConfig", "MultiGapOutput", "nodule_activation_map", "normalize_ct_slice"]
+__all__ = ["MultiGapClassifier", "MultiGapConfig", "MultiGapOutput", "nodule_activation_map"]
 
 
 def __getattr__(name: str):

@@ -13,7 +13,6 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -256,17 +255,6 @@ def nodule_activation_map(output: MultiGapOutput, size: tuple[int, int],
     if total is None:
         raise ModelConfigError("branches is empty: give at least one branch index.")
     return total
-
-
-def normalize_ct_slice(hu, window: tuple[float, float] = (-1200.0, 600.0)):
-    """Hounsfield units to [0, 1] over ``window`` (clipped); numpy in -> float32 numpy, tensor in -> tensor."""
-    lo, hi = float(window[0]), float(window[1])
-    if not hi > lo:
-        raise ModelConfigError(f"window must be (low, high) with high > low, got {window}.")
-    if isinstance(hu, torch.Tensor):
-        return ((hu.float() - lo) / (hi - lo)).clamp_(0.0, 1.0)
-    array = (np.asarray(hu, dtype=np.float32) - np.float32(lo)) / np.float32(hi - lo)
-    return np.clip(array, 0.0, 1.0, out=array)
 
 
 def load_classifier(path: str | os.PathLike, device: str | torch.device | None = None):

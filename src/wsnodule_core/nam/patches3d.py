@@ -25,15 +25,13 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from wsnodule_core.errors import CheckpointError, ModelConfigError, SegmentationCancelled, TrainingDataError
-from wsnodule_core.io.sitk_bridge import from_sitk, to_sitk
-from wsnodule_core.io.volume import Volume
+from wsnodule_core.errors import (CheckpointError, ModelConfigError, SegmentationCancelled, TrainingDataError)
+from wsnodule_core.image.resample import resample_to_spacing
+from wsnodule_core.image.window import AIR_HU, NAM3D_WINDOW, apply_window
 from wsnodule_core.nam.model3d import KIND_3D, MultiGap3DClassifier, MultiGap3DConfig
-from wsnodule_core.nam.model import normalize_ct_slice
 from wsnodule_core.training.augment import augment_patches
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
 from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, restore_training_state,
@@ -43,52 +41,6 @@ from wsnodule_core.training.loop import CLASSIFY_SUMS, EpochLoop, RunState, clas
 from wsnodule_core.training.result import RunResult, config_from_dict
 from wsnodule_core.training.sampler import BalancedBatchSampler
 from wsnodule_core.training.setup import start_run
-
-AIR_HU = -1024.0
-
-
-# --- geometry and intensities -------------------------------------------------------------------
-
-
-def resample_isotropic(volume: Volume, spacing_mm: float, *, interpolator: str = "linear",
-                       fill: float = AIR_HU) -> Volume:
-    """``volume`` on an isotropic grid of ``spacing_mm`` covering the same physical box.
-
-    Origin and direction follow the input (the first voxel's corner stays where it was);
-    ``interpolator`` is "linear" (images, float32 out) or "nearest" (masks, dtype kept).
-    """
-    if not spacing_mm > 0:
-        raise ModelConfigError(f"spacing_mm must be positive, got {spacing_mm!r}.")
-    old = np.asarray(volume.spacing, float)
-    new = np.full(3, float(spacing_mm))
-    size = np.maximum(1, np.ceil(np.asarray(volume.shape) * old / new - 1e-6)).astype(int)
-    corner_shift = volume.direction @ ((new - old)[::-1] / 2.0)  # keep the box's corner, move the centre
-    return resample_to_grid(volume, size, new, np.asarray(volume.origin) + corner_shift, volume.direction,
-                            interpolator=interpolator, fill=fill)
-
-
-def resample_to_grid(volume: Volume, shape, spacing, origin, direction, *, interpolator: str = "linear",
-                     fill: float = 0.0) -> Volume:
-    """``volume`` resampled (SimpleITK) onto the grid of ``shape``/``spacing`` (z, y, x), ``origin`` (x, y, z)
-    and ``direction``; "linear" gives float32, "nearest" keeps the dtype."""
-    if interpolator not in ("linear", "nearest"):
-        raise ModelConfigError(f"interpolator must be 'linear' or 'nearest', got {interpolator!r}.")
-    image = to_sitk(volume)
-    if interpolator == "linear" and image.GetPixelID() != sitk.sitkFloat32:
-        image = sitk.Cast(image, sitk.sitkFloat32)
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetSize(tuple(int(s) for s in np.asarray(shape)[::-1]))
-    resampler.SetOutputSpacing(tuple(float(s) for s in np.asarray(spacing, float)[::-1]))
-    resampler.SetOutputOrigin(tuple(float(o) for o in origin))
-    resampler.SetOutputDirection(tuple(float(d) for d in np.asarray(direction, float).ravel()))
-    resampler.SetDefaultPixelValue(float(fill))
-    resampler.SetInterpolator(sitk.sitkLinear if interpolator == "linear" else sitk.sitkNearestNeighbor)
-    return from_sitk(resampler.Execute(image), volume.metadata)
-
-
-def normalize_ct_3d(hu, window: tuple[float, float] = (-1000.0, 400.0)):
-    """HU to [0, 1] over ``window`` (clipped): :func:`normalize_ct_slice` with the 3D patches' window."""
-    return normalize_ct_slice(hu, window)
 
 
 # --- patch sets -------------------------------------------------------------------------------
@@ -100,7 +52,7 @@ class Patch3DConfig:
 
     patch_size: int = 32
     spacing_mm: float = 1.0
-    window: tuple[float, float] = (-1000.0, 400.0)
+    window: tuple[float, float] = NAM3D_WINDOW
     centre_fraction: float = 0.5
     positives_per_nodule: int = 4
     negatives_per_case: int = 8
@@ -159,10 +111,10 @@ class PatchSet3D:
 def case_patches(case, config: Patch3DConfig = Patch3DConfig()) -> PatchSet3D:
     """The labelled isotropic patches of one :class:`~wsnodule_core.data.cases.Case`."""
     s = int(config.patch_size)
-    image = resample_isotropic(case.image, config.spacing_mm)
-    mask = resample_isotropic(case.mask, config.spacing_mm, interpolator="nearest", fill=0)
-    lungs = resample_isotropic(case.image.with_array(np.asarray(case.lungs, np.uint8)), config.spacing_mm,
-                               interpolator="nearest", fill=0)
+    image = resample_to_spacing(case.image, config.spacing_mm, size="ceil", fill=AIR_HU)
+    mask = resample_to_spacing(case.mask, config.spacing_mm, size="ceil", interpolator="nearest")
+    lungs = resample_to_spacing(case.image.with_array(np.asarray(case.lungs, np.uint8)), config.spacing_mm,
+                                size="ceil", interpolator="nearest")
     pad = [(s, s)] * 3
     hu = np.pad(np.asarray(image.array, np.float32), pad, constant_values=AIR_HU)
     nodule = np.pad(np.asarray(mask.array) > 0, pad)
@@ -199,7 +151,7 @@ def case_patches(case, config: Patch3DConfig = Patch3DConfig()) -> PatchSet3D:
     kept = []
     for i, centre in enumerate(centres):
         start = np.clip(centre - half, 0, np.asarray(hu.shape) - s)
-        images[i] = normalize_ct_3d(hu[tuple(slice(a, a + s) for a in start)], config.window)
+        images[i] = apply_window(hu[tuple(slice(a, a + s) for a in start)], config.window)
         kept.append(start + half - s)  # the centre voxel on the unpadded isotropic grid
     world = image.index_to_world(np.asarray(kept, float)) if kept else np.zeros((0, 3))
     return PatchSet3D(images, np.asarray(labels, np.int8), np.full(len(labels), case.case_id, dtype=object),
@@ -239,7 +191,7 @@ class Train3DConfig:
     norm: str = "group"
     patch_size: int = 32
     spacing_mm: float = 1.0
-    window: tuple[float, float] = (-1000.0, 400.0)
+    window: tuple[float, float] = NAM3D_WINDOW
     centre_fraction: float = 0.5
     positives_per_nodule: int = 4
     negatives_per_case: int = 8

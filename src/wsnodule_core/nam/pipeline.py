@@ -22,10 +22,10 @@ import torch.nn.functional as F
 
 from wsnodule_core.data.lung import LungSegmentation
 from wsnodule_core.errors import NamSegmentationError, SegmentationCancelled
+from wsnodule_core.image.window import apply_window
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.nam.assembly import NetworkGrid, link_slices, network_grid
 from wsnodule_core.nam.maps import evaluating, forward_maps, to_numpy
-from wsnodule_core.nam.model import normalize_ct_slice
 from wsnodule_core.nam.segment_config import NamConfig
 from wsnodule_core.nam.slice_segment import SliceResult, segment_positive, segment_slice
 from wsnodule_core.training.device import device_of
@@ -202,7 +202,7 @@ def _classify(model, grid: NetworkGrid, config: NamConfig, batch_size: int, repo
             hu = torch.as_tensor(np.asarray(grid.source[start:stop], np.float32)).to(device)[:, None]
             if grid.crop is None:
                 hu = F.interpolate(hu, size=(grid.size, grid.size), mode="bilinear", align_corners=False)
-            x = normalize_ct_slice(hu, config.window)
+            x = apply_window(hu, config.window)
             prob, nam = forward_maps(model, x, config.nam_branches)
             probability[start:stop] = to_numpy(prob)
             for i, (z, plane) in enumerate(zip(range(start, stop), to_numpy(nam))):

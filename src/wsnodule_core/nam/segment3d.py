@@ -22,10 +22,11 @@ from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
 from wsnodule_core.errors import NamSegmentationError, SegmentationCancelled
+from wsnodule_core.image.resample import resample_to_grid, resample_to_spacing
+from wsnodule_core.image.window import AIR_HU, NAM3D_WINDOW, apply_window
 from wsnodule_core.io.volume import Volume, check_mask_matches
 from wsnodule_core.nam.icm import gmm_1d, kmeans_1d
 from wsnodule_core.nam.model3d import nodule_activation_map_3d
-from wsnodule_core.nam.patches3d import AIR_HU, normalize_ct_3d, resample_isotropic, resample_to_grid
 from wsnodule_core.training.device import device_of
 
 Branches = str | Sequence[int]
@@ -63,7 +64,7 @@ class Segment3DParams:
         Masked patches (or sliding patches) per forward pass.
     """
 
-    window: tuple[float, float] = (-1000.0, 400.0)
+    window: tuple[float, float] = NAM3D_WINDOW
     threshold: float = 0.5
     branches: Branches = "all"
     smooth_sigma_vox: float = 1.0
@@ -360,7 +361,7 @@ def segment_patch_3d(model, patch: Volume,
 
     A patch below ``params.threshold`` gets an empty mask (its NAM is still returned).
     """
-    image01 = normalize_ct_3d(patch.array, params.window)
+    image01 = apply_window(patch.array, params.window)
     was_training = bool(getattr(model, "training", False))
     model.eval()
     try:
@@ -382,9 +383,7 @@ def extract_patch_3d(volume: Volume, centre_xyz: Sequence[float], patch_size: in
 
 def paste_mask(mask: Volume, reference: Volume) -> np.ndarray:
     """A mask on another grid resampled onto ``reference``'s grid (linear, >= 0.5), by world position."""
-    moved = resample_to_grid(mask.with_array(np.asarray(mask.array, np.float32)), reference.shape,
-                             reference.spacing, reference.origin, reference.direction,
-                             interpolator="linear", fill=0.0)
+    moved = resample_to_grid(mask.with_array(np.asarray(mask.array, np.float32)), reference, fill=0.0)
     return np.asarray(moved.array) >= 0.5
 
 
@@ -454,9 +453,9 @@ def segment_volume_3d(model, volume: Volume, lungs: np.ndarray | Volume | None, 
     if size < 4 or stride < 1:
         raise NamSegmentationError(
             f"segment_volume_3d: patch_size must be >= 4 and stride >= 1, got {size}, {stride}.")
-    iso = resample_isotropic(volume, spacing_mm)
-    iso_lungs = np.asarray(resample_isotropic(volume.with_array(lung_array.astype(np.uint8)), spacing_mm,
-                                              interpolator="nearest", fill=0).array) > 0
+    iso = resample_to_spacing(volume, spacing_mm, size="ceil", fill=AIR_HU)
+    iso_lungs = np.asarray(resample_to_spacing(volume.with_array(lung_array.astype(np.uint8)), spacing_mm,
+                                               size="ceil", interpolator="nearest").array) > 0
     pad = [(0, max(0, size - n)) for n in iso.shape]
     hu = np.pad(np.asarray(iso.array, np.float32), pad, constant_values=AIR_HU)
     lung = np.pad(iso_lungs, pad)
@@ -479,7 +478,7 @@ def segment_volume_3d(model, volume: Volume, lungs: np.ndarray | Volume | None, 
                     f"the 3D NAM segmentation was cancelled after {b} of {len(starts)} patches.")
             chunk = starts[b:b + params.batch_size]
             regions = [tuple(slice(s, s + size) for s in start) for start in chunk]
-            images = np.stack([normalize_ct_3d(hu[r], params.window) for r in regions])
+            images = np.stack([apply_window(hu[r], params.window) for r in regions])
             with torch.inference_mode():
                 probs, nams = _forward(model, images, params.branches)
             for start, region, image01, prob, nam in zip(chunk, regions, images, probs, nams):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from wsnodule_core.errors import NamSegmentationError
+from wsnodule_core.image.window import NAM_WINDOW
 from wsnodule_core.nam.icm import IcmParams
 from wsnodule_core.nam.rnam import FillParams
 from wsnodule_core.nam.scope import MultiGapScopeParams, ScopeParams
@@ -60,7 +61,7 @@ class NamConfig:
         When linking per-slice masks into 3D nodules, also join masks one empty slice apart.
     """
 
-    window: tuple[float, float] = (-1200.0, 600.0)
+    window: tuple[float, float] = NAM_WINDOW
     input_size: int = 384
     crop_pixel_spacing_mm: float | None = None
     probability_threshold: float = 0.5

@@ -10,7 +10,7 @@ import torch
 from wsnodule_core.errors import NamSegmentationError
 from wsnodule_core.nam.icm import dense_candidates, dense_phases, icm_segment
 from wsnodule_core.nam.maps import evaluating, forward_maps, to_numpy
-from wsnodule_core.nam.model import normalize_ct_slice
+from wsnodule_core.image.window import apply_window
 from wsnodule_core.nam.rnam import rnam_screening
 from wsnodule_core.nam.scope import combine_multi_gap, screening_scopes
 from wsnodule_core.nam.segment_config import NamConfig
@@ -124,7 +124,7 @@ def segment_slice(
     if slice_hu.ndim != 2:
         raise NamSegmentationError(f"segment_slice: expected a 2D HU slice, got shape {slice_hu.shape}.")
     device = device_of(model)
-    x = normalize_ct_slice(torch.from_numpy(slice_hu).to(device), config.window)[None, None]
+    x = apply_window(torch.from_numpy(slice_hu).to(device), config.window)[None, None]
     with evaluating(model):
         prob, nam = forward_maps(model, x, config.nam_branches)
     multi_nam = None

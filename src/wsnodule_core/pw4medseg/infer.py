@@ -19,7 +19,9 @@ import torch
 
 from wsnodule_core.errors import ModelConfigError, SegmentationCancelled
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.pw4medseg.train import PwTrainConfig, model_grid, resample_array
+from wsnodule_core.image.resample import resample_array
+from wsnodule_core.pw4medseg.config import PwTrainConfig
+from wsnodule_core.pw4medseg.preprocess import model_grid
 from wsnodule_core.training.device import amp_enabled, autocast
 
 
@@ -131,7 +133,7 @@ def predict_volume(model: torch.nn.Module, volume: Volume, config: PwTrainConfig
     ----------
     model
         A :class:`~wsnodule_core.pw4medseg.model.ProbabilisticUNETR` (e.g. from
-        :func:`~wsnodule_core.pw4medseg.train.load_pw4medseg`); its training flag is restored afterwards.
+        :func:`~wsnodule_core.pw4medseg.config.load_pw4medseg`); its training flag is restored afterwards.
     volume
         The image (HU for ``intensity="ct"``; any units for ``"zscore"``/``"percentile"``).
     config
@@ -142,7 +144,7 @@ def predict_volume(model: torch.nn.Module, volume: Volume, config: PwTrainConfig
         Sliding-window overlap and windows per forward pass.
     threshold
         Probability at or above which a voxel is in ``mask``; None: ``config.threshold`` (from
-        :func:`~wsnodule_core.pw4medseg.train.load_pw4medseg`: the one chosen on the validation cases).
+        :func:`~wsnodule_core.pw4medseg.config.load_pw4medseg`: the one chosen on the validation cases).
     seed
         Draw the samples from this seed (reproducible; the global RNG is untouched); None: global RNG.
     device

@@ -42,6 +42,7 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from wsnodule_core.errors import GeometryMismatchError, ModelConfigError, SegmentationCancelled
+from wsnodule_core.image.filters import dot_enhancement
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.pw4medseg.annotations import BoxAnnotation, PointAnnotation, SparseAnnotations
 
@@ -500,8 +501,6 @@ def _blob_prior(image: np.ndarray, region: Slices, spacing: np.ndarray, config: 
     neighbouring slice marked negative is not the nodule. Structures whose response reaches
     ``blob_seed_level`` of the run's best get the soft intensity, within ``blob_grow_mm`` of their seeds.
     """
-    from wsnodule_core.baselines.blob_filter import dot_enhancement
-
     ext = _grow(region, (1, 0, 0), image.shape)  # one slice beyond the run on each side
     inner = _inner(ext, region)
     pad = int(np.ceil(3 * max(config.blob_sigmas_mm) / spacing[0]))

@@ -6,7 +6,8 @@ marked slices) and turned into a probability and a confidence map
 (:func:`wsnodule_core.pw4medseg.pseudo_labels.pseudo_label`); ``"full"`` uses the ground-truth mask
 with confidence 1 (the fully supervised reference with the same network). Image, target, confidence,
 ground truth and lungs are then resampled to ``spacing_mm`` (the paper: 1 mm isotropic) and the image
-normalised (:func:`normalise_intensity`).
+normalised (:mod:`.preprocess`); settings and loading live in :mod:`.config`, the targets in
+:mod:`.targets`.
 
 A step draws ``batch_size`` crops of ``crop_size``: each from a random case; with probability
 ``foreground_probability`` it holds a random voxel of the pseudo-label's foreground (probability > 0.5)
@@ -28,432 +29,27 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from wsnodule_core.errors import CheckpointError, ModelConfigError, TrainingDataError
-from wsnodule_core.io.volume import Volume
+from wsnodule_core.pw4medseg.config import KIND, PwTrainConfig, PwTrainResult
 from wsnodule_core.pw4medseg.loss import LossConfig, ProbabilityInformedLoss
-from wsnodule_core.pw4medseg.model import ProbabilisticUNETR, PTransformerConfig
+from wsnodule_core.pw4medseg.model import ProbabilisticUNETR
+from wsnodule_core.pw4medseg.targets import TrainingCase, prepare_case, resolve_cases
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
-from wsnodule_core.training.checkpoint import (LAST, capture_rng_state, load_checkpoint, load_model,
-                                               prepare_run_dir, restore_training_state, save_checkpoint)
+from wsnodule_core.training.checkpoint import (LAST, capture_rng_state, load_checkpoint, prepare_run_dir,
+                                               restore_training_state, save_checkpoint)
 from wsnodule_core.training.device import amp_enabled, autocast, choose_device, deterministic, grad_scaler
 from wsnodule_core.training.loop import EpochLoop, RunState, optimizer_step
-from wsnodule_core.training.result import RunResult, config_from_dict
 
-KIND = "pw4medseg"
 _PARTS = ("total", "classification", "dice", "kl")  # the loss parts summed over an epoch's steps
 _NAMES = {"total": "loss", "classification": "classification", "dice": "dice_loss", "kl": "kl"}
-INTENSITY_MODES = ("ct", "zscore", "percentile")
-ANNOTATION_KINDS = ("points", "boxes", "slices", "full")
-BOX_KINDS = ("tight", "loose")
-CONFIDENCE_SOURCES = ("pseudo_label", "loss")
 #: Probability thresholds tried on the validation cases when ``tune_threshold`` is on.
 VAL_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-
-
-# --- intensity and grid ----------------------------------------------------------
-
-
-def normalise_intensity(array: np.ndarray, mode: str = "ct", *,
-                        window: tuple[float, float] = (-1000.0, 400.0),
-                        percentiles: tuple[float, float] = (0.5, 99.5),
-                        mask: np.ndarray | None = None) -> np.ndarray:
-    """Network input (float32) from raw intensities.
-
-    ``"ct"``: Hounsfield units, ``window`` (lo, hi) mapped linearly to [0, 1] and clipped;
-    ``"zscore"``: ``(a - mean) / std`` (clipped to +-5); ``"percentile"``: the ``percentiles`` (lo, hi)
-    mapped to [0, 1] and clipped. The last two assume nothing about the units (MRI-like input: any
-    positive scale and offset give the same result); their statistics come from ``mask`` when given.
-    """
-    a = np.asarray(array, np.float32)
-    if mode == "ct":
-        lo, hi = (float(v) for v in window)
-        return np.clip((a - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-    values = a[np.asarray(mask, bool)] if mask is not None and np.any(mask) else a.reshape(-1)
-    if mode == "zscore":
-        mean, std = float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
-        return np.clip((a - mean) / (std if std > 0 else 1.0), -5.0, 5.0).astype(np.float32)
-    if mode == "percentile":
-        lo, hi = (float(v) for v in np.percentile(values, percentiles))
-        return np.clip((a - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0).astype(np.float32)
-    raise ModelConfigError(f"intensity normalisation must be one of {INTENSITY_MODES}, got {mode!r}.")
-
-
-def resampled_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]
-                    ) -> tuple[int, int, int]:
-    """Grid size covering the same extent at ``new_spacing`` (at least one voxel per axis)."""
-    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, new_spacing))
-
-
-def resample_array(array: np.ndarray, spacing: Sequence[float], new_spacing: Sequence[float], *,
-                   order: int = 1, shape: Sequence[int] | None = None) -> np.ndarray:
-    """``array`` (z, y, x) at ``spacing`` resampled to ``new_spacing`` over the same extent.
-
-    Voxel footprints keep their outer edge: new index ``j`` sits at old index
-    ``j r + (r - 1) / 2`` with ``r = new / old`` (edges extended). ``shape`` forces the output size
-    (used to go back to an input grid exactly).
-    """
-    ratio = np.asarray(new_spacing, float) / np.asarray(spacing, float)
-    out_shape = tuple(shape) if shape is not None else resampled_shape(array.shape, spacing, new_spacing)
-    if out_shape == tuple(array.shape) and np.allclose(ratio, 1.0):
-        return np.asarray(array)
-    source = np.asarray(array, np.float32) if order > 0 else np.asarray(array)
-    return ndimage.affine_transform(source, ratio, offset=(ratio - 1.0) / 2.0, output_shape=out_shape,
-                                    order=order, mode="nearest", prefilter=False)
-
-
-def model_grid(volume: Volume, spacing_mm: tuple[float, float, float] | None) -> Volume:
-    """``volume`` (float32, linear) on the training grid: same extent and direction at ``spacing_mm``."""
-    if spacing_mm is None or np.allclose(spacing_mm, volume.spacing, atol=1e-6):
-        return volume
-    array = resample_array(volume.array, volume.spacing, spacing_mm)
-    shift_zyx = 0.5 * (np.asarray(spacing_mm) - np.asarray(volume.spacing))
-    origin = np.asarray(volume.origin) + volume.direction @ shift_zyx[::-1]
-    return Volume(array, tuple(spacing_mm), tuple(origin), volume.direction.copy(), volume.metadata)
-
-
-# --- configuration ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AnnotationSpec:
-    """Which sparse annotation the targets are made from (simulated from the ground truth).
-
-    ``kind``: ``"points"`` (``n_points`` per nodule, PW4MedSeg's farthest-point sampling, plus
-    ``n_background_points``), ``"boxes"`` (``box`` ``"tight"`` or ``"loose"``: faces moved out by
-    ``box_margin_mm`` +- ``box_jitter_mm``), ``"slices"`` (a ``slice_fraction`` of each nodule's axial
-    slices marked, plus ``n_negative_slices`` nodule-free lung slices) or ``"full"`` (the ground-truth
-    mask, confidence 1). Strings parse as ``"points:20"``, ``"boxes:loose"``, ``"slices:0.5"``, ``"full"``.
-    """
-
-    kind: str = "points"
-    n_points: int = 200
-    n_background_points: int = 0
-    box: str = "tight"
-    box_margin_mm: float = 3.0
-    box_jitter_mm: float = 2.0
-    slice_fraction: float = 0.5
-    n_negative_slices: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in ANNOTATION_KINDS:
-            raise ModelConfigError(f"annotation kind must be one of {ANNOTATION_KINDS}, got {self.kind!r}.")
-        if self.box not in BOX_KINDS:
-            raise ModelConfigError(f"box must be one of {BOX_KINDS}, got {self.box!r}.")
-        if int(self.n_points) < 1 or int(self.n_background_points) < 0 or int(self.n_negative_slices) < -1:
-            raise ModelConfigError("n_points must be >= 1, n_background_points >= 0 and n_negative_slices "
-                                   f">= -1 (all), got {self.n_points}, {self.n_background_points}, "
-                                   f"{self.n_negative_slices}.")
-        if not 0 < self.slice_fraction <= 1 or self.box_margin_mm < 0 or self.box_jitter_mm < 0:
-            raise ModelConfigError(f"slice_fraction must lie in (0, 1] and box margins be >= 0, got "
-                                   f"{self.slice_fraction}, {self.box_margin_mm}, {self.box_jitter_mm}.")
-
-    @classmethod
-    def parse(cls, value: "AnnotationSpec | str | dict") -> "AnnotationSpec":
-        if isinstance(value, AnnotationSpec):
-            return value
-        if isinstance(value, dict):
-            return config_from_dict(cls, value)
-        kind, _, arg = str(value).strip().lower().partition(":")
-        try:
-            if kind == "points":
-                return cls("points", n_points=int(arg)) if arg else cls("points")
-            if kind == "boxes":
-                return cls("boxes", box=arg or "tight")
-            if kind == "slices":
-                return cls("slices", slice_fraction=float(arg)) if arg else cls("slices")
-        except ValueError as error:
-            raise ModelConfigError(f"annotation {value!r}: cannot read {arg!r} ({error}); write e.g. "
-                                   "'points:200', 'boxes:loose', 'slices:0.5' or 'full'.") from error
-        return cls(kind)
-
-    def describe(self) -> str:
-        return {"points": f"points:{self.n_points}", "boxes": f"boxes:{self.box}",
-                "slices": f"slices:{self.slice_fraction:g}", "full": "full"}[self.kind]
-
-
-def _triple(value, name: str, kind=float) -> tuple | None:
-    if value is None:
-        return None
-    values = (value,) * 3 if np.isscalar(value) else tuple(value)
-    if len(values) != 3:
-        raise ModelConfigError(f"{name} must be one number or three (z, y, x), got {value!r}.")
-    return tuple(kind(v) for v in values)
-
-
-@dataclass(frozen=True)
-class PwTrainConfig:
-    """Everything that defines a PW4MedSeg run (saved in every checkpoint); defaults: CPU-sized.
-
-    ``model`` is a :class:`PTransformerConfig`, its dict, or a preset name (``"compact"``, ``"paper"``);
-    ``crop_size`` (default the model's ``img_size``) replaces the model's ``img_size``, so the two
-    always agree. ``spacing_mm`` None trains on each case's own grid. ``pseudo_label`` holds
-    :class:`~wsnodule_core.pw4medseg.pseudo_labels.PseudoLabelConfig` overrides; ``confidence``
-    ``"pseudo_label"`` weights voxels by the pseudo-label's confidence map, ``"loss"`` lets the loss use
-    p / 1 - p (the paper's code). ``steps_per_epoch`` optimiser steps make an epoch; validation runs
-    every ``val_every`` epochs and after the last. Use :meth:`paper` for the paper's recipe.
-    """
-
-    model: PTransformerConfig | dict | str = "compact"
-    crop_size: tuple[int, int, int] | int | None = None
-    spacing_mm: tuple[float, float, float] | float | None = (2.0, 2.0, 2.0)
-    intensity: str = "ct"
-    hu_window: tuple[float, float] = (-1000.0, 400.0)
-    percentiles: tuple[float, float] = (0.5, 99.5)
-    annotation: AnnotationSpec | str | dict = "points"
-    pseudo_label: dict = field(default_factory=dict)
-    confidence: str = "pseudo_label"
-    loss: LossConfig | dict = field(default_factory=LossConfig)
-    foreground_probability: float = 0.33
-    background_in_lungs: float = 0.8
-    flips: bool = True
-    lr: float = 5e-4
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100
-    epochs: int = 50
-    steps_per_epoch: int = 50
-    batch_size: int = 2
-    val_every: int = 1
-    val_passes: int = 2
-    val_overlap: float = 0.25
-    threshold: float = 0.5
-    tune_threshold: bool = True
-    seed: int = 0
-    amp: bool = True
-    device: str = "auto"
-    deterministic: bool = False
-
-    def __post_init__(self) -> None:
-        model = self.model
-        if isinstance(model, str):
-            if model not in ("compact", "paper"):
-                raise ModelConfigError(f"model preset must be 'compact' or 'paper', got {model!r}.")
-            model = PTransformerConfig.compact() if model == "compact" else PTransformerConfig.paper()
-        elif isinstance(model, dict):
-            model = PTransformerConfig.from_dict(model)
-        crop = _triple(self.crop_size, "crop_size", int)
-        if crop is not None and crop != model.img_size:
-            model = replace(model, img_size=crop)
-        object.__setattr__(self, "model", model)
-        object.__setattr__(self, "crop_size", model.img_size)
-        spacing = _triple(self.spacing_mm, "spacing_mm")
-        if spacing is not None and not all(np.isfinite(s) and s > 0 for s in spacing):
-            raise ModelConfigError(f"spacing_mm must be positive millimetres or None, got {self.spacing_mm}.")
-        object.__setattr__(self, "spacing_mm", spacing)
-        object.__setattr__(self, "annotation", AnnotationSpec.parse(self.annotation))
-        if isinstance(self.loss, dict):
-            object.__setattr__(self, "loss", LossConfig.from_dict(self.loss))
-        object.__setattr__(self, "hu_window", tuple(float(v) for v in self.hu_window))
-        object.__setattr__(self, "percentiles", tuple(float(v) for v in self.percentiles))
-        object.__setattr__(self, "pseudo_label", dict(self.pseudo_label))
-        if self.intensity not in INTENSITY_MODES:
-            raise ModelConfigError(f"intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}.")
-        lo, hi = self.percentiles
-        if not self.hu_window[0] < self.hu_window[1] or not 0 <= lo < hi <= 100:
-            raise ModelConfigError(f"hu_window and percentiles must be increasing pairs, got "
-                                   f"{self.hu_window}, {self.percentiles}.")
-        if self.confidence not in CONFIDENCE_SOURCES:
-            raise ModelConfigError(f"confidence must be one of {CONFIDENCE_SOURCES}, got "
-                                   f"{self.confidence!r}.")
-        for name in ("epochs", "steps_per_epoch", "batch_size", "val_every", "val_passes"):
-            if int(getattr(self, name)) < 1:
-                raise ModelConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}.")
-        if int(self.warmup_steps) < 0:
-            raise ModelConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps}.")
-        if not self.lr > 0 or not self.weight_decay >= 0:
-            raise ModelConfigError(f"lr must be positive and weight_decay >= 0, got {self.lr}, "
-                                   f"{self.weight_decay}.")
-        if not (0 <= self.foreground_probability <= 1 and 0 <= self.background_in_lungs <= 1
-                and 0 <= self.val_overlap < 1):
-            raise ModelConfigError(f"foreground_probability and background_in_lungs must lie in [0, 1] and "
-                                   f"val_overlap in [0, 1), got {self.foreground_probability}, "
-                                   f"{self.background_in_lungs}, {self.val_overlap}.")
-        if not 0 < self.threshold < 1:
-            raise ModelConfigError(f"threshold must lie in (0, 1), got {self.threshold}.")
-        if self.annotation.kind != "full":
-            self.pseudo_label_config()  # invalid overrides fail now, not after loading the data
-
-    @classmethod
-    def paper(cls, **overrides) -> "PwTrainConfig":
-        """The authors' recipe (their ``main.py``): ViT-B UNETR (instance norm), 96^3 crops at 1 mm, AdamW
-        1e-4, 4 crops per step (1 volume x 4 samples), half of them on the foreground, 3500 epochs of
-        their 10 volumes = 35 000 steps, 50 warm-up epochs = 500 steps, sliding-window overlap 0.5; K = 6
-        passes for validation."""
-        values = dict(model="paper", spacing_mm=(1.0, 1.0, 1.0), lr=1e-4, warmup_steps=500, epochs=350,
-                      steps_per_epoch=100, batch_size=4, val_passes=6, val_overlap=0.5, val_every=10,
-                      foreground_probability=0.5, background_in_lungs=0.5)
-        return cls(**{**values, **overrides})
-
-    def pseudo_label_config(self):
-        from wsnodule_core.pw4medseg.pseudo_labels import PseudoLabelConfig
-
-        try:
-            return PseudoLabelConfig(**self.pseudo_label)
-        except TypeError as error:
-            raise ModelConfigError(f"pseudo_label overrides {sorted(self.pseudo_label)}: {error}; use "
-                                   "PseudoLabelConfig's field names.") from error
-
-    def normalise(self, array: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-        return normalise_intensity(array, self.intensity, window=self.hu_window, percentiles=self.percentiles,
-                                   mask=mask)
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "model": self.model.to_dict(), "loss": self.loss.to_dict(),
-                "annotation": asdict(self.annotation), "crop_size": list(self.crop_size),
-                "spacing_mm": list(self.spacing_mm) if self.spacing_mm is not None else None,
-                "hu_window": list(self.hu_window), "percentiles": list(self.percentiles)}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "PwTrainConfig":
-        return config_from_dict(cls, data)
-
-
-PwTrainResult = RunResult  # the model is a ProbabilisticUNETR
-
-
-# --- targets ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class TrainingCase:
-    """One case ready for cropping, on the training grid: normalised ``image``, soft ``target`` and
-    ``confidence`` (float16 to halve their memory; None: the loss's own p / 1 - p), ``truth`` (ground
-    truth, bool), flat indices of the ``foreground`` (target > 0.5) and of the ``region`` (lungs) where
-    background crops are centred, and the value the image is padded with."""
-
-    case_id: str
-    image: np.ndarray
-    target: np.ndarray
-    confidence: np.ndarray | None
-    truth: np.ndarray
-    foreground: np.ndarray
-    region: np.ndarray
-    fill: float
-
-
-def simulate_annotations(case, spec: AnnotationSpec, seed: int):
-    """The sparse annotations of ``spec`` simulated from ``case``'s ground truth (its own grid)."""
-    from wsnodule_core.pw4medseg import annotations as ann
-
-    mask = case.mask
-    if spec.kind == "points":
-        return ann.simulate_points(mask, spec.n_points, seed=seed, n_background=spec.n_background_points)
-    if spec.kind == "boxes":
-        loose = spec.box == "loose"
-        return ann.simulate_boxes(mask, margin=spec.box_margin_mm if loose else 0.0,
-                                  jitter=spec.box_jitter_mm if loose else 0.0, seed=seed)
-    if spec.kind == "slices":
-        lungs = np.asarray(case.lungs, bool)
-        candidates = lungs.any(axis=(1, 2)) if lungs.any() else None
-        return ann.simulate_slices(mask, fraction=spec.slice_fraction, n_negative=spec.n_negative_slices,
-                                   negative_candidates=candidates, seed=seed)
-    raise ModelConfigError(f"annotation kind {spec.kind!r} has no simulation.")
-
-
-def case_target(case, config: PwTrainConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Probability and confidence maps (float32, the case's own grid) that ``config`` trains on."""
-    truth = np.asarray(case.mask.array) > 0
-    if config.annotation.kind == "full":
-        return truth.astype(np.float32), np.ones(truth.shape, np.float32)
-    from wsnodule_core.pw4medseg.pseudo_labels import pseudo_label
-
-    annotations = simulate_annotations(case, config.annotation, seed)
-    lungs = np.asarray(case.lungs, bool)
-    label = pseudo_label(case.image, annotations, config.pseudo_label_config(),
-                         lungs=lungs if lungs.any() else None)
-    return (np.asarray(label.probability, np.float32), np.asarray(label.confidence, np.float32))
-
-
-@dataclass(frozen=True, eq=False)
-class TargetCase:
-    """A training image with a ready target: e.g. a pseudo-label made from a user's own annotations.
-
-    ``probability`` (and ``confidence``, None: the loss's p / 1 - p; ``lungs``, None: crops anywhere)
-    lie on ``image``'s grid; ``mask`` (optional ground truth) is only used when the case validates.
-    The run's ``annotation`` setting does not apply to it: its target is used as given.
-    """
-
-    case_id: str
-    image: Volume
-    probability: np.ndarray
-    confidence: np.ndarray | None = None
-    lungs: np.ndarray | None = None
-    mask: Volume | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("probability", "confidence", "lungs"):
-            value = getattr(self, name)
-            if value is not None and np.shape(value) != self.image.shape:
-                raise TrainingDataError(f"case {self.case_id}: its {name} has shape {np.shape(value)}, the "
-                                        f"image {self.image.shape}; give maps on the image's grid.")
-        if self.mask is not None and not self.mask.same_geometry(self.image):
-            raise TrainingDataError(f"case {self.case_id}: the mask's geometry differs from the image's.")
-
-
-def prepare_case(case, config: PwTrainConfig, seed: int = 0) -> TrainingCase:
-    """A :class:`~wsnodule_core.data.cases.Case` (target made from ``config.annotation``) or a
-    :class:`TargetCase` (target as given) as a :class:`TrainingCase`, resampled to the training grid."""
-    given = isinstance(case, TargetCase)
-    if given:
-        probability, confidence = np.asarray(case.probability, np.float32), case.confidence
-    else:
-        probability, confidence = case_target(case, config, seed)
-    source = case.image
-    spacing = config.spacing_mm or source.spacing
-
-    def on_grid(array: np.ndarray, order: int) -> np.ndarray:
-        return resample_array(array, source.spacing, spacing, order=order)
-
-    lungs = np.zeros(source.shape, bool) if case.lungs is None else np.asarray(case.lungs, bool)
-    image = config.normalise(on_grid(source.array, 1))
-    truth_source = probability > 0.5 if case.mask is None else np.asarray(case.mask.array) > 0
-    truth = on_grid(truth_source, 0).astype(bool)
-    if config.annotation.kind == "full" and not given:  # the mask itself, resampled as a mask
-        target, conf = truth.astype(np.float32), np.ones(truth.shape, np.float32)
-    else:
-        target = np.clip(on_grid(probability, 1), 0.0, 1.0).astype(np.float32)
-        conf = (None if config.confidence == "loss" or confidence is None
-                else np.clip(on_grid(np.asarray(confidence, np.float32), 1), 0.0, 1.0).astype(np.float32))
-    region = on_grid(lungs, 0).astype(bool) if lungs.any() else np.ones(image.shape, bool)
-    if not region.any():
-        region = np.ones(image.shape, bool)
-    index = np.int32 if image.size < 2**31 else np.int64  # voxel lists dominate the memory of a case
-    return TrainingCase(str(case.case_id), image, target.astype(np.float16),
-                        conf.astype(np.float16) if conf is not None else None, truth,
-                        np.flatnonzero(target > 0.5).astype(index), np.flatnonzero(region).astype(index),
-                        float(image.min()))
-
-
-def _cases_of(data, split: str | None):
-    from wsnodule_core.data.dataset import Dataset, load_dataset
-
-    dataset = data if isinstance(data, Dataset) else load_dataset(data)
-    return list(dataset.cases(split))
-
-
-def _resolve_cases(data) -> tuple[list, list]:
-    """(training, validation) cases from a data set (folder or loaded), a list of cases or a pair of lists."""
-    from wsnodule_core.data.cases import Case
-    from wsnodule_core.data.dataset import Dataset
-
-    if isinstance(data, (str, os.PathLike, Dataset)):
-        return _cases_of(data, "train"), _cases_of(data, "val")
-    kinds = (Case, TargetCase)
-    if isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], kinds):
-        train, val = list(data[0]), list(data[1] or [])
-    else:
-        train, val = list(data), []
-    if not all(isinstance(c, kinds) for c in train + val):
-        raise TrainingDataError("give a data set folder, a list of Case (or TargetCase) objects or a "
-                                "(train, val) pair of such lists to train PW4MedSeg on.")
-    return train, val
 
 
 # --- batches -----------------------------------------------------------------------
@@ -558,24 +154,6 @@ def make_optimizer(model: torch.nn.Module, config: PwTrainConfig):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def load_pw4medseg(path: str | os.PathLike, device: str | torch.device | None = None
-                   ) -> tuple[ProbabilisticUNETR, PwTrainConfig]:
-    """The probabilistic UNETR of a checkpoint (``best.pt``/``last.pt`` or its run folder), in eval mode
-    on ``device`` (default the CPU), and the run's :class:`PwTrainConfig` (grid, normalisation, crop);
-    its ``threshold`` is the one chosen on the validation cases when the checkpoint recorded one."""
-    model, checkpoint = load_model(path, KIND, lambda c: ProbabilisticUNETR(PTransformerConfig.from_dict(
-        c.model_config)), "a PW4MedSeg model; give a checkpoint written by the PW4MedSeg training", device)
-    return model, checkpoint_config(checkpoint)
-
-
-def checkpoint_config(checkpoint) -> PwTrainConfig:
-    """The :class:`PwTrainConfig` of a loaded PW4MedSeg checkpoint, its ``threshold`` the one the run
-    chose on its validation cases when it recorded one."""
-    config = PwTrainConfig.from_dict(checkpoint.train_config)
-    chosen = checkpoint.raw.get("probability_threshold")
-    return config if chosen is None else replace(config, threshold=float(chosen))
-
-
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     total = int(a.sum()) + int(b.sum())
     return 1.0 if total == 0 else 2.0 * float(np.logical_and(a, b).sum()) / total
@@ -670,7 +248,7 @@ def _comparable(config: PwTrainConfig) -> dict:
 def _prepare(data, config: PwTrainConfig, say, progress, stop: Callable[[], bool]
              ) -> tuple[list[TrainingCase], list[TrainingCase]] | None:
     """The training and validation cases, targets made; None when ``stop()`` said so in between."""
-    train_cases, val_cases = _resolve_cases(data)
+    train_cases, val_cases = resolve_cases(data)
     if not train_cases:
         raise TrainingDataError("no training case: the train split is empty; build a data set with training "
                                 "cases (`wsnodule data ...`).")

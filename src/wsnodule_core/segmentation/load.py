@@ -17,7 +17,7 @@ def _kinds() -> dict[str, str]:
     from wsnodule_core.flow.train_prior import KIND as FLOW_PRIOR
     from wsnodule_core.nam.model3d import KIND_3D as NAM_3D
     from wsnodule_core.nam.model import KIND as NAM
-    from wsnodule_core.pw4medseg.train import KIND as PW
+    from wsnodule_core.pw4medseg.config import KIND as PW
 
     return {"nam": NAM, "nam3d": NAM_3D, "unet": UNET, "pw4medseg": PW, "flow_predictor": FLOW_PREDICTOR,
             "flow_prior": FLOW_PRIOR}
@@ -106,7 +106,7 @@ def load_model_of_kind(path: PathLike, kind: str, device: Any) -> tuple[Any, Any
 
         return load_unet(path, device)
     if kind == kinds["pw4medseg"]:
-        from wsnodule_core.pw4medseg.train import load_pw4medseg
+        from wsnodule_core.pw4medseg.config import load_pw4medseg
         from wsnodule_core.training.checkpoint import load_checkpoint
 
         model, config = load_pw4medseg(path, device)

@@ -14,6 +14,7 @@ import torch
 from monai.networks.nets import UNet
 
 from wsnodule_core.errors import ModelConfigError
+from wsnodule_core.image.window import NAM_WINDOW
 
 NORMS = ("batch", "instance", "none")
 
@@ -37,7 +38,7 @@ class UNetConfig:
     dropout: float = 0.0
     input_size: int = 384
     pixel_spacing_mm: float | None = None
-    window: tuple[float, float] = (-1200.0, 600.0)
+    window: tuple[float, float] = NAM_WINDOW
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))

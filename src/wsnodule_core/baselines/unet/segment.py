@@ -92,7 +92,7 @@ def segment_volume_unet(
     cancel
         Polled before each batch; True raises :class:`~wsnodule_core.errors.SegmentationCancelled`.
     """
-    from wsnodule_core.nam.model import normalize_ct_slice
+    from wsnodule_core.image.window import apply_window
 
     if not 0.0 < threshold < 1.0:
         raise NamSegmentationError(f"segment_volume_unet: threshold must lie in (0, 1), got {threshold}.")
@@ -121,7 +121,7 @@ def segment_volume_unet(
                                                 "nothing was returned. Run it again to get a result.")
                 stop = min(nz, start + batch_size)
                 hu = torch.as_tensor(np.asarray(source[start:stop], np.float32)).to(device)[:, None]
-                prob = model.probability(normalize_ct_slice(hu, config.window))
+                prob = model.probability(apply_window(hu, config.window))
                 probability[start:stop] = prob[:, 0].cpu().numpy()
                 if progress is not None:
                     progress(stop, nz)

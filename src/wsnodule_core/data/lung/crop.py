@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import SimpleITK as sitk
 
 from wsnodule_core.data.lung.segmentation import LungSegmentation
 from wsnodule_core.errors import GeometryMismatchError, LungSegmentationError
-from wsnodule_core.io.sitk_bridge import from_sitk, to_sitk
+from wsnodule_core.image.resample import Grid, resample_index_map, resample_to_grid
 from wsnodule_core.io.volume import Volume, check_mask_matches
 
 
@@ -101,13 +100,8 @@ def lung_crop(
         spacing = volume.spacing
     else:
         spacing = (volume.spacing[0], float(pixel_spacing_mm), float(pixel_spacing_mm))
-        reference = sitk.Image(size, size, volume.shape[0], sitk.sitkUInt8)
-        reference.SetSpacing((spacing[2], spacing[1], spacing[0]))
-        reference.SetOrigin(tuple(float(o) for o in origin))
-        reference.SetDirection(tuple(float(d) for d in volume.direction.ravel()))
-        image = sitk.Cast(to_sitk(volume), sitk.sitkFloat32)
-        resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, float(fill_hu))
-        array = from_sitk(resampled).array
+        grid = Grid((volume.shape[0], size, size), spacing, tuple(origin), volume.direction)
+        array = resample_to_grid(volume, grid, fill=float(fill_hu)).array
     origin_xyz = tuple(float(o) for o in origin)
     cropped = Volume(array, spacing, origin_xyz, volume.direction.copy(), volume.metadata)
     return CropResult(cropped, offset, scale, volume.shape)  # type: ignore[arg-type]
@@ -126,25 +120,6 @@ def _window(array: np.ndarray, offset: tuple[int, int], size: int, fill: float) 
     return out
 
 
-def _nearest(mapping: np.ndarray, n_in: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rounded input indices and which of them fall inside ``0..n_in-1``."""
-    index = np.floor(mapping + 0.5).astype(np.int64)
-    valid = (index >= 0) & (index < n_in)
-    return index, valid
-
-
-def _resample_plane(
-    array: np.ndarray, out_shape: tuple[int, int], map_y: np.ndarray, map_x: np.ndarray
-) -> np.ndarray:
-    """Nearest-neighbour sampling: output pixel (j, i) takes input pixel (map_y[j], map_x[i])."""
-    iy, vy = _nearest(map_y, array.shape[1])
-    ix, vx = _nearest(map_x, array.shape[2])
-    out = np.zeros((array.shape[0], *out_shape), dtype=bool)
-    source = array[:, iy[vy][:, None], ix[vx][None, :]]
-    out[:, np.flatnonzero(vy)[:, None], np.flatnonzero(vx)[None, :]] = source
-    return out
-
-
 def crop_mask(mask: np.ndarray | Volume, crop: CropResult) -> np.ndarray:
     """A mask on the source grid cut (and resampled, nearest neighbour) like the crop."""
     array = np.asarray(mask.array if isinstance(mask, Volume) else mask).astype(bool, copy=False)
@@ -153,10 +128,8 @@ def crop_mask(mask: np.ndarray | Volume, crop: CropResult) -> np.ndarray:
             f"crop_mask: the mask has shape {array.shape} but the crop was made from a volume of "
             f"shape {crop.source_shape}; give a mask on the source volume's grid."
         )
-    j = np.arange(crop.size, dtype=float)
-    map_y = (j + crop.offset_yx[0]) * crop.scale_yx[0]
-    map_x = (j + crop.offset_yx[1]) * crop.scale_yx[1]
-    return _resample_plane(array, (crop.size, crop.size), map_y, map_x)
+    return resample_index_map(array, (array.shape[0], crop.size, crop.size), (1.0, *crop.scale_yx),
+                              (0.0, *crop.offset_yx))
 
 
 def uncrop_mask(mask_crop: np.ndarray | Volume, crop_result: CropResult, reference: Volume) -> np.ndarray:
@@ -176,7 +149,5 @@ def uncrop_mask(mask_crop: np.ndarray | Volume, crop_result: CropResult, referen
             f"uncrop_mask: the reference volume has shape {reference.shape} but the crop was made "
             f"from a volume of shape {crop_result.source_shape}; give the crop's source volume."
         )
-    ny, nx = reference.shape[1:]
-    map_y = np.arange(ny, dtype=float) / crop_result.scale_yx[0] - crop_result.offset_yx[0]
-    map_x = np.arange(nx, dtype=float) / crop_result.scale_yx[1] - crop_result.offset_yx[1]
-    return _resample_plane(array, (ny, nx), map_y, map_x)
+    (sy, sx), (oy, ox) = crop_result.scale_yx, crop_result.offset_yx
+    return resample_index_map(array, reference.shape, (1.0, 1.0 / sy, 1.0 / sx), (0.0, -oy * sy, -ox * sx))
