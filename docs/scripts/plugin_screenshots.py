@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from napari_wsnodule.widgets.edit_export import EditExportWidget
-    from napari_wsnodule.widgets.flow import FlowGuidanceWidget
+    from napari_wsnodule.widgets.flow.dock import FlowGuidanceWidget
     from napari_wsnodule.widgets.load import LoadWidget
     from napari_wsnodule.widgets.model import ModelWidget
     from napari_wsnodule.widgets.nam import NamWidget
@@ -162,15 +162,15 @@ def main(argv: list[str] | None = None) -> int:
             for layer in viewer.layers:
                 layer.visible = layer is image
             flow = FlowGuidanceWidget(viewer)
-            flow.image_combo.select(image)
+            flow.inputs.image_combo.select(image)
             docks.append(viewer.window.add_dock_widget(flow, name="Flow guidance", area="right"))
-            flow.prior_edit.setText(prior)
-            flow.prior_load_button.click()
+            flow.models.prior_edit.setText(prior)
+            flow.models.prior_load_button.click()
             run_until(lambda: not flow.tasks.busy, 300)
-            flow.predictor_edit.setText(predictor)
-            flow.predictor_load_button.click()
+            flow.models.predictor_edit.setText(predictor)
+            flow.models.predictor_load_button.click()
             run_until(lambda: not flow.tasks.busy, 300)
-            flow.points_combo.select(points)
+            flow.inputs.points_combo.select(points)
             flow.run_button.click()
             run_until(lambda: not flow.tasks.busy and not flow.showing, 1800)
             if flow.last_error_text:
