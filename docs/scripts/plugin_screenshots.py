@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_wsnodule.widgets.load import LoadWidget
     from napari_wsnodule.widgets.model import ModelWidget
     from napari_wsnodule.widgets.nam import NamWidget
-    from napari_wsnodule.widgets.pw4medseg import Pw4MedSegWidget
+    from napari_wsnodule.widgets.pw4medseg.dock import Pw4MedSegWidget
 
     torch.set_num_threads(1)
     viewer = napari.Viewer(show=True, title="napari-wsnodule")
@@ -138,19 +138,19 @@ def main(argv: list[str] | None = None) -> int:
             layer.visible = layer is image
         centres = _nodule_centres(truth.data)
         pw = Pw4MedSegWidget(viewer)
-        pw.image_combo.select(image)
+        pw.annotations.image_combo.select(image)
         docks.append(viewer.window.add_dock_widget(pw, name="PW4MedSeg", area="right"))
-        points = pw.add_points_layer()
+        points = pw.annotations.add_points_layer()
         points.add(centres)
-        pw.pseudo_button.click()
+        pw.pseudo_label.pseudo_button.click()
         run_until(lambda: not pw.tasks.busy and not pw.showing, 600)
-        pw.epochs_spin.setValue(2)
-        pw.steps_spin.setValue(10)
-        pw.out_edit.setText(str(Path(tmp) / "pw4medseg-run"))
-        pw.train_button.click()
+        pw.training.epochs_spin.setValue(2)
+        pw.training.steps_spin.setValue(10)
+        pw.training.out_edit.setText(str(Path(tmp) / "pw4medseg-run"))
+        pw.training.train_button.click()
         run_until(lambda: not pw.tasks.busy, 1800)
-        pw.passes_spin.setValue(2)
-        pw.infer_button.click()
+        pw.inference.passes_spin.setValue(2)
+        pw.inference.infer_button.click()
         run_until(lambda: not pw.tasks.busy and not pw.showing, 1800)
         viewer.dims.set_point(0, image.data_to_world((int(centres[0][0]), 0, 0))[0])
         for layer in viewer.layers:  # a 20-step model is noise: show the pseudo-label it trained on
