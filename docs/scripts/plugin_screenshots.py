@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_wsnodule.widgets.edit_export import EditExportWidget
     from napari_wsnodule.widgets.flow.dock import FlowGuidanceWidget
     from napari_wsnodule.widgets.load import LoadWidget
-    from napari_wsnodule.widgets.model import ModelWidget
+    from napari_wsnodule.widgets.model.dock import ModelWidget
     from napari_wsnodule.widgets.nam import NamWidget
     from napari_wsnodule.widgets.pw4medseg.dock import Pw4MedSegWidget
 
@@ -92,15 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     shoot("load", load, "Load")
 
     model = ModelWidget(viewer)
-    model.source_combo.setCurrentIndex(model.source_combo.findData("layers"))
-    model.image_combo.select(image)
-    model.labels_combo.select(truth)
-    model.device_combo.setCurrentIndex(model.device_combo.findData("auto"))
-    model.epochs_spin.setValue(args.epochs)
+    model.training.source_combo.setCurrentIndex(model.training.source_combo.findData("layers"))
+    model.training.image_combo.select(image)
+    model.training.labels_combo.select(truth)
+    model.device.device_combo.setCurrentIndex(model.device.device_combo.findData("auto"))
+    model.training.epochs_spin.setValue(args.epochs)
     with tempfile.TemporaryDirectory() as tmp:
-        model.out_edit.setText(str(Path(tmp) / "phantom-run"))
+        model.training.out_edit.setText(str(Path(tmp) / "phantom-run"))
         docks.append(viewer.window.add_dock_widget(model, name="Model", area="right"))
-        model.train_button.click()
+        model.training.train_button.click()
         run_until(lambda: not model.tasks.busy, 1800)
         if model.tasks.last_outcome != "done":
             raise SystemExit(f"training did not finish: {model.tasks.last_outcome}, {model.last_error_text}")
