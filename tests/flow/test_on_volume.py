@@ -11,8 +11,13 @@ import torch
 from wsnodule_core.errors import FlowProtocolError, PatchCentreError
 from wsnodule_core.flow.attribution import ThresholdRule
 from wsnodule_core.flow.guidance import GuidanceConfig, difference_mask
-from wsnodule_core.flow.on_volume import (check_inside, cut_patch, guide_at_points, paste_on_grid,
-                                          patch_protocol)
+from wsnodule_core.flow.on_volume import (
+    check_inside,
+    cut_patch,
+    guide_at_points,
+    paste_on_grid,
+    patch_protocol,
+)
 from wsnodule_core.flow.patches import PatchConfig
 from wsnodule_core.flow.predictors import PredictorConfig, build_predictor
 from wsnodule_core.flow.rectified_flow import SamplingCancelled
@@ -37,7 +42,8 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def models():
     config = PriorTrainConfig(model=TINY, spacing_mm=SPACING_MM, device="cpu", seed=3)
-    return build_prior_model(config).eval(), config, build_predictor(PredictorConfig(channels=(4, 8)), seed=1).eval()
+    predictor = build_predictor(PredictorConfig(channels=(4, 8)), seed=1).eval()
+    return build_prior_model(config).eval(), config, predictor
 
 
 def chest(shape=(24, 40, 40)) -> Volume:
@@ -89,7 +95,8 @@ def test_guidance_at_points_matches_its_parts_and_pastes_onto_the_ct(models):
     np.testing.assert_array_equal(result.masks, difference_mask(result.difference, None, rule, floor=20.0))
     assert result.masks.any()
 
-    # the CT-grid maps: the CT's geometry; each CT voxel in the mask has its nearest patch voxel in a patch mask
+    # the CT-grid maps have the CT's geometry; each CT voxel in the mask has its nearest patch voxel in a
+    # patch mask
     assert result.mask.same_geometry(volume) and result.difference_map.same_geometry(volume)
     assert result.mask.array.dtype == np.uint8 and result.difference_map.array.dtype == np.float32
     on_ct = np.argwhere(result.mask.array > 0)
@@ -120,7 +127,8 @@ def test_a_later_patch_does_not_erase_an_earlier_one():
     volume = chest()
     first, second = (cut_patch(volume, volume.index_to_world(c), 8, 2.0) for c in ((12.0, 20.0, 20.0),
                                                                                   (12.0, 22.0, 22.0)))
-    full, empty = first.with_array(np.ones(first.shape, np.uint8)), second.with_array(np.zeros(second.shape, np.uint8))
+    full = first.with_array(np.ones(first.shape, np.uint8))
+    empty = second.with_array(np.zeros(second.shape, np.uint8))
     alone = paste_on_grid([full], volume, interpolator="nearest", combine=np.maximum, dtype=np.uint8)
     both = paste_on_grid([full, empty], volume, interpolator="nearest", combine=np.maximum, dtype=np.uint8)
     assert alone.array.sum() > 0 and np.array_equal(alone.array, both.array)

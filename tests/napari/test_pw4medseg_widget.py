@@ -11,8 +11,12 @@ import pytest
 
 from napari_wsnodule._geometry import volume_of_layer
 from napari_wsnodule._layers import GENERATED_KEY, SOURCE_KEY, add_volume_layer
-from napari_wsnodule.widgets._annotation_layers import (MARKS_KEY, annotations_from_layers, boxes_from_layer,
-                                                        points_from_layer)
+from napari_wsnodule.widgets._annotation_layers import (
+    MARKS_KEY,
+    annotations_from_layers,
+    boxes_from_layer,
+    points_from_layer,
+)
 from napari_wsnodule.widgets.pw4medseg.annotations_panel import NO_ANNOTATIONS, NO_CT
 from napari_wsnodule.widgets.pw4medseg.dock import Pw4MedSegWidget
 from wsnodule_core.io.volume import Volume

@@ -17,8 +17,8 @@ from wsnodule_core.pw4medseg.train import PwTrainConfig, checkpoint_config
 from wsnodule_core.pw4medseg.volume_training import train_on_volume, training_case
 from wsnodule_core.training.callbacks import TrainCallbacks
 
-TINY = PTransformerConfig.compact(img_size=(16, 16, 16), hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32,
-                                  feature_size=4)
+TINY = PTransformerConfig.compact(img_size=(16, 16, 16), hidden_size=16, num_layers=1, num_heads=2,
+                                  mlp_dim=32, feature_size=4)
 
 
 @pytest.fixture(autouse=True)

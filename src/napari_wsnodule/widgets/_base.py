@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import napari
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QComboBox, QGroupBox, QLabel, QVBoxLayout, QWidget
 
+import napari
 from napari_wsnodule._session import PluginSession, session_for
 from napari_wsnodule._tasks import TaskPanel
 

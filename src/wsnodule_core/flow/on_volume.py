@@ -60,8 +60,9 @@ def patch_protocol(prior_config: Any, patch_config: Any) -> tuple[int, float]:
            "spacing_mm={m})) or a prior trained on the predictor's.")
     if prior_config.intensity_range != "unit":
         raise FlowProtocolError(
-            f"the prior works in the {prior_config.intensity_range!r} range {intensity_bounds(prior_config)}, "
-            "the patch predictors take [0, 1]; load a prior trained with intensity_range='unit'.")
+            f"the prior works in the {prior_config.intensity_range!r} range "
+            f"{intensity_bounds(prior_config)}, the patch predictors take [0, 1]; load a prior trained with "
+            "intensity_range='unit'.")
     if patch_config is not None:
         if int(patch_config.size) != size:
             raise FlowProtocolError(f"the prior makes {size}³ patches, the predictor was trained on "
@@ -122,8 +123,8 @@ def paste_on_grid(patches: Sequence[Volume], reference: Volume, *, interpolator:
     for patch in patches:
         if not np.allclose(patch.direction, reference.direction, atol=1e-6):
             raise PatchCentreError("a patch does not share the CT's direction; cut it with cut_patch.")
-        corners = np.array([[z, y, x] for z in (-0.5, patch.shape[0] - 0.5) for y in (-0.5, patch.shape[1] - 0.5)
-                            for x in (-0.5, patch.shape[2] - 0.5)], float)
+        ends = [(-0.5, n - 0.5) for n in patch.shape]
+        corners = np.array([[z, y, x] for z in ends[0] for y in ends[1] for x in ends[2]], float)
         index = reference.world_to_index(patch.index_to_world(corners))
         low = np.clip(np.floor(index.min(axis=0)).astype(int), 0, upper)
         high = np.clip(np.ceil(index.max(axis=0)).astype(int), 0, upper)
@@ -210,8 +211,8 @@ def guide_at_points(volume: Volume, centres_xyz: np.ndarray, velocity_model: Any
     hu = np.stack([np.asarray(p.array, np.float32) for p in patches])
     x = torch.from_numpy(np.asarray(prior_config.to_model(hu), np.float32))[:, None].to(device)
     result = guide(velocity_model, net, x, config, keep_trajectory=True, cancel=cancel, progress=progress)
-    masks = np.asarray(difference_mask(result.difference, lung_crops, rule, floor=float(floor_hu) / hu_per_unit),
-                       bool)
+    floor = float(floor_hu) / hu_per_unit  # HU -> the prior's intensity units
+    masks = np.asarray(difference_mask(result.difference, lung_crops, rule, floor=floor), bool)
     to_hu = prior_config.to_hu
     states = torch.stack(result.trajectory.states, dim=1)[:, :, 0]  # (B, T, s, s, s)
     difference = (result.difference[:, 0].numpy() * hu_per_unit).astype(np.float32)

@@ -16,8 +16,14 @@ import numpy as np
 
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.pw4medseg.pseudo_labels import PseudoLabel
-from wsnodule_core.pw4medseg.train import (PwTrainConfig, PwTrainResult, TargetCase, checkpoint_config,
-                                           load_pw4medseg, train_pw4medseg)
+from wsnodule_core.pw4medseg.train import (
+    PwTrainConfig,
+    PwTrainResult,
+    TargetCase,
+    checkpoint_config,
+    load_pw4medseg,
+    train_pw4medseg,
+)
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
 from wsnodule_core.training.checkpoint import Checkpoint, load_checkpoint
 from wsnodule_core.training.device import DeviceChoice, choose_device
@@ -28,7 +34,8 @@ Cancel = Callable[[], bool]
 
 @dataclass(frozen=True, eq=False)
 class VolumeTrainingResult:
-    """The run on one CT and, unless it was cancelled, its model loaded from ``best.pt`` (else ``last.pt``)."""
+    """The run on one CT and, unless it was cancelled, its model loaded from ``best.pt`` (else
+    ``last.pt``)."""
 
     run: PwTrainResult
     device: DeviceChoice
@@ -57,7 +64,8 @@ def training_case(volume: Volume, label: PseudoLabel, lungs: np.ndarray | None =
         The case id of the run's records.
     """
     return TargetCase(name, volume, np.asarray(label.probability, np.float32),
-                      np.asarray(label.confidence, np.float32), None if lungs is None else np.asarray(lungs, bool))
+                      np.asarray(label.confidence, np.float32),
+                      None if lungs is None else np.asarray(lungs, bool))
 
 
 def train_on_volume(volume: Volume, label: PseudoLabel, out_dir: str | os.PathLike, config: PwTrainConfig, *,
@@ -94,7 +102,8 @@ def train_on_volume(volume: Volume, label: PseudoLabel, out_dir: str | os.PathLi
     callbacks = as_callbacks(callbacks)
     if cancel is not None:
         should_stop = callbacks.should_stop
-        callbacks = TrainCallbacks(callbacks.on_step, callbacks.on_epoch, lambda: bool(cancel()) or should_stop())
+        callbacks = TrainCallbacks(callbacks.on_step, callbacks.on_epoch,
+                                   lambda: bool(cancel()) or should_stop())
     device = choose_device(config.device)
     run = train_pw4medseg([training_case(volume, label, lungs, name)], out_dir, config, callbacks,
                           progress=progress)

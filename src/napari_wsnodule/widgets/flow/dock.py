@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import napari
 import numpy as np
 from qtpy.QtWidgets import QLabel, QPushButton, QWidget
 
+import napari
 from napari_wsnodule._geometry import mask_volume, volume_of_layer
 from napari_wsnodule._tasks import TaskReporter
 from napari_wsnodule.widgets._base import WsnoduleWidget
@@ -79,7 +79,8 @@ class FlowGuidanceWidget(WsnoduleWidget):
             self.error(NO_PREDICTOR)
             return
         if self.showing:
-            self.info("The previous results are still being added to the viewer; press Run again in a moment.")
+            self.info("The previous results are still being added to the viewer; press Run again in a "
+                      "moment.")
             return
         lungs_layer = self.inputs.lungs_combo.layer()
         try:

@@ -14,8 +14,14 @@ class GuidancePanel(Panel):
     """t0, start, steps, integrator, K, rule, scale, normalisation, reference, seed, mixed precision."""
 
     def __init__(self, dock: WsnoduleWidget) -> None:
-        from wsnodule_core.flow.guidance import (METHODS, NORMALISATIONS, REFERENCES, RULES, STARTS,
-                                                 GuidanceConfig)
+        from wsnodule_core.flow.guidance import (
+            METHODS,
+            NORMALISATIONS,
+            REFERENCES,
+            RULES,
+            STARTS,
+            GuidanceConfig,
+        )
 
         super().__init__("Guidance", dock)
         d = GuidanceConfig()

@@ -1,13 +1,14 @@
-"""The flow widget's input panel: the CT, the patch centres (a Points layer or the viewer's position), lungs."""
+"""The flow widget's input panel: the CT, the patch centres (a Points layer or the viewer's position), the
+lungs."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import napari
 import numpy as np
 from qtpy.QtWidgets import QFormLayout
 
+import napari
 from napari_wsnodule.widgets._base import LayerPicker, Panel, WsnoduleWidget
 from napari_wsnodule.widgets._view import camera_of
 from wsnodule_core.errors import PatchCentreError

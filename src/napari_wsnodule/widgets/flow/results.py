@@ -11,9 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import napari
 import numpy as np
 
+import napari
 from napari_wsnodule._geometry import VOLUME_KEY, layer_geometry
 from napari_wsnodule._layers import GENERATED_KEY, SOURCE_KEY, add_volume_layer, unique_layer_name
 from wsnodule_core.flow.on_volume import FlowVolumeResult
@@ -46,7 +46,8 @@ def trajectory_geometry(patch: Volume) -> dict[str, Any]:
 
 
 def layer_steps(viewer: napari.Viewer, run: FlowRun) -> list[tuple[Any, Callable[[], Any]]]:
-    """``((patch, key), make)`` steps adding the run's layers, then ``(CT_MASK, make)`` for the CT-grid mask."""
+    """``((patch, key), make)`` steps adding the run's layers, then ``(CT_MASK, make)`` for the CT-grid
+    mask."""
     result, source = run.result, run.source
     base = source.name
     n = len(result.patches)
@@ -62,13 +63,15 @@ def layer_steps(viewer: napari.Viewer, run: FlowRun) -> list[tuple[Any, Callable
             ((i, "difference"), _bind(show_image, viewer, diff, f"{base}: flow difference{tag}", source,
                                       "flow:difference", colormap="inferno", blending="additive", opacity=0.7,
                                       contrast_limits=(0.0, top if top > 0 else 1.0))),
-            ((i, "trajectory"), _bind(show_trajectory, viewer, run, i, f"{base}: flow trajectory{tag}", limits)),
+            ((i, "trajectory"), _bind(show_trajectory, viewer, run, i, f"{base}: flow trajectory{tag}",
+                                      limits)),
             # the mask is a result to correct: always a new layer
             ((i, "mask"), _bind(add_volume_layer, viewer, patch.with_array(result.masks[i].astype(np.int32)),
                                 "labels", f"{base}: flow mask{tag}", source=source, generated="flow:mask")),
         ]
-    steps.append((CT_MASK, _bind(add_volume_layer, viewer, result.mask.with_array(result.mask.array.astype(np.int32)),
-                                 "labels", f"{base}: flow mask (CT grid)", source=source, generated="flow:ct_mask")))
+    ct_mask = result.mask.with_array(result.mask.array.astype(np.int32))
+    steps.append((CT_MASK, _bind(add_volume_layer, viewer, ct_mask, "labels", f"{base}: flow mask (CT grid)",
+                                 source=source, generated="flow:ct_mask")))
     return steps
 
 
@@ -92,7 +95,8 @@ def summary_text(run: FlowRun, layers: list[dict[str, Any]], ct_mask: Any) -> st
                      f"{result.p_after[i]:.3f}; mask {voxels} voxels ({ml:.2f} mL) in "
                      f"'{layers[i]['mask'].name}'.")
     voxels = int(np.count_nonzero(result.mask.array))
-    lines.append(f"On the CT's grid: {voxels} voxels ({voxels * result.mask.voxel_volume_mm3 / 1000.0:.2f} mL) in "
+    ml = voxels * result.mask.voxel_volume_mm3 / 1000.0
+    lines.append(f"On the CT's grid: {voxels} voxels ({ml:.2f} mL) in "
                  f"'{ct_mask.name}' (export it like any mask).")
     c = result.config
     lines.append(f"{c.n_steps} steps from t0 = {c.t0:g}, K = {c.guided_steps} guided ({c.rule}), on "
@@ -112,7 +116,8 @@ def find_image(viewer: napari.Viewer, generated: str, source: Any, patch: Volume
     return None
 
 
-def show_image(viewer: napari.Viewer, volume: Volume, name: str, source: Any, generated: str, **kwargs: Any) -> Any:
+def show_image(viewer: napari.Viewer, volume: Volume, name: str, source: Any, generated: str,
+               **kwargs: Any) -> Any:
     layer = find_image(viewer, generated, source, volume, volume.shape)
     if layer is not None:
         layer.data = volume.array
@@ -125,7 +130,8 @@ def show_image(viewer: napari.Viewer, volume: Volume, name: str, source: Any, ge
     return layer
 
 
-def show_trajectory(viewer: napari.Viewer, run: FlowRun, i: int, name: str, limits: tuple[float, float]) -> Any:
+def show_trajectory(viewer: napari.Viewer, run: FlowRun, i: int, name: str,
+                    limits: tuple[float, float]) -> Any:
     result = run.result
     patch, data = result.patches[i], result.trajectory[i]
     metadata = {PATCH_KEY: patch, TIMES_KEY: result.times, SOURCE_KEY: run.source,

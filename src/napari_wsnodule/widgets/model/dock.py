@@ -7,9 +7,9 @@ where the NAM widget finds them.
 
 from __future__ import annotations
 
-import napari
 from qtpy.QtWidgets import QWidget
 
+import napari
 from napari_wsnodule._warm_up import warm_up_torch_in_background
 from napari_wsnodule.widgets._base import WsnoduleWidget
 from napari_wsnodule.widgets.model.device_panel import DevicePanel

@@ -5,8 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qtpy.QtWidgets import (QAbstractItemView, QFileDialog, QHeaderView, QLabel, QLineEdit, QPushButton,
-                            QTableWidget, QTableWidgetItem, QVBoxLayout)
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+)
 
 from napari_wsnodule._session import LoadedModel
 from napari_wsnodule._tasks import TaskReporter

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import napari
 import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QFormLayout, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout
 
+import napari
 from napari_wsnodule._geometry import layer_geometry, mask_volume, volume_of_layer
 from napari_wsnodule._layers import unique_layer_name
-from napari_wsnodule.widgets._annotation_layers import MARKS_KEY, annotations_from_layers, current_slice, marks_of
+from napari_wsnodule.widgets._annotation_layers import (
+    MARKS_KEY,
+    annotations_from_layers,
+    current_slice,
+    marks_of,
+)
 from napari_wsnodule.widgets._base import LayerPicker, Panel, WsnoduleWidget
 from napari_wsnodule.widgets._controls import hbox
 from napari_wsnodule.widgets._view import row_of

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import napari
 from qtpy.QtWidgets import QLabel, QWidget
 
+import napari
 from napari_wsnodule._layers import show_map
 from napari_wsnodule._warm_up import warm_up_torch_in_background
 from napari_wsnodule.widgets._base import WsnoduleWidget

@@ -13,8 +13,13 @@ from napari_wsnodule.widgets._base import Panel
 from wsnodule_core.errors import LungSegmentationError
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.pw4medseg.annotations import SparseAnnotations
-from wsnodule_core.pw4medseg.pseudo_labels import (BOX_DESIGNS, SLICE_DESIGNS, PseudoLabel, PseudoLabelConfig,
-                                                   pseudo_label)
+from wsnodule_core.pw4medseg.pseudo_labels import (
+    BOX_DESIGNS,
+    SLICE_DESIGNS,
+    PseudoLabel,
+    PseudoLabelConfig,
+    pseudo_label,
+)
 
 if TYPE_CHECKING:
     from napari_wsnodule.widgets.pw4medseg.dock import Pw4MedSegWidget
