@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari
     import torch
 
-    from napari_wsnodule.widgets.model import ModelWidget
+    from napari_wsnodule.widgets.model.dock import ModelWidget
     from napari_wsnodule.widgets.nam import NamWidget
 
     torch.set_num_threads(args.threads)
@@ -55,27 +55,27 @@ def main(argv: list[str] | None = None) -> int:
     opened = time.perf_counter()
     model_widget = ModelWidget(viewer)
     viewer.window.add_dock_widget(model_widget, name="Model")
-    model_widget.source_combo.setCurrentIndex(model_widget.source_combo.findData("layers"))
-    model_widget.image_combo.select(image)
-    model_widget.labels_combo.select(labels)
-    model_widget.device_combo.setCurrentIndex(model_widget.device_combo.findData("cpu"))
-    model_widget.epochs_spin.setValue(args.epochs)
+    model_widget.training.source_combo.setCurrentIndex(model_widget.training.source_combo.findData("layers"))
+    model_widget.training.image_combo.select(image)
+    model_widget.training.labels_combo.select(labels)
+    model_widget.device.device_combo.setCurrentIndex(model_widget.device.device_combo.findData("cpu"))
+    model_widget.training.epochs_spin.setValue(args.epochs)
     with tempfile.TemporaryDirectory() as tmp:
-        model_widget.out_edit.setText(str(Path(tmp) / "run"))
+        model_widget.training.out_edit.setText(str(Path(tmp) / "run"))
         _settle(5.0)  # the user picks the settings while torch's warm-up import runs
         meter.stop()
         rows.append(_row("opening the Model widget, then 5 s idle (torch warm-up import)",
                          time.perf_counter() - opened, meter.summary()))
         meter.start("training")
-        model_widget.train_button.click()
+        model_widget.training.train_button.click()
         seconds = run_until(lambda: not model_widget.tasks.busy, 900)
         meter.stop()
         assert model_widget.tasks.last_outcome == "done", model_widget.tasks.last_outcome
         rows.append(_row(f"training, {args.epochs} epochs (Model widget)", seconds, meter.summary()))
 
-        model_widget.out_edit.setText(str(Path(tmp) / "cancelled"))
+        model_widget.training.out_edit.setText(str(Path(tmp) / "cancelled"))
         meter.start("training, cancelled")
-        model_widget.train_button.click()
+        model_widget.training.train_button.click()
         started = time.perf_counter()
         _settle(4.0)
         cancel_at = time.perf_counter()

@@ -61,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from napari_wsnodule.widgets.edit_export import EditExportWidget
-    from napari_wsnodule.widgets.flow import FlowGuidanceWidget
+    from napari_wsnodule.widgets.flow.dock import FlowGuidanceWidget
     from napari_wsnodule.widgets.load import LoadWidget
-    from napari_wsnodule.widgets.model import ModelWidget
+    from napari_wsnodule.widgets.model.dock import ModelWidget
     from napari_wsnodule.widgets.nam import NamWidget
-    from napari_wsnodule.widgets.pw4medseg import Pw4MedSegWidget
+    from napari_wsnodule.widgets.pw4medseg.dock import Pw4MedSegWidget
 
     torch.set_num_threads(1)
     viewer = napari.Viewer(show=True, title="napari-wsnodule")
@@ -92,15 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     shoot("load", load, "Load")
 
     model = ModelWidget(viewer)
-    model.source_combo.setCurrentIndex(model.source_combo.findData("layers"))
-    model.image_combo.select(image)
-    model.labels_combo.select(truth)
-    model.device_combo.setCurrentIndex(model.device_combo.findData("auto"))
-    model.epochs_spin.setValue(args.epochs)
+    model.training.source_combo.setCurrentIndex(model.training.source_combo.findData("layers"))
+    model.training.image_combo.select(image)
+    model.training.labels_combo.select(truth)
+    model.device.device_combo.setCurrentIndex(model.device.device_combo.findData("auto"))
+    model.training.epochs_spin.setValue(args.epochs)
     with tempfile.TemporaryDirectory() as tmp:
-        model.out_edit.setText(str(Path(tmp) / "phantom-run"))
+        model.training.out_edit.setText(str(Path(tmp) / "phantom-run"))
         docks.append(viewer.window.add_dock_widget(model, name="Model", area="right"))
-        model.train_button.click()
+        model.training.train_button.click()
         run_until(lambda: not model.tasks.busy, 1800)
         if model.tasks.last_outcome != "done":
             raise SystemExit(f"training did not finish: {model.tasks.last_outcome}, {model.last_error_text}")
@@ -138,19 +138,19 @@ def main(argv: list[str] | None = None) -> int:
             layer.visible = layer is image
         centres = _nodule_centres(truth.data)
         pw = Pw4MedSegWidget(viewer)
-        pw.image_combo.select(image)
+        pw.annotations.image_combo.select(image)
         docks.append(viewer.window.add_dock_widget(pw, name="PW4MedSeg", area="right"))
-        points = pw.add_points_layer()
+        points = pw.annotations.add_points_layer()
         points.add(centres)
-        pw.pseudo_button.click()
+        pw.pseudo_label.pseudo_button.click()
         run_until(lambda: not pw.tasks.busy and not pw.showing, 600)
-        pw.epochs_spin.setValue(2)
-        pw.steps_spin.setValue(10)
-        pw.out_edit.setText(str(Path(tmp) / "pw4medseg-run"))
-        pw.train_button.click()
+        pw.training.epochs_spin.setValue(2)
+        pw.training.steps_spin.setValue(10)
+        pw.training.out_edit.setText(str(Path(tmp) / "pw4medseg-run"))
+        pw.training.train_button.click()
         run_until(lambda: not pw.tasks.busy, 1800)
-        pw.passes_spin.setValue(2)
-        pw.infer_button.click()
+        pw.inference.passes_spin.setValue(2)
+        pw.inference.infer_button.click()
         run_until(lambda: not pw.tasks.busy and not pw.showing, 1800)
         viewer.dims.set_point(0, image.data_to_world((int(centres[0][0]), 0, 0))[0])
         for layer in viewer.layers:  # a 20-step model is noise: show the pseudo-label it trained on
@@ -162,15 +162,15 @@ def main(argv: list[str] | None = None) -> int:
             for layer in viewer.layers:
                 layer.visible = layer is image
             flow = FlowGuidanceWidget(viewer)
-            flow.image_combo.select(image)
+            flow.inputs.image_combo.select(image)
             docks.append(viewer.window.add_dock_widget(flow, name="Flow guidance", area="right"))
-            flow.prior_edit.setText(prior)
-            flow.prior_load_button.click()
+            flow.models.prior_edit.setText(prior)
+            flow.models.prior_load_button.click()
             run_until(lambda: not flow.tasks.busy, 300)
-            flow.predictor_edit.setText(predictor)
-            flow.predictor_load_button.click()
+            flow.models.predictor_edit.setText(predictor)
+            flow.models.predictor_load_button.click()
             run_until(lambda: not flow.tasks.busy, 300)
-            flow.points_combo.select(points)
+            flow.inputs.points_combo.select(points)
             flow.run_button.click()
             run_until(lambda: not flow.tasks.busy and not flow.showing, 1800)
             if flow.last_error_text:

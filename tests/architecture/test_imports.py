@@ -1,7 +1,8 @@
 """The layers of docs/architecture.md, checked on the source: no upward import, no sibling method
 imported by another, nothing outside cli/ importing the command line, and no import cycle.
 
-Every ``import`` statement counts, also those inside functions (a lazy import is still a dependency).
+Every ``import`` statement counts, also those inside functions (a lazy import is still a dependency),
+except those under ``if TYPE_CHECKING:`` (annotations only, never run).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -53,6 +54,20 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
             if len(submodules) < len(node.names):  # names from the module itself, not only its submodules
                 found.add(target)
     return {m for m in found if m in modules and m != name}
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` outside ``if TYPE_CHECKING:`` blocks."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            test = child.test if isinstance(child, ast.If) else None
+            if test is not None and "TYPE_CHECKING" in ast.unparse(test):
+                todo.extend(child.orelse)
+                continue
+            todo.append(child)
 
 
 def project_graph() -> dict[str, set[str]]:

@@ -11,8 +11,9 @@ import torch
 from napari_wsnodule._geometry import layer_geometry, volume_of_layer
 from napari_wsnodule._layers import GENERATED_KEY, SOURCE_KEY, add_volume_layer
 from napari_wsnodule.widgets._view import camera_of, jump_to
-from napari_wsnodule.widgets.flow import (NO_CT, NO_PREDICTOR, NO_PRIOR, TIME_AXIS_LABEL, FlowGuidanceWidget,
-                                          load_flow_predictor, load_flow_prior)
+from napari_wsnodule.widgets.flow.dock import NO_CT, NO_PREDICTOR, NO_PRIOR, FlowGuidanceWidget
+from napari_wsnodule.widgets.flow.models_panel import load_flow_predictor, load_flow_prior
+from napari_wsnodule.widgets.flow.results import TIME_AXIS_LABEL
 from wsnodule_core.flow.attribution import ThresholdRule
 from wsnodule_core.flow.guidance import difference_mask
 from wsnodule_core.flow.patches import PatchConfig
@@ -72,9 +73,9 @@ def chest(direction=FLIPS, shape=(24, 40, 40)) -> Volume:
 @pytest.fixture
 def errors(monkeypatch):
     shown: list[str] = []
-    monkeypatch.setattr("napari_wsnodule.widgets.flow.show_error", shown.append)
+    monkeypatch.setattr("napari_wsnodule.widgets._base.show_error", shown.append)
     monkeypatch.setattr("napari_wsnodule._tasks.show_error", shown.append)
-    monkeypatch.setattr("napari_wsnodule.widgets.flow.show_info", lambda text: None)
+    monkeypatch.setattr("napari_wsnodule.widgets._base.show_info", lambda text: None)
     return shown
 
 
@@ -87,10 +88,10 @@ def _setup(make_napari_viewer, checkpoints=None, volume=None, with_ct=True):
         ct = add_volume_layer(viewer, volume if volume is not None else chest(), "image", "ct")
     if checkpoints is not None:  # loaded directly: the Load buttons are tested once
         cpu = choose_device("cpu")
-        widget._prior_loaded(load_flow_prior(checkpoints["prior"], cpu))
-        widget._predictor_loaded(load_flow_predictor(checkpoints["predictor"], cpu))
-    widget.steps_spin.setValue(4)
-    widget.guided_spin.setValue(2)
+        widget.models.prior_loaded(load_flow_prior(checkpoints["prior"], cpu))
+        widget.models.predictor_loaded(load_flow_predictor(checkpoints["predictor"], cpu))
+    widget.guidance.steps_spin.setValue(4)
+    widget.guidance.guided_spin.setValue(2)
     return viewer, widget, ct
 
 
@@ -105,31 +106,31 @@ def _generated(viewer, what):
 def test_patches_overlay_the_ct_and_land_on_its_source(make_napari_viewer, qtbot, checkpoints, errors):
     volume = chest()
     viewer, widget, ct = _setup(make_napari_viewer, volume=volume)
-    widget.device_combo.setCurrentIndex(1)  # CPU
-    widget.prior_edit.setText(str(checkpoints["prior"].parent))  # the run folder
-    widget.prior_load_button.click()
+    widget.models.device_combo.setCurrentIndex(1)  # CPU
+    widget.models.prior_edit.setText(str(checkpoints["prior"].parent))  # the run folder
+    widget.models.prior_load_button.click()
     _wait(qtbot, widget)
-    widget.predictor_edit.setText(str(checkpoints["predictor"]))
-    widget.predictor_load_button.click()
+    widget.models.predictor_edit.setText(str(checkpoints["predictor"]))
+    widget.models.predictor_load_button.click()
     _wait(qtbot, widget)
-    assert errors == [] and widget.prior is not None and widget.predictor is not None
-    assert "last.pt: 16³ voxels at 2 mm" in widget.models_label.text()
-    assert "⚠" not in widget.models_label.text()
+    assert errors == [] and widget.models.prior is not None and widget.models.predictor is not None
+    assert "last.pt: 16³ voxels at 2 mm" in widget.models.models_label.text()
+    assert "⚠" not in widget.models.models_label.text()
 
     points_zyx = np.array([[12.0, 20.0, 20.0], [8.0, 14.0, 25.0]])  # CT voxel indices
     points = viewer.add_points(points_zyx, ndim=3, name="centres", **layer_geometry(volume))
-    widget.points_combo.select(points)
-    widget.image_combo.select(ct)
+    widget.inputs.points_combo.select(points)
+    widget.inputs.image_combo.select(ct)
     widget.run_button.click()
     # the user opens another image and selects it while the task runs
     other = viewer.add_image(np.zeros((4, 8, 8), np.float32), name="other", scale=(1, 2, 3))
-    widget.image_combo.select(other)
+    widget.inputs.image_combo.select(other)
     viewer.layers.selection.active = other
     _wait(qtbot, widget)
     assert widget.tasks.last_outcome == "done" and errors == []
 
-    run = widget.last_run
-    assert run.source is ct and len(run.patches) == 2
+    run = widget.last_run.result
+    assert widget.last_run.source is ct and len(run.patches) == 2
     kinds = ("flow:counterfactual", "flow:difference", "flow:trajectory", "flow:mask")
     for kind in kinds:
         made = _generated(viewer, kind)
@@ -163,7 +164,13 @@ def test_patches_overlay_the_ct_and_land_on_its_source(make_napari_viewer, qtbot
         np.testing.assert_allclose(np.clip(trajectory.data[-1], -1000, 1000), cf, atol=1e-2)
         assert not np.allclose(trajectory.data[0], trajectory.data[-1])
     assert viewer.dims.axis_labels[0] == TIME_AXIS_LABEL
-    assert len(run.times) == 5 and run.times[0] == pytest.approx(widget.t0_spin.value()) and run.times[-1] == 0.0
+    # the union of the patch masks on the CT's own grid: a Labels layer with the CT's geometry, to export
+    ct_masks = _generated(viewer, "flow:ct_mask")
+    assert ct_masks == [widget.last_ct_mask] and ct_masks[0].metadata[SOURCE_KEY] is ct
+    assert ct_masks[0].__class__.__name__ == "Labels" and volume_of_layer(ct_masks[0]).same_geometry(volume)
+    np.testing.assert_array_equal(np.asarray(ct_masks[0].data) > 0, run.mask.array > 0)
+    assert "flow mask (CT grid)" in ct_masks[0].name and ct_masks[0].name in widget.summary_label.text()
+    assert len(run.times) == 5 and run.times[0] == pytest.approx(widget.guidance.t0_spin.value()) and run.times[-1] == 0.0
     text = widget.summary_label.text()
     assert f"{run.p_before[0]:.3f} → {run.p_after[0]:.3f}" in text and "Patch 2" in text
 
@@ -172,16 +179,16 @@ def test_patches_overlay_the_ct_and_land_on_its_source(make_napari_viewer, qtbot
     first_mask.data_setitem((np.array([0]), np.array([0]), np.array([0])), 7)
     edited = np.asarray(first_mask.data).copy()
     cf_layer = widget.last_layers[0]["counterfactual"]
-    widget.image_combo.select(ct)
-    widget.scale_spin.setValue(3.0)
-    widget.rule_combo.setCurrentText("x0")
-    widget.start_combo.setCurrentText("noise")
-    widget.threshold_combo.setCurrentText("otsu")
-    widget.floor_spin.setValue(20.0)
+    widget.inputs.image_combo.select(ct)
+    widget.guidance.scale_spin.setValue(3.0)
+    widget.guidance.rule_combo.setCurrentText("x0")
+    widget.guidance.start_combo.setCurrentText("noise")
+    widget.mask.threshold_combo.setCurrentText("otsu")
+    widget.mask.floor_spin.setValue(20.0)
     widget.run_button.click()
     _wait(qtbot, widget)
     assert widget.tasks.last_outcome == "done" and errors == []
-    run = widget.last_run
+    run = widget.last_run.result
     c = run.config
     assert (c.scale, c.rule, c.start, c.guided_steps, c.n_steps) == (3.0, "x0", "noise", 2, 4)
     # the mask is the otsu rule on the difference after the 20 HU floor (the rules are scale-invariant)
@@ -191,7 +198,7 @@ def test_patches_overlay_the_ct_and_land_on_its_source(make_napari_viewer, qtbot
     assert len(_generated(viewer, "flow:counterfactual")) == 2
     assert widget.last_layers[0]["counterfactual"] is cf_layer
     assert len(_generated(viewer, "flow:trajectory")) == 2
-    assert len(_generated(viewer, "flow:mask")) == 4
+    assert len(_generated(viewer, "flow:mask")) == 4 and len(_generated(viewer, "flow:ct_mask")) == 2
     np.testing.assert_array_equal(first_mask.data, edited)
 
 
@@ -206,7 +213,7 @@ def test_viewer_position_is_the_centre_and_outside_points_are_refused(make_napar
     _wait(qtbot, widget)
     assert widget.tasks.last_outcome == "done" and errors == []
     centre = np.asarray(ct.data_to_world(index))
-    np.testing.assert_allclose(widget.last_run.centres_xyz[0], centre[::-1], atol=1e-6)
+    np.testing.assert_allclose(widget.last_run.result.centres_xyz[0], centre[::-1], atol=1e-6)
     layer = widget.last_layers[0]["difference"]
     np.testing.assert_allclose(layer.scale, [SPACING_MM] * 3)  # scale and translate, no affine
     np.testing.assert_allclose(layer.affine.affine_matrix, np.eye(4))
@@ -216,38 +223,40 @@ def test_viewer_position_is_the_centre_and_outside_points_are_refused(make_napar
     def ct_x_of_mask(run):
         return [volume.world_to_index(run.patches[0].index_to_world(v))[2] for v in np.argwhere(run.masks[0])]
 
-    assert max(ct_x_of_mask(widget.last_run)) > 14  # without lungs the mask reaches beyond them
+    assert max(ct_x_of_mask(widget.last_run.result)) > 14  # without lungs the mask reaches beyond them
     lungs = np.zeros(volume.shape, np.int32)
     lungs[:, :, :14] = 1
     lungs_layer = add_volume_layer(viewer, volume.with_array(lungs), "labels", "lungs")
-    widget.lungs_combo.select(lungs_layer)
+    widget.inputs.lungs_combo.select(lungs_layer)
     widget.run_button.click()
     _wait(qtbot, widget)
     assert widget.tasks.last_outcome == "done" and errors == []
     mask_layer = widget.last_layers[0]["mask"]
-    np.testing.assert_array_equal(np.asarray(mask_layer.data) > 0, widget.last_run.masks[0])
-    assert widget.last_run.masks[0].any() and len(_generated(viewer, "flow:mask")) == 2
-    assert max(ct_x_of_mask(widget.last_run)) < 13.5 + 1e-6  # nearest-neighbour lung crop: in lung voxels
-    widget.lungs_combo.select(None)
+    np.testing.assert_array_equal(np.asarray(mask_layer.data) > 0, widget.last_run.result.masks[0])
+    assert widget.last_run.result.masks[0].any() and len(_generated(viewer, "flow:mask")) == 2
+    assert max(ct_x_of_mask(widget.last_run.result)) < 13.5 + 1e-6  # nearest-neighbour lung crop: in lung voxels
+    on_ct = np.argwhere(np.asarray(widget.last_ct_mask.data) > 0)
+    assert len(on_ct) and on_ct[:, 2].max() <= 14  # the CT-grid mask stays within a voxel of the lungs
+    widget.inputs.lungs_combo.select(None)
 
     # a point outside the CT: explained, nothing run, nothing added
     before = len(viewer.layers)
     points = viewer.add_points(np.array([[12.0, 20.0, 20.0], [12.0, 20.0, 60.0]]), ndim=3,
                                **layer_geometry(volume))
-    widget.points_combo.select(points)
+    widget.inputs.points_combo.select(points)
     widget.run_button.click()
     assert "point 2" in errors[-1] and "outside 'ct'" in errors[-1] and "onto the CT" in errors[-1]
     assert not widget.tasks.busy and len(viewer.layers) == before + 1
     # an empty points layer says what to do
     empty = viewer.add_points(np.empty((0, 3)), ndim=3, name="empty")
-    widget.points_combo.select(empty)
+    widget.inputs.points_combo.select(empty)
     widget.run_button.click()
     assert "has no points" in errors[-1]
 
 
 def test_cancel_adds_nothing(make_napari_viewer, qtbot, checkpoints, errors):
     viewer, widget, ct = _setup(make_napari_viewer, checkpoints)
-    widget.steps_spin.setValue(40)
+    widget.guidance.steps_spin.setValue(40)
     jump_to(viewer, ct, (12, 20, 20))
     before = len(viewer.layers)
     widget.run_button.click()
@@ -267,20 +276,20 @@ def test_missing_inputs_and_mismatched_models_are_explained(make_napari_viewer, 
     widget.run_button.click()
     assert errors[-1] == NO_PRIOR and "Load" in NO_PRIOR
     cpu = choose_device("cpu")
-    widget._prior_loaded(load_flow_prior(checkpoints["prior"], cpu))
+    widget.models.prior_loaded(load_flow_prior(checkpoints["prior"], cpu))
     widget.run_button.click()
     assert errors[-1] == NO_PREDICTOR
-    widget._predictor_loaded(load_flow_predictor(checkpoints["other"], cpu))
-    assert "⚠" in widget.models_label.text()
+    widget.models.predictor_loaded(load_flow_predictor(checkpoints["other"], cpu))
+    assert "⚠" in widget.models.models_label.text()
     widget.run_button.click()
     assert "16³ patches" in errors[-1] and "trained on 32³" in errors[-1]
     assert "PatchConfig(size=16" in errors[-1]
-    widget.prior_edit.setText(str(checkpoints["prior"].parent / "missing.pt"))
-    widget.prior_load_button.click()
+    widget.models.prior_edit.setText(str(checkpoints["prior"].parent / "missing.pt"))
+    widget.models.prior_load_button.click()
     assert "no such file" in errors[-1]
-    widget._predictor_loaded(load_flow_predictor(checkpoints["predictor"], cpu))
-    widget.steps_spin.setValue(3)
-    widget.guided_spin.setValue(5)  # more guided steps than steps
+    widget.models.predictor_loaded(load_flow_predictor(checkpoints["predictor"], cpu))
+    widget.guidance.steps_spin.setValue(3)
+    widget.guidance.guided_spin.setValue(5)  # more guided steps than steps
     widget.run_button.click()
     assert "guided_steps" in errors[-1]
     assert not widget.tasks.busy and widget.last_run is None

@@ -11,9 +11,14 @@ import pytest
 
 from napari_wsnodule._geometry import volume_of_layer
 from napari_wsnodule._layers import GENERATED_KEY, SOURCE_KEY, add_volume_layer
-from napari_wsnodule.widgets._annotation_layers import (MARKS_KEY, annotations_from_layers, boxes_from_layer,
-                                                        points_from_layer)
-from napari_wsnodule.widgets.pw4medseg import NO_ANNOTATIONS, NO_CT, Pw4MedSegWidget
+from napari_wsnodule.widgets._annotation_layers import (
+    MARKS_KEY,
+    annotations_from_layers,
+    boxes_from_layer,
+    points_from_layer,
+)
+from napari_wsnodule.widgets.pw4medseg.annotations_panel import NO_ANNOTATIONS, NO_CT
+from napari_wsnodule.widgets.pw4medseg.dock import Pw4MedSegWidget
 from wsnodule_core.io.volume import Volume
 
 pytestmark = pytest.mark.gui
@@ -46,9 +51,9 @@ def napari_world(volume: Volume, index_zyx) -> np.ndarray:
 @pytest.fixture
 def errors(monkeypatch):
     shown: list[str] = []
-    monkeypatch.setattr("napari_wsnodule.widgets.pw4medseg.show_error", shown.append)
+    monkeypatch.setattr("napari_wsnodule.widgets._base.show_error", shown.append)
     monkeypatch.setattr("napari_wsnodule._tasks.show_error", shown.append)
-    monkeypatch.setattr("napari_wsnodule.widgets.pw4medseg.show_info", lambda text: None)
+    monkeypatch.setattr("napari_wsnodule.widgets._base.show_info", lambda text: None)
     return shown
 
 
@@ -59,7 +64,7 @@ def _setup(make_napari_viewer, with_ct: bool = True):
     volume = chest()
     ct = add_volume_layer(viewer, volume, "image", "ct") if with_ct else None
     if ct is not None:
-        widget.image_combo.select(ct)
+        widget.annotations.image_combo.select(ct)
     return viewer, widget, ct, volume
 
 
@@ -90,8 +95,8 @@ def test_points_in_world_coordinates_become_the_ct_voxels(make_napari_viewer):
     assert all(s.label_array().tolist() == [1] * len(s.points) for s in sets)
 
     # the widget's own points layer has the CT's geometry: its data are the voxel indices, shown in place
-    layer = widget.add_points_layer()
-    assert widget.points_combo.layer() is layer and layer.mode == "add"
+    layer = widget.annotations.add_points_layer()
+    assert widget.annotations.points_combo.layer() is layer and layer.mode == "add"
     layer.add(indices[:3])
     np.testing.assert_allclose(layer.data_to_world(indices[0]), world[0], atol=1e-6)
     [one] = points_from_layer(layer, volume)
@@ -109,8 +114,8 @@ def _covered(lo_edge: float, hi_edge: float, n: int) -> list[int]:
 
 def test_a_rectangle_on_slice_z_is_a_2d_box_covering_the_drawn_pixels(make_napari_viewer):
     viewer, widget, ct, volume = _setup(make_napari_viewer)
-    layer = widget.add_boxes_layer()
-    assert widget.boxes_combo.layer() is layer and layer.mode == "add_rectangle"
+    layer = widget.annotations.add_boxes_layer()
+    assert widget.annotations.boxes_combo.layer() is layer and layer.mode == "add_rectangle"
     z, (y0, x0), (y1, x1) = 6, (40.2, 41.7), (55.6, 58.1)
     layer.add_rectangles(np.array([[z, y0, x0], [z, y0, x1], [z, y1, x1], [z, y1, x0]]))
     [box] = boxes_from_layer(layer, volume)
@@ -134,13 +139,13 @@ def test_a_rectangle_on_slice_z_is_a_2d_box_covering_the_drawn_pixels(make_napar
 
 def test_pseudo_label_maps_have_the_ct_geometry_and_peak_at_the_points(make_napari_viewer, qtbot, errors):
     viewer, widget, ct, volume = _setup(make_napari_viewer)
-    points = widget.add_points_layer()
+    points = widget.annotations.add_points_layer()
     clicks = np.array([[6, 47, 49], [6, 49, 51], [5, 48, 50], [7, 48, 50]], float)
     points.add(clicks)
-    widget.pseudo_button.click()
+    widget.pseudo_label.pseudo_button.click()
     # the user opens another image and selects it while the task runs
     other = viewer.add_image(np.zeros((4, 8, 8), np.float32), name="other")
-    widget.image_combo.select(other)
+    widget.annotations.image_combo.select(other)
     viewer.layers.selection.active = other
     _wait(qtbot, widget)
     assert errors == [] and widget.tasks.last_outcome == "done"
@@ -160,8 +165,8 @@ def test_pseudo_label_maps_have_the_ct_geometry_and_peak_at_the_points(make_napa
 
     # a second pseudo-label of the same CT refreshes the maps in place (more points, new values)
     points.add(np.array([[6, 48, 100]], float))  # a second nodule, 35 mm away
-    widget.image_combo.select(ct)
-    widget.pseudo_button.click()
+    widget.annotations.image_combo.select(ct)
+    widget.pseudo_label.pseudo_button.click()
     _wait(qtbot, widget)
     assert _generated(viewer, "pw4medseg:pseudo_probability") == [prob]
     assert np.asarray(prob.data)[6, 48, 100] > 0.99 and p[6, 48, 100] < 0.01
@@ -169,74 +174,74 @@ def test_pseudo_label_maps_have_the_ct_geometry_and_peak_at_the_points(make_napa
 
 def test_marked_slices_follow_the_viewer_and_belong_to_the_ct(make_napari_viewer, errors):
     viewer, widget, ct, volume = _setup(make_napari_viewer)
-    for z, button in ((4, widget.mark_nodule_button), (9, widget.mark_empty_button),
-                      (5, widget.mark_nodule_button)):
+    for z, button in ((4, widget.annotations.mark_nodule_button), (9, widget.annotations.mark_empty_button),
+                      (5, widget.annotations.mark_nodule_button)):
         # the world z of slice z is not z: spacing 2.5, origin and a flipped z axis
         viewer.dims.set_point(0, napari_world(volume, (z, 0, 0))[0])
         button.click()
     assert errors == []
     assert ct.metadata[MARKS_KEY] == {4: True, 9: False, 5: True}
-    assert [widget.marks_list.item(i).text() for i in range(widget.marks_list.count())] == [
+    assert [widget.annotations.marks_list.item(i).text() for i in range(widget.annotations.marks_list.count())] == [
         "slice 4: nodule", "slice 5: nodule", "slice 9: no nodule"]
     annotations = annotations_from_layers(volume, marks=ct.metadata[MARKS_KEY])
     assert annotations.slices.positive == (4, 5) and annotations.slices.negative == (9,)
 
-    widget.marks_list.item(0).setSelected(True)
-    widget.remove_mark_button.click()
+    widget.annotations.marks_list.item(0).setSelected(True)
+    widget.annotations.remove_mark_button.click()
     assert ct.metadata[MARKS_KEY] == {9: False, 5: True}
     # marks belong to their CT: another CT lists none of them
     other = add_volume_layer(viewer, chest(seed=1), "image", "ct 2")
-    widget.image_combo.select(other)
-    assert widget.marks_list.count() == 0
-    widget.image_combo.select(ct)
-    assert widget.marks_list.count() == 2
+    widget.annotations.image_combo.select(other)
+    assert widget.annotations.marks_list.count() == 0
+    widget.annotations.image_combo.select(ct)
+    assert widget.annotations.marks_list.count() == 2
     # a mark needs the 2D axial view
     viewer.dims.ndisplay = 3
-    widget.mark_nodule_button.click()
+    widget.annotations.mark_nodule_button.click()
     assert errors and "2D view" in errors[-1]
 
 
 def test_errors_say_what_to_do(make_napari_viewer, qtbot, errors, tmp_path):
     viewer, widget, ct, volume = _setup(make_napari_viewer, with_ct=False)
-    for button in (widget.pseudo_button, widget.add_points_button, widget.train_button, widget.infer_button):
+    for button in (widget.pseudo_label.pseudo_button, widget.annotations.add_points_button, widget.training.train_button, widget.inference.infer_button):
         button.click()
     assert errors == [NO_CT] * 4
 
     ct = add_volume_layer(viewer, volume, "image", "ct")
-    widget.image_combo.select(ct)
+    widget.annotations.image_combo.select(ct)
     errors.clear()
-    widget.pseudo_button.click()
+    widget.pseudo_label.pseudo_button.click()
     assert errors == [NO_ANNOTATIONS] and not widget.tasks.busy
 
-    points = widget.add_points_layer()
+    points = widget.annotations.add_points_layer()
     points.add(np.array([[6, 48, 50], [6, 48, 300]], float))  # the second is beyond the CT's 112 columns
-    widget.pseudo_button.click()
+    widget.pseudo_label.pseudo_button.click()
     assert "outside the CT" in errors[-1] and "point 1" in errors[-1] and not widget.tasks.busy
     points.data = points.data[:1]
 
-    widget.out_edit.setText(str(tmp_path / "run"))
-    widget.train_button.click()
+    widget.training.out_edit.setText(str(tmp_path / "run"))
+    widget.training.train_button.click()
     assert "Make pseudo-label" in errors[-1]
     (tmp_path / "held").mkdir()
     (tmp_path / "held" / "last.pt").write_bytes(b"")
-    widget.out_edit.setText(str(tmp_path / "held"))
-    widget.train_button.click()
+    widget.training.out_edit.setText(str(tmp_path / "held"))
+    widget.training.train_button.click()
     assert "already holds last.pt" in errors[-1] and "nothing was overwritten" in errors[-1]
-    widget.out_edit.setText("")
-    widget.train_button.click()
+    widget.training.out_edit.setText("")
+    widget.training.train_button.click()
     assert "output folder" in errors[-1]
 
-    widget.infer_button.click()
+    widget.inference.infer_button.click()
     assert "No PW4MedSeg model" in errors[-1]
-    widget.load_button.click()
+    widget.inference.load_button.click()
     assert "best.pt" in errors[-1]
 
     # annotations changed after the pseudo-label: Train asks for a new one
-    widget.pseudo_button.click()
+    widget.pseudo_label.pseudo_button.click()
     _wait(qtbot, widget)
     points.add(np.array([[6, 70, 50]], float))
-    widget.out_edit.setText(str(tmp_path / "run"))
-    widget.train_button.click()
+    widget.training.out_edit.setText(str(tmp_path / "run"))
+    widget.training.train_button.click()
     assert "changed since" in errors[-1] and not widget.tasks.busy
 
 
@@ -252,35 +257,35 @@ def test_train_then_infer_lands_on_the_ct_picked_at_start(make_napari_viewer, qt
 
     torch.set_num_threads(1)
     viewer, widget, ct, volume = _setup(make_napari_viewer)
-    widget.add_points_layer().add(np.array([[6, 47, 49], [6, 49, 51], [5, 48, 50], [7, 48, 50]], float))
-    widget.pseudo_button.click()
+    widget.annotations.add_points_layer().add(np.array([[6, 47, 49], [6, 49, 51], [5, 48, 50], [7, 48, 50]], float))
+    widget.pseudo_label.pseudo_button.click()
     _wait(qtbot, widget)
     tiny = PTransformerConfig.compact(img_size=(16, 16, 16), hidden_size=16, num_layers=1, num_heads=2,
                                       mlp_dim=32, feature_size=4)
-    widget.train_overrides = {"model": tiny, "batch_size": 1, "warmup_steps": 0, "spacing_mm": (2.5, 2.0, 2.0)}
-    widget.epochs_spin.setValue(1)
-    widget.steps_spin.setValue(2)
-    widget.device_combo.setCurrentIndex(widget.device_combo.findData("cpu"))
-    assert widget.device_label.text() == "Using: cpu"
+    widget.training.train_overrides = {"model": tiny, "batch_size": 1, "warmup_steps": 0, "spacing_mm": (2.5, 2.0, 2.0)}
+    widget.training.epochs_spin.setValue(1)
+    widget.training.steps_spin.setValue(2)
+    widget.training.device_combo.setCurrentIndex(widget.training.device_combo.findData("cpu"))
+    assert widget.training.device_label.text() == "Using: cpu"
     out = tmp_path / "run"
-    widget.out_edit.setText(str(out))
-    widget.train_button.click()
+    widget.training.out_edit.setText(str(out))
+    widget.training.train_button.click()
     _wait(qtbot, widget)
     assert errors == [] and widget.tasks.last_outcome == "done"
-    assert (out / "last.pt").is_file() and len(widget.loss_plot.values) == 2
-    model = widget.selected_model()
+    assert (out / "last.pt").is_file() and len(widget.training.loss_plot.values) == 2
+    model = widget.inference.selected_model()
     assert model is not None and model.kind == "pw4medseg" and model.path.parent == out
-    assert "Trained 1 epoch" in widget.run_label.text()
+    assert "Trained 1 epoch" in widget.training.run_label.text()
 
     # a second Train into the same folder is refused: the run is kept
-    widget.train_button.click()
+    widget.training.train_button.click()
     assert "already holds" in errors[-1]
     errors.clear()
 
-    widget.passes_spin.setValue(2)
-    widget.infer_button.click()
+    widget.inference.passes_spin.setValue(2)
+    widget.inference.infer_button.click()
     other = viewer.add_image(np.zeros((4, 8, 8), np.float32), name="other")
-    widget.image_combo.select(other)
+    widget.annotations.image_combo.select(other)
     viewer.layers.selection.active = other
     _wait(qtbot, widget)
     assert errors == [] and widget.tasks.last_outcome == "done"
@@ -295,8 +300,8 @@ def test_train_then_infer_lands_on_the_ct_picked_at_start(make_napari_viewer, qt
     np.testing.assert_array_equal(np.asarray(mask.data) > 0, p >= 0.5)
 
     # inferring again refreshes the maps and adds a new mask (the first may have been corrected)
-    widget.image_combo.select(ct)
-    widget.infer_button.click()
+    widget.annotations.image_combo.select(ct)
+    widget.inference.infer_button.click()
     _wait(qtbot, widget)
     assert _generated(viewer, "pw4medseg:probability") == [prob]
     assert len(_generated(viewer, "pw4medseg:mask")) == 2
@@ -310,38 +315,26 @@ def test_cancel_keeps_last_pt_and_load_brings_a_run_back(make_napari_viewer, qtb
 
     torch.set_num_threads(1)
     viewer, widget, ct, volume = _setup(make_napari_viewer)
-    widget.add_points_layer().add(np.array([[6, 48, 50]], float))
-    widget.pseudo_button.click()
+    widget.annotations.add_points_layer().add(np.array([[6, 48, 50]], float))
+    widget.pseudo_label.pseudo_button.click()
     _wait(qtbot, widget)
     tiny = PTransformerConfig.compact(img_size=(16, 16, 16), hidden_size=16, num_layers=1, num_heads=2,
                                       mlp_dim=32, feature_size=4)
-    widget.train_overrides = {"model": tiny, "batch_size": 1, "warmup_steps": 0, "device": "cpu"}
-    widget.epochs_spin.setValue(5)
-    widget.steps_spin.setValue(1000)
+    widget.training.train_overrides = {"model": tiny, "batch_size": 1, "warmup_steps": 0, "device": "cpu"}
+    widget.training.epochs_spin.setValue(5)
+    widget.training.steps_spin.setValue(1000)
     out = tmp_path / "run"
-    widget.out_edit.setText(str(out))
-    widget.train_button.click()
-    qtbot.waitUntil(lambda: len(widget.loss_plot.values) >= 1, timeout=WAIT_MS)
+    widget.training.out_edit.setText(str(out))
+    widget.training.train_button.click()
+    qtbot.waitUntil(lambda: len(widget.training.loss_plot.values) >= 1, timeout=WAIT_MS)
     widget.tasks.cancel_button.click()
     _wait(qtbot, widget)
     assert errors == [] and widget.tasks.last_outcome == "cancelled"
-    assert (out / "last.pt").is_file() and "kept" in widget.run_label.text()
-    assert widget.model_combo.count() == 0  # a cancelled run adds no model
+    assert (out / "last.pt").is_file() and "kept" in widget.training.run_label.text()
+    assert widget.inference.model_combo.count() == 0  # a cancelled run adds no model
 
-    widget.checkpoint_edit.setText(str(out / "last.pt"))
-    widget.load_button.click()
+    widget.inference.checkpoint_edit.setText(str(out / "last.pt"))
+    widget.inference.load_button.click()
     _wait(qtbot, widget)
-    assert errors == [] and widget.selected_model() is not None
-    assert widget.selected_model().path == out / "last.pt"
-
-
-def test_inference_uses_the_threshold_the_run_chose_on_validation():
-    from types import SimpleNamespace
-
-    from napari_wsnodule.widgets.pw4medseg import model_config
-    from wsnodule_core.pw4medseg.config import PwTrainConfig
-
-    saved = PwTrainConfig(device="cpu").to_dict()
-    tuned = SimpleNamespace(checkpoint=SimpleNamespace(train_config=saved, raw={"probability_threshold": 0.8}))
-    untuned = SimpleNamespace(checkpoint=SimpleNamespace(train_config=saved, raw={}))
-    assert model_config(tuned).threshold == 0.8 and model_config(untuned).threshold == 0.5
+    assert errors == [] and widget.inference.selected_model() is not None
+    assert widget.inference.selected_model().path == out / "last.pt"

@@ -1,19 +1,21 @@
 """What every wsnodule dock widget has: the viewer, the viewer's session, a task panel, layer pickers.
 
-A new widget (flow guidance, sparse annotations, ...) subclasses :class:`WsnoduleWidget`, builds
-its controls in ``__init__``, adds ``self.tasks`` where its progress should show, and runs heavy
-work with ``self.tasks.run(name, fn, on_result)``: ``fn(reporter)`` runs in a thread worker and
-must only touch numpy/torch objects, ``on_result`` runs on the main thread and adds the layers.
-Then it is listed in ``napari.yaml`` (a command and a widget entry).
+A new widget (flow guidance, sparse annotations, ...) subclasses :class:`WsnoduleWidget` and
+composes one :class:`Panel` per stage (a titled box of that stage's controls, in a short module
+of its own), adds ``self.tasks`` where its progress should show, and runs heavy work with
+``self.tasks.run(name, fn, on_result)``: ``fn(reporter)`` runs in a thread worker and must only
+touch numpy/torch objects (the method itself lives in ``wsnodule_core``), ``on_result`` runs on the
+main thread and adds the layers. Then it is listed in ``napari.yaml`` (a command and a widget entry).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import napari
-from qtpy.QtWidgets import QComboBox, QLabel, QVBoxLayout, QWidget
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QComboBox, QGroupBox, QLabel, QVBoxLayout, QWidget
 
+import napari
 from napari_wsnodule._session import PluginSession, session_for
 from napari_wsnodule._tasks import TaskPanel
 
@@ -72,13 +74,46 @@ class WsnoduleWidget(QWidget):
         self.viewer = napari_viewer
         self.session: PluginSession = session_for(napari_viewer)
         self.tasks = TaskPanel(self)
+        self.last_error_text: str | None = None
         self.setLayout(QVBoxLayout())
+
+    def error(self, text: str) -> None:
+        """Show ``text`` as an error (and keep it in ``last_error_text``)."""
+        self.last_error_text = text
+        show_error(text)
+
+    def info(self, text: str) -> None:
+        show_info(text)
 
     def image_picker(self, **kwargs: Any) -> LayerPicker:
         return LayerPicker(self.viewer, (napari.layers.Image,), **kwargs)
 
     def labels_picker(self, **kwargs: Any) -> LayerPicker:
         return LayerPicker(self.viewer, (napari.layers.Labels,), **kwargs)
+
+
+class Panel(QGroupBox):
+    """One stage of a dock widget: a titled box of controls that runs its work through the dock's tasks
+    and reports errors through the dock."""
+
+    def __init__(self, title: str, dock: WsnoduleWidget) -> None:
+        super().__init__(title)
+        self.dock = dock
+
+    @property
+    def viewer(self) -> napari.Viewer:
+        return self.dock.viewer
+
+    @property
+    def session(self) -> PluginSession:
+        return self.dock.session
+
+    @property
+    def tasks(self) -> TaskPanel:
+        return self.dock.tasks
+
+    def error(self, text: str) -> None:
+        self.dock.error(text)
 
 
 def device_text(preference: str) -> str:

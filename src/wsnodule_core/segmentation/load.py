@@ -149,7 +149,12 @@ def segmenter_for_model(kind: str, model: Any, checkpoint: Any, *, name: str | N
     if kind == kinds["pw4medseg"]:
         from wsnodule_core.segmentation.pw4medseg import PwSegmenter
 
-        config = checkpoint[0] if isinstance(checkpoint, tuple) else checkpoint
+        from wsnodule_core.pw4medseg.config import checkpoint_config
+
+        if isinstance(checkpoint, tuple):  # (config, checkpoint) as load_model_of_kind gives
+            config = checkpoint[0]
+        else:  # a Checkpoint, e.g. of a model the plugin holds
+            config = checkpoint_config(checkpoint) if hasattr(checkpoint, "train_config") else checkpoint
         segmenter = PwSegmenter(model, config, name=name or f"PW4MedSeg ({config.annotation.describe()})")
         return segmenter.with_options(**options) if options else segmenter
     if kind == kinds["flow_predictor"]:

@@ -1,0 +1,1 @@
+"""The flow-guidance dock widget (:mod:`.dock`) and its panels: input, models, guidance, mask; results."""

@@ -1,0 +1,1 @@
+"""The Model dock widget (:mod:`.dock`) and its panels: device, training, models."""

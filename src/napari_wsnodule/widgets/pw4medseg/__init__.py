@@ -1,0 +1,1 @@
+"""The PW4MedSeg dock widget (:mod:`.dock`) and its panels: annotations, pseudo-label, training, inference."""
