@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from wsnodule_core.baselines.blob_filter import BlobFilterConfig, segment_blobs
-from wsnodule_core.data.dataset import build_dataset, load_dataset
+from wsnodule_core.data.builders import build_dataset
+from wsnodule_core.data.dataset import load_dataset
 from wsnodule_core.evaluation import NamSegmenter, evaluate_dataset
 from wsnodule_core.nam.recipes import get_recipe
 from wsnodule_core.nam.slices import slices_from_dataset

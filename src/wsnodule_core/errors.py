@@ -128,6 +128,13 @@ class InvalidDatasetError(WsnoduleError, ValueError):
     """A data-set folder or its dataset.json is missing, of another version, or incomplete."""
 
 
+# --- data sets and their builders ---------------------------------------------
+
+
+class BuildCancelled(WsnoduleError):
+    """A data-set build was cancelled through its ``cancel`` callback."""
+
+
 # --- models and training ----------------------------------------------------
 
 
