@@ -18,7 +18,7 @@ import numpy as np
 
 from wsnodule_core.data.cases import Case
 from wsnodule_core.data.insertion import NoduleRecord
-from wsnodule_core.errors import InvalidDatasetError
+from wsnodule_core.errors import InvalidDatasetError, UnknownSplitError
 
 FORMAT = "wsnodule-dataset"
 FORMAT_VERSION = 1
@@ -100,7 +100,7 @@ class Dataset:
 
     def entries(self, split: str | None = None) -> list[dict]:
         if split is not None and split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+            raise UnknownSplitError(f"unknown split {split!r}; give one of {SPLITS}, or None for every case.")
         return [e for e in self.info["cases"] if split is None or e["split"] == split]
 
     def __len__(self) -> int:

@@ -16,7 +16,7 @@ from wsnodule_core.data.dataset import SPLITS, case_entry
 from wsnodule_core.data.insertion import PLACEMENTS, is_resolvable
 from wsnodule_core.data.nodule_shape import NoduleShape
 from wsnodule_core.data.presets import SIZE_PRESETS
-from wsnodule_core.errors import BuildCancelled, WsnoduleError
+from wsnodule_core.errors import BuildCancelled, DatasetBuildError
 from wsnodule_core.io.volume import Volume
 
 
@@ -92,12 +92,24 @@ def build_dataset(
 
     out = Path(out_dir)
     if source not in ("phantom", "hybrid"):
-        raise ValueError(f"source must be 'phantom' or 'hybrid', got {source!r}")
-    lo, hi = (int(v) for v in nodules_per_case)
+        raise DatasetBuildError(
+            f"unknown data-set source {source!r}: build_dataset makes 'phantom' or 'hybrid' sets; for "
+            "LIDC-IDRI or LUNA16 use build_lidc_dataset or build_luna16_dataset."
+        )
+    try:
+        lo, hi = (int(v) for v in nodules_per_case)
+    except (TypeError, ValueError) as error:
+        raise DatasetBuildError(
+            f"nodules_per_case must be two whole numbers (min, max), got {nodules_per_case!r}; e.g. (0, 3)."
+        ) from error
     if not 0 <= lo <= hi:
-        raise ValueError(f"nodules_per_case must be (min, max) with 0 <= min <= max, got {nodules_per_case}")
+        raise DatasetBuildError(
+            f"nodules_per_case must be an inclusive range (min, max) with 0 <= min <= max, got "
+            f"{tuple(nodules_per_case)}; e.g. (0, 3) (--nodules 0 3)."
+        )
     if n_cases < 1:
-        raise ValueError(f"n_cases must be at least 1, got {n_cases}")
+        raise DatasetBuildError(f"n_cases must be at least 1, got {n_cases}; ask for one case or more "
+                                "(--cases N).")
     check_out_dir(out, overwrite)
     rng = np.random.default_rng(seed)
 
@@ -106,7 +118,8 @@ def build_dataset(
     if source == "phantom":
         if shape is None or spacing is None:
             if size not in SIZE_PRESETS:
-                raise ValueError(f"unknown size {size!r}; use one of {sorted(SIZE_PRESETS)}")
+                raise DatasetBuildError(f"unknown phantom size preset {size!r}; use one of "
+                                        f"{sorted(SIZE_PRESETS)}, or give both shape and spacing.")
             shape, spacing = shape or SIZE_PRESETS[size][0], spacing or SIZE_PRESETS[size][1]
         grid_spacing = tuple(float(s) for s in spacing)
     else:
@@ -116,7 +129,7 @@ def build_dataset(
     shapes = list(shapes) if shapes is not None else _default_shapes(n_shapes, seed, min_diameter_mm)
     usable = [s for s in shapes if is_resolvable(s, grid_spacing)]
     if lo > 0 and not usable:
-        raise WsnoduleError(
+        raise DatasetBuildError(
             f"none of the {len(shapes)} nodule shapes is large enough for a grid of spacing {grid_spacing} mm; "
             "use a finer spacing or larger shapes (min_diameter_mm)."
         )
@@ -179,7 +192,7 @@ def _read_cts(ct_paths, spacing) -> tuple[list[Volume], list[str]]:
     from wsnodule_core.io.readers import read_volume
 
     if not ct_paths:
-        raise WsnoduleError("a hybrid data set needs real CT scans: give ct_paths (--ct PATH ...).")
+        raise DatasetBuildError("a hybrid data set needs real CT scans: give ct_paths (--ct PATH ...).")
     cts, names = [], []
     for path in ct_paths:
         ct = read_volume(path)
@@ -187,7 +200,8 @@ def _read_cts(ct_paths, spacing) -> tuple[list[Volume], list[str]]:
             ct = resample_to_spacing(ct, spacing)
         name = series_name(ct) if ct.metadata.source_path else Path(path).name
         if name in names:
-            raise WsnoduleError(f"two CT paths are named {name!r}: give each real series once.")
+            raise DatasetBuildError(f"two CT paths are named {name!r}: give each real series once "
+                                    "(a series is one subject of the splits).")
         cts.append(ct)
         names.append(name)
     return cts, names

@@ -11,7 +11,7 @@ import numpy as np
 
 from wsnodule_core.data.builders.common import Cancel, DatasetInfo, Progress, check_out_dir, write_document
 from wsnodule_core.data.builders.splits import split_subjects
-from wsnodule_core.errors import BuildCancelled, WsnoduleError
+from wsnodule_core.errors import BuildCancelled, DataLookupError
 
 
 def build_lidc_dataset(
@@ -48,7 +48,8 @@ def build_lidc_dataset(
         )
     infos = lidc.list_scans(patient_ids=patient_ids)
     if not infos:
-        raise WsnoduleError(f"no LIDC-IDRI scans match the patients {list(patient_ids or [])}.")
+        raise DataLookupError(f"no LIDC-IDRI scans match the patients {list(patient_ids or [])}; check the "
+                              "ids (e.g. LIDC-IDRI-0001), or leave --patients out for every scan.")
     rng = np.random.default_rng(seed)
     if n_scans is not None:
         infos = [infos[i] for i in sorted(rng.choice(len(infos), size=min(n_scans, len(infos)), replace=False))]

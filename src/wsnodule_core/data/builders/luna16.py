@@ -9,7 +9,7 @@ import numpy as np
 
 from wsnodule_core.data.builders.common import Cancel, DatasetInfo, Progress, check_out_dir, write_document
 from wsnodule_core.data.builders.splits import split_subjects
-from wsnodule_core.errors import BuildCancelled, OutputExistsError, WsnoduleError
+from wsnodule_core.errors import BuildCancelled, DatasetBuildError, OutputExistsError
 
 
 def build_luna16_dataset(
@@ -40,7 +40,7 @@ def build_luna16_dataset(
     out = Path(out_dir)
     scans = sorted(Path(scans_dir).rglob("*.mhd")) if Path(scans_dir).is_dir() else []
     if not scans:
-        raise WsnoduleError(
+        raise DatasetBuildError(
             f"{scans_dir}: no LUNA16 scans (.mhd with .raw) found; give the folder holding the LUNA16 "
             "subsets (subset0 ... subset9) with --scans."
         )
