@@ -27,6 +27,7 @@ class DatasetInfo:
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a file, or a non-empty folder unless ``overwrite``, as the data set's folder."""
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"{out_dir} is a file; give a folder for the data set.")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
@@ -37,7 +38,8 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 
 def write_document(out: Path, name: str, source: str, entries: list[dict], parameters: dict,
-                    overwrite: bool) -> DatasetInfo:
+                   overwrite: bool) -> DatasetInfo:
+    """Write ``out/dataset.json`` for these case ``entries`` and say what the folder holds."""
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "dataset.json"
     if json_path.exists() and not overwrite:

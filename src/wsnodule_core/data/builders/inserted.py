@@ -86,7 +86,7 @@ def build_dataset(
         Allow writing into a non-empty folder (files of the same names are replaced).
     progress, cancel
         ``progress(done, total)`` after each case; ``cancel()`` returning True stops the build
-        (:class:`BuildCancelled`).
+        (:class:`~wsnodule_core.errors.BuildCancelled`).
     """
     from wsnodule_core.io.writers import write_mask, write_volume
 
