@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from wsnodule_core.data.dataset import build_dataset
+    from wsnodule_core.data.builders import build_dataset
     from wsnodule_core.flow.attribution import ThresholdRule
     from wsnodule_core.flow.evaluate import FlowEvalConfig, evaluate_patches, flow_table, write_flow_report
     from wsnodule_core.flow.guidance import GuidanceConfig

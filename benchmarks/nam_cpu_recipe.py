@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from wsnodule_core.baselines.blob_filter import BlobFilterConfig, segment_blobs
-from wsnodule_core.data.dataset import build_dataset, load_dataset
+from wsnodule_core.data.builders import build_dataset
+from wsnodule_core.data.dataset import load_dataset
 from wsnodule_core.metrics import (
     evaluate_slices,
     evaluate_volume,

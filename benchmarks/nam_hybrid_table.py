@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wsnodule_core.data.dataset import build_dataset, load_dataset
+from wsnodule_core.data.builders import build_dataset
+from wsnodule_core.data.dataset import load_dataset
 from wsnodule_core.evaluation import evaluate_dataset
 from wsnodule_core.segmentation import BlobSegmenter, load_segmenter
 from wsnodule_core.nam.recipes import get_recipe

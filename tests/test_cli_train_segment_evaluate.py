@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from wsnodule_core.cli.main import main
-from wsnodule_core.data.dataset import build_dataset, load_dataset
+from wsnodule_core.data.builders import build_dataset
+from wsnodule_core.data.dataset import load_dataset
 from wsnodule_core.io import read_volume
 from wsnodule_core.training.checkpoint import save_checkpoint
 

@@ -9,7 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from wsnodule_core.data.dataset import build_dataset, load_dataset
+from wsnodule_core.data.builders import build_dataset
+from wsnodule_core.data.dataset import load_dataset
 from wsnodule_core.errors import (CheckpointError, InvalidDatasetError, ModelConfigError, OutputExistsError,
                                   SegmentationCancelled)
 from wsnodule_core.evaluation import evaluate_dataset, load_segmenters, row_name

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from wsnodule_core.data.dataset import SIZE_PRESETS, build_dataset, load_dataset
+from wsnodule_core.data.builders import build_dataset
+from wsnodule_core.data.dataset import load_dataset
+from wsnodule_core.data.presets import SIZE_PRESETS
 from wsnodule_core.data.insertion import insert_nodules, resample_shape
 from wsnodule_core.data.lidc import lidc_database_statistics, lidc_nodule_shapes
 from wsnodule_core.data.nodule_shape import TEXTURES

@@ -31,7 +31,7 @@ _EXPORTS = {
     "read_volume": "wsnodule_core.io.readers",
     "write_mask": "wsnodule_core.io.writers",
     "load_segmenter": "wsnodule_core.segmentation.load",
-    "build_dataset": "wsnodule_core.data.dataset",
+    "build_dataset": "wsnodule_core.data.builders",
     "evaluate_dataset": "wsnodule_core.evaluation",
 }
 __all__ = ["__version__", *sorted(_EXPORTS)]

@@ -17,7 +17,8 @@ from typing import Any, Callable
 import numpy as np
 
 from wsnodule_core import __version__
-from wsnodule_core.data.dataset import build_dataset, load_dataset
+from wsnodule_core.data.builders import build_dataset
+from wsnodule_core.data.dataset import load_dataset
 from wsnodule_core.errors import OutputExistsError
 from wsnodule_core.evaluation import TABLE_COLUMNS, evaluate_cases
 from wsnodule_core.io import write_mask

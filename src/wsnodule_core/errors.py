@@ -128,6 +128,33 @@ class InvalidDatasetError(WsnoduleError, ValueError):
     """A data-set folder or its dataset.json is missing, of another version, or incomplete."""
 
 
+class LidcParameterError(WsnoduleError, ValueError):
+    """A parameter of the LIDC-IDRI adapters (reader merge, slice labels, shape sampling) is out of range."""
+
+
+class PatchParameterError(WsnoduleError, ValueError):
+    """A patch size or spacing given to the LUNA16 patch extraction is missing, doubled or not positive."""
+
+
+class InsertionParameterError(WsnoduleError, ValueError):
+    """A nodule-insertion parameter is unknown or inconsistent (placement, on_failure, a shape too small)."""
+
+
+# --- data sets and their builders ---------------------------------------------
+
+
+class DatasetBuildError(WsnoduleError, ValueError):
+    """A data-set builder got unusable parameters or inputs (unknown source or size, empty range, no CT)."""
+
+
+class UnknownSplitError(WsnoduleError, ValueError):
+    """A data-set split was asked for by a name other than train, val or test."""
+
+
+class BuildCancelled(WsnoduleError):
+    """A data-set build was cancelled through its ``cancel`` callback."""
+
+
 # --- models and training ----------------------------------------------------
 
 

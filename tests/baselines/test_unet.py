@@ -23,7 +23,7 @@ COMPACT = UNetConfig.compact(input_size=64)
 @pytest.fixture(scope="module")
 def phantom_slices(tmp_path_factory):
     """Training and test slices (64 px lung-centred crops at the scan's spacing) of 3 tiny phantom cases."""
-    from wsnodule_core.data.dataset import build_dataset
+    from wsnodule_core.data.builders import build_dataset
     from wsnodule_core.data.slices import slices_from_dataset
 
     folder = tmp_path_factory.mktemp("unet_phantom") / "ds"

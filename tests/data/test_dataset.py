@@ -9,13 +9,9 @@ import numpy as np
 import pytest
 
 from wsnodule_core.data.cases import Case, make_phantom_case
-from wsnodule_core.data.dataset import (
-    SPLITS,
-    build_dataset,
-    load_dataset,
-    partition_shapes,
-    split_subjects,
-)
+from wsnodule_core.data.builders import build_dataset
+from wsnodule_core.data.builders.splits import partition_shapes, split_subjects
+from wsnodule_core.data.dataset import SPLITS, load_dataset
 from wsnodule_core.data.insertion import NoduleRecord
 from wsnodule_core.data.nodule_shape import NoduleShape
 from wsnodule_core.errors import InvalidDatasetError, OutputExistsError
@@ -170,7 +166,7 @@ def test_build_refuses_a_non_empty_folder(tmp_path, shapes):
 
 
 def test_build_can_be_cancelled(tmp_path, shapes):
-    from wsnodule_core.data.dataset import BuildCancelled
+    from wsnodule_core.errors import BuildCancelled
 
     with pytest.raises(BuildCancelled, match="cancelled after 0 case"):
         build_dataset(tmp_path / "c", n_cases=3, shapes=shapes, cancel=lambda: True, **TINY)

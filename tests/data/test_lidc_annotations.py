@@ -19,7 +19,7 @@ from wsnodule_core.data.lidc import (
 from wsnodule_core.data.lidc.annotations import RATING_NAMES
 from wsnodule_core.data.lidc.consensus import consensus_mask, staple_mask
 from wsnodule_core.data.lidc.scan import AnnotationMask, common_frame
-from wsnodule_core.errors import DataLookupError, GeometryMismatchError
+from wsnodule_core.errors import DataLookupError, GeometryMismatchError, LidcParameterError
 
 LIDC_0001_UID = "1.3.6.1.4.1.14519.5.2.1.6279.6001.179049373636438705059720603192"
 
@@ -115,7 +115,7 @@ def test_consensus_equals_pylidc_and_staple_merges(pylidc_module):
     assert staple.annotation_ids == nodule.annotation_ids
     assert not (staple.mask & ~union).any()  # nothing no reader drew
     assert staple.mask[everyone].all()  # everything all readers drew
-    with pytest.raises(ValueError, match="'consensus' or 'staple'"):
+    with pytest.raises(LidcParameterError, match="'consensus' or 'staple'"):
         merge_reader_masks(masks, "mean")
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from wsnodule_core.data.lidc import IGNORE, NEGATIVE, POSITIVE, cluster_nodules, get_scan, slice_labels
+from wsnodule_core.errors import LidcParameterError
 
 
 def _reader_slices(scan, annotation) -> set[int]:
@@ -61,7 +62,7 @@ def test_diameter_rule_and_several_nodules(pylidc_module):
 
 
 def test_parameters_are_checked(pylidc_module):
-    with pytest.raises(ValueError, match="min_readers_overlap"):
+    with pytest.raises(LidcParameterError, match="min_readers_overlap"):
         slice_labels("LIDC-IDRI-0001", min_readers_overlap=0)
-    with pytest.raises(ValueError, match="negative_margin_slices"):
+    with pytest.raises(LidcParameterError, match="negative_margin_slices"):
         slice_labels("LIDC-IDRI-0001", negative_margin_slices=-1)

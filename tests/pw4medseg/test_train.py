@@ -34,7 +34,8 @@ def _config(**overrides) -> PwTrainConfig:
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     """Training and validation cases of a 3-case tiny phantom data set (every case has nodules)."""
-    from wsnodule_core.data.dataset import build_dataset, load_dataset
+    from wsnodule_core.data.builders import build_dataset
+    from wsnodule_core.data.dataset import load_dataset
 
     folder = tmp_path_factory.mktemp("pw_phantom") / "ds"
     build_dataset(folder, source="phantom", n_cases=3, size="tiny", n_shapes=20, seed=0,

@@ -34,7 +34,7 @@ def _report(info, stream: TextIO) -> None:
 
 
 def _run_phantom(args: argparse.Namespace) -> int:
-    from wsnodule_core.data.dataset import build_dataset
+    from wsnodule_core.data.builders import build_dataset
 
     info = build_dataset(args.out, source="phantom", n_cases=args.cases, seed=args.seed, size=args.size,
                          nodules_per_case=tuple(args.nodules), n_shapes=args.shapes, overwrite=args.overwrite,
@@ -44,7 +44,7 @@ def _run_phantom(args: argparse.Namespace) -> int:
 
 
 def _run_hybrid(args: argparse.Namespace) -> int:
-    from wsnodule_core.data.dataset import build_dataset
+    from wsnodule_core.data.builders import build_dataset
 
     cts = args.ct or _default_cts()
     info = build_dataset(args.out, source="hybrid", ct_paths=cts, n_cases=args.cases, seed=args.seed,
@@ -56,7 +56,7 @@ def _run_hybrid(args: argparse.Namespace) -> int:
 
 
 def _run_lidc(args: argparse.Namespace) -> int:
-    from wsnodule_core.data.dataset import build_lidc_dataset
+    from wsnodule_core.data.builders import build_lidc_dataset
 
     info = build_lidc_dataset(args.out, n_scans=args.scans, patient_ids=args.patients, seed=args.seed,
                               with_images=args.with_images, overwrite=args.overwrite,
@@ -66,7 +66,7 @@ def _run_lidc(args: argparse.Namespace) -> int:
 
 
 def _run_luna16(args: argparse.Namespace) -> int:
-    from wsnodule_core.data.dataset import build_luna16_dataset
+    from wsnodule_core.data.builders import build_luna16_dataset
 
     info = build_luna16_dataset(args.out, annotations=args.annotations, scans_dir=args.scans,
                                 patch_size_mm=args.patch_mm, negatives_per_scan=args.negatives,

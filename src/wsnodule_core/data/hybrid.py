@@ -17,6 +17,7 @@ from wsnodule_core.data.insertion import PLACEMENTS, derive_vessels
 from wsnodule_core.data.nodule_shape import NoduleShape
 from wsnodule_core.image.resample import resample_to_spacing
 from wsnodule_core.image.window import AIR_HU
+from wsnodule_core.errors import DatasetBuildError
 from wsnodule_core.io.volume import Volume
 
 #: Real series in ``$WSNODULE_DATA/chest-ct`` that hold a lesion nobody labelled.
@@ -63,7 +64,11 @@ def make_hybrid_case(
     if spacing is not None:
         ct = resample_to_spacing(ct, spacing, fill=AIR_HU, keep_dtype=True)
         if lungs is not None:
-            raise ValueError("give either a lung mask on the CT's grid or a spacing to resample to, not both")
+            raise DatasetBuildError(
+                f"both a lung mask and spacing={spacing} were given: the mask is on the CT's own grid, not "
+                "the resampled one. Give either lungs (on the CT's grid) or spacing (the lungs are then "
+                "segmented)."
+            )
     if lungs is None:
         from wsnodule_core.data.lung import segment_lungs
 

@@ -20,7 +20,8 @@ import numpy as np
 from scipy import ndimage
 
 from wsnodule_core.data.nodule_shape import NoduleShape
-from wsnodule_core.errors import GeometryMismatchError, WsnoduleError
+from wsnodule_core.errors import (GeometryMismatchError, InsertionParameterError, LungSegmentationError,
+                                  WsnoduleError)
 from wsnodule_core.image.resample import Grid, resample_to_grid
 from wsnodule_core.io.volume import Volume
 
@@ -192,9 +193,10 @@ def resample_shape(
     spacing = tuple(float(s) for s in spacing)
     k = target_voxels(shape, spacing)
     if k < max(1, min_voxels):
-        raise ValueError(
+        raise InsertionParameterError(
             f"shape {shape.shape_id or '?'} ({shape.volume_mm3:.1f} mm3) fills only {k} voxel(s) of "
-            f"spacing {spacing} mm; at least {min_voxels} are needed to keep its volume within 10 %"
+            f"spacing {spacing} mm; at least {min_voxels} are needed to keep its volume within 10 %. "
+            "Check is_resolvable(shape, spacing) first, or use a finer spacing or a larger shape."
         )
     src_spacing = tuple(float(s) for s in shape.spacing)
     pad = 3
@@ -316,7 +318,7 @@ def _placement_ok(placement: str, start: np.ndarray, mask: np.ndarray, maps: _Ma
     if placement == "juxtapleural":
         touches = np.any(touching & ~_window(maps.lungs, start, mask.shape, (1, 1, 1), False))
         return outside <= outside_tolerance and (touches or outside > 0)
-    raise ValueError(f"unknown placement {placement!r}; use one of {PLACEMENTS}")
+    raise InsertionParameterError(f"unknown placement {placement!r}; use one of {PLACEMENTS}.")
 
 
 def _candidates(placement: str, radius_mm: float, maps: _Maps, margin_mm: float) -> np.ndarray:
@@ -405,18 +407,19 @@ def insert_nodules(
             "give a lung mask on the volume's grid."
         )
     if not lungs.any():
-        raise WsnoduleError("the lung mask is empty: nodules can only be inserted inside the lungs; "
-                            "check the lung segmentation.")
+        raise LungSegmentationError("the lung mask is empty: nodules can only be inserted inside the lungs; "
+                                    "check the lung segmentation.")
     if isinstance(placements, str):
         placements = (placements,)
     if per_shape and len(placements) != len(shapes):
-        raise ValueError(f"per_shape=True needs one placement per shape: got {len(placements)} "
-                         f"placements for {len(shapes)} shapes")
+        raise InsertionParameterError(f"per_shape=True needs one placement per shape: got {len(placements)} "
+                                      f"placements for {len(shapes)} shapes; give one per shape, or "
+                                      "per_shape=False to draw each shape's placement from them.")
     for p in placements:
         if p not in PLACEMENTS:
-            raise ValueError(f"unknown placement {p!r}; use one of {PLACEMENTS}")
+            raise InsertionParameterError(f"unknown placement {p!r}; use one of {PLACEMENTS}.")
     if on_failure not in ("skip", "raise"):
-        raise ValueError("on_failure must be 'skip' or 'raise'")
+        raise InsertionParameterError(f"on_failure must be 'skip' or 'raise', got {on_failure!r}.")
 
     spacing = tuple(float(s) for s in volume.spacing)
     image = np.asarray(volume.array, np.float32).copy()

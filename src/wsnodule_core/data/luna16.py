@@ -17,7 +17,8 @@ import numpy as np
 
 from wsnodule_core.data.lidc.annotations import LidcNodule, cluster_nodules, get_scan, scan_annotations
 from wsnodule_core.data.lidc.scan import AnnotationMask, LidcGrid, align_masks, annotation_mask, scan_grid
-from wsnodule_core.errors import AnnotationFileError, DataNotAvailableError, InputPathNotFoundError
+from wsnodule_core.errors import (AnnotationFileError, DataNotAvailableError, InputPathNotFoundError,
+                                  PatchCentreError, PatchParameterError)
 from wsnodule_core.image.resample import Grid, resample_to_grid
 from wsnodule_core.io.volume import Volume
 
@@ -100,7 +101,8 @@ def read_luna16_scan(path: str | Path) -> Volume:
 def _triple(value: float | Sequence[float], name: str) -> np.ndarray:
     array = np.broadcast_to(np.asarray(value, dtype=float), (3,)).copy()
     if not np.all(np.isfinite(array)) or np.any(array <= 0):
-        raise ValueError(f"{name} must be positive (one value or (z, y, x)), got {value}.")
+        raise PatchParameterError(f"{name} must be positive and finite, one value or (z, y, x) in mm, got "
+                                  f"{value}.")
     return array
 
 
@@ -122,10 +124,12 @@ def extract_patch(
     that the centre voxel lies exactly at the point. Voxels outside the volume get ``fill``.
     """
     if (size_mm is None) == (size_vox is None):
-        raise ValueError("give exactly one of size_mm and size_vox.")
+        raise PatchParameterError(f"give exactly one of size_mm and size_vox, got size_mm={size_mm} and "
+                                  f"size_vox={size_vox}.")
     center = np.asarray(center_xyz_mm, dtype=float)
     if center.shape != (3,) or not np.all(np.isfinite(center)):
-        raise ValueError(f"center_xyz_mm must be three finite world coordinates, got {center_xyz_mm}.")
+        raise PatchCentreError(f"center_xyz_mm must be three finite world coordinates (x, y, z) in mm, got "
+                               f"{center_xyz_mm}.")
     out_spacing = np.asarray(volume.spacing) if spacing is None else _triple(spacing, "spacing")
     if size_vox is not None:
         size = _triple(size_vox, "size_vox").astype(int)

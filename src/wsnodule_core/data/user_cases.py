@@ -1,6 +1,6 @@
 """Corrected masks as training data: one CT and its mask appended to a data set folder.
 
-The folder gets the layout of :func:`wsnodule_core.data.dataset.build_dataset` (``images/``,
+The folder gets the layout of :func:`wsnodule_core.data.builders.build_dataset` (``images/``,
 ``labels/``, ``lungs/`` as NIfTI and ``dataset.json``), so ``load_dataset``, the NAM slice
 sets (``slices_from_dataset``) and ``wsnodule train`` read it like a built set. An existing
 data set keeps every case it has: the new case's files are new files (never overwritten) and

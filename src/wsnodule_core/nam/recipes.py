@@ -1,7 +1,7 @@
 """Named NAM configurations: the data set, slice, training and segmentation settings that go together.
 
 A :class:`NamRecipe` bundles everything a run needs: how to build the (phantom) data set
-(:class:`DataParams`, the keyword arguments of :func:`wsnodule_core.data.dataset.build_dataset`),
+(:class:`DataParams`, the keyword arguments of :func:`wsnodule_core.data.builders.build_dataset`),
 how to train (:class:`~wsnodule_core.nam.train.TrainConfig`, which also fixes the slice crop:
 :meth:`NamRecipe.slice_config`) and how to segment (:class:`~wsnodule_core.nam.segment_config.NamConfig`,
 with the crop matching the training crop). Measured numbers: ``docs/nam_results.md``.
@@ -27,7 +27,7 @@ from wsnodule_core.nam.train import TrainConfig
 
 @dataclass(frozen=True)
 class DataParams:
-    """Keyword arguments of :func:`~wsnodule_core.data.dataset.build_dataset` for a phantom set.
+    """Keyword arguments of :func:`~wsnodule_core.data.builders.build_dataset` for a phantom set.
 
     ``shape``/``spacing`` (z, y, x) override the ``size`` preset when both are given.
     """

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from wsnodule_core.data.lidc.annotations import LidcNodule
 from wsnodule_core.data.lidc.scan import AnnotationMask, common_frame, reader_masks, scan_grid
+from wsnodule_core.errors import LidcParameterError
 
 MergeMethod = Literal["consensus", "staple"]
 
@@ -33,7 +34,8 @@ def consensus_mask(stack: np.ndarray, level: float = 0.5) -> np.ndarray:
     Same rule as ``pylidc.utils.consensus(anns, clevel=level)``.
     """
     if not 0.0 < level <= 1.0:
-        raise ValueError(f"consensus level must be in (0, 1], got {level}.")
+        raise LidcParameterError(f"consensus level must be in (0, 1], got {level}; e.g. 0.5 (half of the "
+                                 "readers), as pylidc's consensus.")
     return np.mean(stack, axis=0) >= level
 
 
@@ -71,7 +73,7 @@ def merge_reader_masks(
     elif method == "staple":
         merged = staple_mask(stack, level)
     else:
-        raise ValueError(f"merge method must be 'consensus' or 'staple', got {method!r}.")
+        raise LidcParameterError(f"merge method must be 'consensus' or 'staple', got {method!r}.")
     return MergedMask(merged, offset, tuple(m.annotation_id for m in masks), method)
 
 

@@ -28,6 +28,7 @@ from wsnodule_core.data.lidc.annotations import (
     scan_annotations,
 )
 from wsnodule_core.data.lidc.scan import common_frame, reader_masks
+from wsnodule_core.errors import LidcParameterError
 
 POSITIVE, NEGATIVE, IGNORE = 1, 0, -1
 
@@ -95,9 +96,11 @@ def slice_labels(
         The scan's nodules if already clustered (:func:`cluster_nodules`).
     """
     if min_readers_overlap < 1:
-        raise ValueError(f"min_readers_overlap must be >= 1, got {min_readers_overlap}.")
+        raise LidcParameterError(f"min_readers_overlap must be >= 1, got {min_readers_overlap}; the NAM "
+                                 "paper uses 2.")
     if negative_margin_slices < 0:
-        raise ValueError(f"negative_margin_slices must be >= 0, got {negative_margin_slices}.")
+        raise LidcParameterError(f"negative_margin_slices must be >= 0, got {negative_margin_slices}; the "
+                                 "NAM paper uses 0.")
     scan = get_scan(scan_or_key) if isinstance(scan_or_key, str) else scan_or_key
     zvals = np.asarray(scan.slice_zvals, dtype=float)
     n_slices = len(zvals)

@@ -18,7 +18,7 @@ import numpy as np
 
 from wsnodule_core.data.lidc.annotations import LidcNodule, cluster_nodules, get_scan, scan_annotations
 from wsnodule_core.data.lidc.compat import dicom_folder_for_scan
-from wsnodule_core.errors import GeometryMismatchError
+from wsnodule_core.errors import GeometryMismatchError, LidcParameterError
 from wsnodule_core.io.volume import Volume, VolumeMetadata
 
 #: LIDC images are 512 x 512 (pylidc's bounding boxes assume it too).
@@ -127,7 +127,8 @@ def reader_masks(nodule_or_annotations: LidcNodule | Sequence[Any]) -> list[Anno
 def common_frame(masks: Sequence[AnnotationMask]) -> tuple[np.ndarray, tuple[int, int, int]]:
     """The masks stacked ``(n_readers, z, y, x)`` on their union bounding box, and its offset."""
     if not masks:
-        raise ValueError("no masks given: a nodule has at least one annotation.")
+        raise LidcParameterError("no reader masks given: pass the masks of a nodule's annotations "
+                                 "(reader_masks(nodule)); a nodule has at least one.")
     lo = np.min([m.offset for m in masks], axis=0)
     hi = np.max([np.add(m.offset, m.mask.shape) for m in masks], axis=0)
     stack = np.zeros((len(masks), *(hi - lo)), dtype=bool)

@@ -18,6 +18,7 @@ from wsnodule_core.data.lidc.annotations import (
 from wsnodule_core.data.lidc.consensus import MergeMethod, merge_reader_masks, volume_mm3
 from wsnodule_core.data.lidc.scan import reader_masks, scan_grid
 from wsnodule_core.data.nodule_shape import TEXTURES, NoduleShape, texture_class
+from wsnodule_core.errors import LidcParameterError
 
 ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
@@ -29,7 +30,8 @@ def _check_textures(textures: Iterable[str] | None) -> frozenset[str] | None:
     chosen = frozenset(textures)
     unknown = chosen - set(TEXTURES)
     if unknown or not chosen:
-        raise ValueError(f"textures must be a non-empty subset of {TEXTURES}, got {sorted(chosen)}.")
+        raise LidcParameterError(f"textures must be a non-empty subset of {TEXTURES}, got {sorted(chosen)}; "
+                                 "give None to keep every texture.")
     return chosen
 
 
@@ -107,9 +109,11 @@ def lidc_nodule_shapes(
         returns the shapes found so far.
     """
     if n is not None and n < 0:
-        raise ValueError(f"n must be >= 0 or None, got {n}.")
+        raise LidcParameterError(f"n must be >= 0 or None, got {n}; give a number of shapes, or None for "
+                                 "every qualifying nodule.")
     if max_per_scan is not None and max_per_scan < 1:
-        raise ValueError(f"max_per_scan must be >= 1 or None, got {max_per_scan}.")
+        raise LidcParameterError(f"max_per_scan must be >= 1 or None, got {max_per_scan}; give None to take "
+                                 "every qualifying nodule of a scan.")
     chosen_textures = _check_textures(textures)
     infos = list_scans(min_annotations=max(min_readers, 1))
     if scan_filter is not None:
