@@ -13,18 +13,18 @@ from wsnodule_core.cli.progress import TextProgress
 
 # every map any segmenter may write with --maps (NAM: nam, multi_nam, scope, candidates and the slice
 # probability; PW4MedSeg: probability, uncertainty; U-Net: probability), plus the masks
-MAP_NAMES = ("nam", "multi_nam", "probability", "uncertainty", "scope", "candidates", "response", "coarse",
-             "fine")
+MAP_NAMES = ("nam", "multi_nam", "probability", "uncertainty", "scope", "candidates", "response", "difference",
+             "coarse", "fine")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "segment", help="Segment the nodules of a CT volume with a trained checkpoint (NAM, 3D NAM, U-Net, "
-                        "PW4MedSeg).",
+                        "PW4MedSeg, flow guidance).",
         description=(
             "Read IMAGE (DICOM folder or file, NIfTI, NRRD or MetaImage), segment its lungs where the model "
             "needs them, run the checkpoint's segmentation with the settings it was trained and validated with "
-            "(NAM/R-NAM, the 3D NAM, the U-Net baseline, or K passes of PW4MedSeg) and write the nodule label "
+            "(NAM/R-NAM, the 3D NAM, the U-Net baseline, K passes of PW4MedSeg, or flow guidance at candidate centres) and write the nodule label "
             "mask (one label per 3D nodule) on the image's own grid. MASK may end in .nii.gz, .nii, .nrrd, .mhd or "
             ".mha, or .dcm for a DICOM-SEG (only when IMAGE is a DICOM series)."
         ),
@@ -43,9 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--maps", type=Path, metavar="DIR",
                         help="also write the method's maps here (NIfTI, image geometry): NAM: nam, multi_nam, "
                              "probability, scope, candidates, coarse, fine and rnam_scores.json; PW4MedSeg: "
-                             "probability, uncertainty; U-Net: probability")
+                             "probability, uncertainty; U-Net: probability; flow guidance: difference")
     parser.add_argument("--passes", type=int, default=None,
                         help="PW4MedSeg: stochastic passes averaged (default 6, the paper's K)")
+    parser.add_argument("--flow-prior", type=Path, metavar="PRIOR",
+                        help="flow-guidance predictor checkpoints: the rectified-flow prior it guides")
+    parser.add_argument("--centre", type=float, nargs=3, action="append", metavar=("X", "Y", "Z"),
+                        help="flow guidance: a candidate centre in world mm (repeatable; default: the strongest "
+                             "Hessian blobs in the lungs)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace MASK and the maps if they exist")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -152,18 +157,22 @@ def segmenter_options(kind: str, args: argparse.Namespace) -> dict:
 
     kinds = _kinds()
     given = {"--mode": args.mode != "fine", "--two-nodules": args.two_nodules,
-             "--multi-gap-checkpoint": args.multi_gap_checkpoint is not None, "--passes": args.passes is not None}
+             "--multi-gap-checkpoint": args.multi_gap_checkpoint is not None, "--passes": args.passes is not None,
+             "--flow-prior": args.flow_prior is not None, "--centre": bool(args.centre)}
     allowed = {kinds["nam"]: {"--mode", "--two-nodules", "--multi-gap-checkpoint"},
-               kinds["pw4medseg"]: {"--passes"}}.get(kind, set())
+               kinds["pw4medseg"]: {"--passes"},
+               kinds["flow_predictor"]: {"--flow-prior", "--centre"}}.get(kind, set())
     wrong = [flag for flag, set_ in given.items() if set_ and flag not in allowed]
     if wrong:
         raise ModelConfigError(f"{args.checkpoint} holds a {kind!r} model, which takes no {', '.join(wrong)}; "
                                "drop it (NAM takes --mode, --two-nodules, --multi-gap-checkpoint; PW4MedSeg "
-                               "takes --passes).")
+                               "takes --passes; a flow predictor --flow-prior and --centre).")
     if kind == kinds["nam"]:
         return {"output": args.mode, **({"top_k": 2} if args.two_nodules else {})}
     if kind == kinds["pw4medseg"] and args.passes is not None:
         return {"passes": args.passes}
+    if kind == kinds["flow_predictor"] and args.centre:
+        return {"centres_xyz": [tuple(c) for c in args.centre]}
     return {}
 
 
@@ -177,8 +186,8 @@ def run(args: argparse.Namespace) -> int:
     choice = choose_device(args.device)
     print(choice.describe())
     bar = (lambda label: None) if args.quiet else TextProgress
-    segmenter = load_segmenter(args.checkpoint, str(choice.device),
-                               multi_gap_checkpoint=args.multi_gap_checkpoint, **options)
+    segmenter = load_segmenter(args.checkpoint, str(choice.device), multi_gap_checkpoint=args.multi_gap_checkpoint,
+                               prior_checkpoint=args.flow_prior, **options)
     volume = read_volume(args.image)
     _check_dicom_seg(args.output, volume)
     lungs = None

@@ -86,7 +86,7 @@ def load_segmenter(checkpoint: PathLike, device: str = "auto", *, multi_gap_chec
         if prior_checkpoint is None:
             raise ModelConfigError(f"{checkpoint}: a flow-guidance predictor segments by steering a "
                                    "rectified-flow prior; give prior_checkpoint (--flow-prior PRIOR).")
-        prior, _ = load_model_of_kind(prior_checkpoint, kinds["flow_prior"], torch_device)
+        prior = load_model_of_kind(prior_checkpoint, kinds["flow_prior"], torch_device)  # (model, config)
     return segmenter_for_model(kind, model, loaded, name=name, multi_gap_model=multi, prior=prior, **options)
 
 
