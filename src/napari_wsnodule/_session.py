@@ -22,7 +22,7 @@ class LoadedModel:
     """A model ready to use: the module (eval mode, on ``device``), its checkpoint and where it came from."""
 
     name: str
-    kind: str                 # the checkpoint kind, e.g. "nam-multigap", "unet"
+    kind: str                 # the checkpoint kind: a method's KIND constant
     model: Any
     checkpoint: Any           # wsnodule_core.training.checkpoint.Checkpoint
     device: DeviceChoice

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from wsnodule_core.errors import ModelConfigError
+from wsnodule_core.flow.predictors import KIND as PREDICTOR_KIND
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
                                              labelled, lung_volume, resolve_lungs)
@@ -43,7 +44,7 @@ class FlowSegmenter:
     max_candidates: int = 16
     batch_size: int = 4
     name: str = "Flow guidance"
-    kind: str = "flow-predictor"
+    kind: str = PREDICTOR_KIND
     needs_lungs = True
 
     def __post_init__(self) -> None:

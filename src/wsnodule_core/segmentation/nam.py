@@ -7,6 +7,8 @@ from typing import Any
 
 from wsnodule_core.errors import ModelConfigError
 from wsnodule_core.io.volume import Volume
+from wsnodule_core.nam.model import KIND as NAM_KIND
+from wsnodule_core.nam.model3d import KIND_3D
 from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
                                              labelled, lung_volume, resolve_lungs)
 
@@ -57,7 +59,7 @@ class NamSegmenter:
     multi_gap_model: Any = None
     output: str = "fine"
     name: str = "1-GAP"
-    kind: str = "nam-multigap"
+    kind: str = NAM_KIND
     batch_size: int = 8
 
     def __post_init__(self) -> None:
@@ -99,7 +101,7 @@ class Nam3DSegmenter:
     spacing_mm: float
     params: Any
     name: str = "3D NAM"
-    kind: str = "nam-multigap-3d"
+    kind: str = KIND_3D
     needs_lungs = True
 
     def segment(self, volume: Volume, *, lungs: Lungs = LUNGS_AUTO, progress: Progress | None = None,

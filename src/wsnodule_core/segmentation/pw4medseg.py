@@ -9,6 +9,7 @@ import numpy as np
 
 from wsnodule_core.errors import ModelConfigError
 from wsnodule_core.io.volume import Volume
+from wsnodule_core.pw4medseg.config import KIND as PW_KIND
 from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
                                              labelled, lung_volume, resolve_lungs)
 
@@ -34,7 +35,7 @@ class PwSegmenter:
     seed: int | None = 0
     lung_margin_mm: float | None = None
     name: str = "PW4MedSeg"
-    kind: str = "pw4medseg"
+    kind: str = PW_KIND
 
     def __post_init__(self) -> None:
         if self.threshold is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from wsnodule_core.baselines.unet.train import KIND as UNET_KIND
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
                                              labelled, lung_volume, resolve_lungs)
@@ -17,7 +18,7 @@ class UnetBaselineSegmenter:
     model: Any
     threshold: float = 0.5
     name: str = "U-net"
-    kind: str = "unet-baseline"
+    kind: str = UNET_KIND
     needs_lungs = True
 
     def segment(self, volume: Volume, *, lungs: Lungs = LUNGS_AUTO, progress: Progress | None = None,
