@@ -14,6 +14,18 @@ if _DATA:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Tiny models run faster, and far steadier on a busy 2-core machine, on one torch thread
+    (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``); the count is restored after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
 def wsnodule_data() -> Path:
     """The real-data folder, or a skip saying how to provide it."""
     value = os.environ.get("WSNODULE_DATA")

@@ -14,16 +14,10 @@ from wsnodule_core.flow.patches import PatchConfig, PatchSet
 from wsnodule_core.flow.predictors import (ARCHITECTURES, PredictorConfig, PredictorTrainConfig,
                                            build_predictor, train_predictor)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = 20
 REGION = (slice(3, 9), slice(10, 16), slice(4, 10))
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class RegionModel(nn.Module):

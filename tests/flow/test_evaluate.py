@@ -15,16 +15,10 @@ from wsnodule_core.flow.evaluate import FLOW, FlowEvalConfig, evaluate_patches, 
 from wsnodule_core.flow.guidance import GuidanceConfig
 from wsnodule_core.flow.patches import PatchConfig, PatchSet
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = 12
 CUBE = (slice(4, 8), slice(4, 8), slice(4, 8))
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class GaussianField(nn.Module):

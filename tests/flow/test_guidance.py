@@ -15,16 +15,10 @@ from wsnodule_core.flow.attribution import ThresholdRule
 from wsnodule_core.flow.guidance import (GuidanceConfig, difference_mask, guidance_loss, guide, nodule_logit,
                                          start_state)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = 16
 CUBE = (slice(6, 10),) * 3
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class GaussianField(nn.Module):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from wsnodule_core.errors import FlowProtocolError, PatchCentreError
 from wsnodule_core.flow.attribution import ThresholdRule
@@ -25,18 +24,12 @@ from wsnodule_core.flow.train_prior import PriorTrainConfig, build_prior_model
 from wsnodule_core.flow.velocity import VelocityConfig
 from wsnodule_core.io.volume import Volume
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE, SPACING_MM = 16, 2.0
 TINY = VelocityConfig(channels=(8, 16, 32), num_head_channels=8, patch_size=SIZE)
 CT_SPACING = (2.0, 1.0, 1.2)
 FLIPS = np.diag([-1.0, 1.0, -1.0])
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

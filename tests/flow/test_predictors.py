@@ -17,13 +17,7 @@ from wsnodule_core.flow.predictors import (ARCHITECTURES, Orthogonal25D, Predict
 from wsnodule_core.training.callbacks import TrainCallbacks
 from wsnodule_core.training.checkpoint import save_checkpoint
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sphere_patches(n: int, size: int = 16, seed: int = 0) -> PatchSet:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 from wsnodule_core.errors import ModelConfigError, SegmentationCancelled
@@ -12,16 +11,10 @@ from wsnodule_core.flow.attribution import ThresholdRule
 from wsnodule_core.flow.guidance import GuidanceConfig
 from wsnodule_core.flow.sweep import SweepGrid, sweep
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = 16
 CUBE = (slice(6, 10),) * 3
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class GaussianField(nn.Module):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from napari_wsnodule._geometry import layer_geometry, volume_of_layer
 from napari_wsnodule._layers import GENERATED_KEY, SOURCE_KEY, add_volume_layer
@@ -24,20 +23,12 @@ from wsnodule_core.io.volume import Volume
 from wsnodule_core.training.checkpoint import save_checkpoint
 from wsnodule_core.training.device import choose_device
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.usefixtures("one_torch_thread")]
 WAIT_MS = 60_000
 SIZE, SPACING_MM = 16, 2.0
 TINY = VelocityConfig(channels=(8, 16, 32), num_head_channels=8, patch_size=SIZE)
 CT_SPACING = (2.0, 1.0, 1.2)
 FLIPS = np.diag([-1.0, 1.0, -1.0])  # not the identity: the layers get an affine
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from wsnodule_core.errors import OutputExistsError
 from wsnodule_core.io.volume import Volume
@@ -17,16 +16,10 @@ from wsnodule_core.pw4medseg.config import PwTrainConfig, checkpoint_config
 from wsnodule_core.pw4medseg.volume_training import train_on_volume, training_case
 from wsnodule_core.training.callbacks import TrainCallbacks
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = PTransformerConfig.compact(img_size=(16, 16, 16), hidden_size=16, num_layers=1, num_heads=2,
                                   mlp_dim=32, feature_size=4)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _case() -> tuple[Volume, PseudoLabel]:

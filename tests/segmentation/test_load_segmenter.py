@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from wsnodule_core import load_segmenter
 from wsnodule_core.errors import CheckpointError, ModelConfigError
@@ -15,16 +14,10 @@ from wsnodule_core.segmentation import (BlobSegmenter, FlowSegmenter, FunctionSe
                                         NamSegmenter, PwSegmenter, UnetBaselineSegmenter)
 from wsnodule_core.training.checkpoint import save_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SPACING = (2.5, 0.9, 0.8)
 DIRECTION = np.diag([-1.0, 1.0, -1.0])
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def chest(shape=(16, 128, 128)) -> Volume:
