@@ -22,7 +22,7 @@ from wsnodule_core.io.volume import Volume
 from wsnodule_core.image.resample import resample_array
 from wsnodule_core.pw4medseg.config import PwTrainConfig
 from wsnodule_core.pw4medseg.preprocess import model_grid
-from wsnodule_core.training.device import amp_enabled, autocast
+from wsnodule_core.training.device import amp_enabled, autocast, device_of
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,12 +46,6 @@ def count_windows(shape: Sequence[int], roi: Sequence[int], overlap: float) -> i
     return total
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    return torch.device("cpu")
-
-
 def mc_sliding_window(model: torch.nn.Module, array: np.ndarray, roi: Sequence[int], *, passes: int = 6,
                       overlap: float = 0.25, batch_size: int = 2, stochastic: bool = True,
                       device: torch.device | str | None = None, fill: float | None = None,
@@ -73,7 +67,7 @@ def mc_sliding_window(model: torch.nn.Module, array: np.ndarray, roi: Sequence[i
     if not 0 <= overlap < 1 or batch_size < 1:
         raise ModelConfigError(f"overlap must lie in [0, 1) and batch_size be >= 1, got {overlap}, "
                                f"{batch_size}.")
-    device = torch.device(device) if device is not None else _device_of(model)
+    device = torch.device(device) if device is not None else device_of(model)
     roi = tuple(int(r) for r in roi)
     shape = array.shape
     pad = [(0, max(r - n, 0)) for n, r in zip(shape, roi)]
@@ -160,7 +154,7 @@ def predict_volume(model: torch.nn.Module, volume: Volume, config: PwTrainConfig
         raise ModelConfigError(f"threshold must lie in (0, 1), got {threshold}.")
     if device is not None:
         model.to(torch.device(device))
-    run_device = _device_of(model)
+    run_device = device_of(model)
     grid = model_grid(volume, config.spacing_mm)
     image = config.normalise(grid.array)
     mean, std = mc_sliding_window(model, image, config.crop_size, passes=passes, overlap=overlap,

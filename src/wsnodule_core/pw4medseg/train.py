@@ -35,16 +35,16 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from wsnodule_core.errors import CheckpointError, ModelConfigError, TrainingDataError
+from wsnodule_core.errors import CheckpointError, TrainingDataError
 from wsnodule_core.pw4medseg.config import KIND, PwTrainConfig, PwTrainResult
 from wsnodule_core.pw4medseg.loss import LossConfig, ProbabilityInformedLoss
 from wsnodule_core.pw4medseg.model import ProbabilisticUNETR
 from wsnodule_core.pw4medseg.targets import TrainingCase, prepare_case, resolve_cases
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
-from wsnodule_core.training.checkpoint import (LAST, capture_rng_state, load_checkpoint, prepare_run_dir,
-                                               restore_training_state, save_checkpoint)
-from wsnodule_core.training.device import amp_enabled, autocast, choose_device, deterministic, grad_scaler
+from wsnodule_core.training.checkpoint import (LAST, capture_rng_state, restore_training_state, save_checkpoint)
+from wsnodule_core.training.device import amp_enabled, autocast, deterministic, grad_scaler
 from wsnodule_core.training.loop import EpochLoop, RunState, optimizer_step
+from wsnodule_core.training.setup import start_run
 
 _PARTS = ("total", "classification", "dice", "kl")  # the loss parts summed over an epoch's steps
 _NAMES = {"total": "loss", "classification": "classification", "dice": "dice_loss", "kl": "kl"}
@@ -215,29 +215,21 @@ def train_pw4medseg(data, out_dir: str | os.PathLike, config: PwTrainConfig | No
         ``progress(done, total)`` while the training targets are built (one per case); ``should_stop()``
         is also polled between cases (a stop there saves nothing).
     """
-    from wsnodule_core.training.distributed import env_world_size
-
-    if env_world_size() > 1:
-        raise ModelConfigError("PW4MedSeg trains in one process only (no DDP); run it without torchrun "
-                               "(WORLD_SIZE is set), one job per GPU.")
     callbacks = as_callbacks(callbacks)
-    out = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
-    checkpoint = load_checkpoint(out / LAST) if resume else None
-    if checkpoint is not None:
-        if checkpoint.kind != KIND:
-            raise CheckpointError(f"{out / LAST}: holds a {checkpoint.kind!r} run, not a PW4MedSeg run; give "
-                                  "the PW4MedSeg run's folder.")
+
+    def configure(checkpoint) -> PwTrainConfig:
+        if checkpoint is None:
+            return config or PwTrainConfig()
         saved = PwTrainConfig.from_dict(checkpoint.train_config)
-        config = saved if config is None else config
-        if _comparable(config) != _comparable(saved):
-            raise CheckpointError(f"{out / LAST}: the run was trained with other settings than the config "
+        if config is not None and _comparable(config) != _comparable(saved):
+            raise CheckpointError(f"{checkpoint.path}: the run was trained with other settings than the config "
                                   "given; resume with the same config (or none: the checkpoint's own).")
-    config = config or PwTrainConfig()
-    choice = choose_device(config.device)
-    say = log or (lambda text: None)
-    say(choice.describe())
-    with deterministic(config.deterministic):
-        return _train(data, out, config, callbacks, checkpoint, choice.device, say, progress)
+        return config or saved
+
+    run = start_run(out_dir, kind=KIND, name="PW4MedSeg", configure=configure, resume=resume,
+                    overwrite=overwrite, log=log)
+    with deterministic(run.config.deterministic):
+        return _train(data, run.out, run.config, callbacks, run.checkpoint, run.device, run.say, progress)
 
 
 def _comparable(config: PwTrainConfig) -> dict:
