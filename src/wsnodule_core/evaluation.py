@@ -80,16 +80,16 @@ def load_segmenters(
     paper's multi-GAP segmentation with the (first) 1-GAP model (and its settings); otherwise each
     NAM checkpoint segments alone. ``nam_overrides`` (e.g. ``{"top_k": 2}``) go to every NAM segmenter.
     """
-    from wsnodule_core.segmentation.load import (_kinds, checkpoint_kind, load_model_of_kind,
+    from wsnodule_core.segmentation.load import (method_kinds, checkpoint_kind, load_model_of_kind,
                                                  segmenter_for_model)
     from wsnodule_core.training.device import choose_device
 
     torch_device = choose_device(device).device
-    nam_kind = _kinds()["nam"]
+    nam_kind = method_kinds()["nam"]
     loaded: list[tuple[str | None, str, Any, Any]] = []  # name, kind, model, checkpoint
     for name, path in checkpoints:
         kind = checkpoint_kind(path)
-        if kind == _kinds()["flow_prior"] or kind == _kinds()["flow_predictor"]:
+        if kind == method_kinds()["flow_prior"] or kind == method_kinds()["flow_predictor"]:
             raise CheckpointError(f"{path}: holds a {kind!r} model; evaluate flow guidance with --predictor "
                                   "(and --flow-prior), not --checkpoint.")
         model, checkpoint = load_model_of_kind(path, kind, torch_device)

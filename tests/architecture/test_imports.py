@@ -84,7 +84,9 @@ def room(module: str) -> str | None:
 
 def test_every_room_has_a_layer():
     rooms = {room(m) for m in project_graph() if m.startswith("wsnodule_core.")}
-    assert rooms <= set(LAYER_OF), f"rooms missing from LAYERS (and docs/architecture.md): {rooms - set(LAYER_OF)}"
+    assert rooms <= set(LAYER_OF), (
+        f"rooms missing from LAYERS (and docs/architecture.md): {rooms - set(LAYER_OF)}"
+    )
 
 
 def test_no_upward_or_sibling_imports():
@@ -103,9 +105,13 @@ def test_no_upward_or_sibling_imports():
 
 
 def test_the_core_never_imports_the_plugin_and_only_cli_imports_cli():
-    wrong = [f"{m} -> {t}" for m, targets in project_graph().items() for t in targets
-             if (m.startswith("wsnodule_core") and t.startswith("napari_wsnodule"))
-             or (t.startswith("wsnodule_core.cli") and not m.startswith("wsnodule_core.cli"))]
+    wrong = [
+        f"{m} -> {t}"
+        for m, targets in project_graph().items()
+        for t in targets
+        if (m.startswith("wsnodule_core") and t.startswith("napari_wsnodule"))
+        or (t.startswith("wsnodule_core.cli") and not m.startswith("wsnodule_core.cli"))
+    ]
     assert not wrong, "\n".join(sorted(wrong))
 
 
@@ -118,7 +124,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         path.pop()

@@ -24,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Read IMAGE (DICOM folder or file, NIfTI, NRRD or MetaImage), segment its lungs where the model "
             "needs them, run the checkpoint's segmentation with the settings it was trained and validated with "
-            "(NAM/R-NAM, the 3D NAM, the U-Net baseline, K passes of PW4MedSeg, or flow guidance at candidate centres) and write the nodule label "
-            "mask (one label per 3D nodule) on the image's own grid. MASK may end in .nii.gz, .nii, .nrrd, .mhd or "
+            "(NAM/R-NAM, the 3D NAM, the U-Net baseline, K passes of PW4MedSeg, or flow guidance at candidate "
+            "centres) and write the nodule label mask (one label per 3D nodule) on the image's own grid. MASK "
+            "may end in .nii.gz, .nii, .nrrd, .mhd or "
             ".mha, or .dcm for a DICOM-SEG (only when IMAGE is a DICOM series)."
         ),
     )
@@ -101,7 +102,9 @@ def write_maps(result, volume, folder: Path, overwrite: bool = False) -> list[Pa
 
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    nam = result.details if hasattr(result.details, "slices") and hasattr(result.details, "probability") else None
+    from wsnodule_core.nam.pipeline import NamSegmentation
+
+    nam = result.details if isinstance(result.details, NamSegmentation) else None
     maps = dict(result.maps)
     if nam is not None:
         maps["probability"] = volume.with_array(
@@ -153,9 +156,9 @@ def nodule_summary(labels, spacing) -> list[dict]:
 def segmenter_options(kind: str, args: argparse.Namespace) -> dict:
     """The command line's method options that apply to a checkpoint of ``kind`` (refusing the others)."""
     from wsnodule_core.errors import ModelConfigError
-    from wsnodule_core.segmentation.load import _kinds
+    from wsnodule_core.segmentation.load import method_kinds
 
-    kinds = _kinds()
+    kinds = method_kinds()
     given = {"--mode": args.mode != "fine", "--two-nodules": args.two_nodules,
              "--multi-gap-checkpoint": args.multi_gap_checkpoint is not None, "--passes": args.passes is not None,
              "--flow-prior": args.flow_prior is not None, "--centre": bool(args.centre)}

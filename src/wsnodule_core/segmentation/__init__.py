@@ -11,11 +11,20 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "Segmenter": "base", "SegmentationResult": "base", "LUNGS_AUTO": "base", "FunctionSegmenter": "base",
-    "load_segmenter": "load", "segmenter_for_model": "load", "checkpoint_kind": "load",
+    "Segmenter": "base",
+    "SegmentationResult": "base",
+    "LUNGS_AUTO": "base",
+    "FunctionSegmenter": "base",
+    "load_segmenter": "load",
+    "segmenter_for_model": "load",
+    "checkpoint_kind": "load",
     "load_model_of_kind": "load",
-    "NamSegmenter": "nam", "Nam3DSegmenter": "nam", "nam_config_for_checkpoint": "nam",
-    "PwSegmenter": "pw4medseg", "UnetBaselineSegmenter": "unet", "BlobSegmenter": "blob",
+    "NamSegmenter": "nam",
+    "Nam3DSegmenter": "nam",
+    "nam_config_for_checkpoint": "nam",
+    "PwSegmenter": "pw4medseg",
+    "UnetBaselineSegmenter": "unet",
+    "BlobSegmenter": "blob",
     "FlowSegmenter": "flow",
 }
 __all__ = sorted(_EXPORTS)

@@ -54,18 +54,26 @@ class Segmenter(Protocol):
     kind: str
     needs_lungs: bool
 
-    def segment(self, volume: Volume, *, lungs: Lungs = LUNGS_AUTO, progress: Progress | None = None,
-                cancel: Cancel | None = None) -> SegmentationResult: ...
+    def segment(
+        self,
+        volume: Volume,
+        *,
+        lungs: Lungs = LUNGS_AUTO,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+    ) -> SegmentationResult: ...
 
 
-def resolve_lungs(volume: Volume, lungs: Lungs, *, needed: bool,
-                  progress: Progress | None = None) -> np.ndarray | None:
+def resolve_lungs(
+    volume: Volume, lungs: Lungs, *, needed: bool, progress: Progress | None = None
+) -> np.ndarray | None:
     """The lung mask a method runs with: ``"auto"`` segments the lungs when the method ``needed`` them,
     None means none, an array or Volume must lie on ``volume``'s grid."""
     if isinstance(lungs, str):
         if lungs != LUNGS_AUTO:
-            raise ModelConfigError(f"lungs must be a mask on the CT's grid, None or {LUNGS_AUTO!r}, "
-                                   f"got {lungs!r}.")
+            raise ModelConfigError(
+                f"lungs must be a mask on the CT's grid, None or {LUNGS_AUTO!r}, got {lungs!r}."
+            )
         if not needed:
             return None
         from wsnodule_core.data.lung import segment_lungs
@@ -88,7 +96,9 @@ def labelled(volume: Volume, mask: np.ndarray | Volume) -> Volume:
     return volume.with_array(array.astype(np.int32))
 
 
-def single_output(volume: Volume, mask: np.ndarray | Volume, method: str, **fields: Any) -> SegmentationResult:
+def single_output(
+    volume: Volume, mask: np.ndarray | Volume, method: str, **fields: Any
+) -> SegmentationResult:
     """A result whose one output is ``mask`` (labelled per nodule)."""
     labels = labelled(volume, mask)
     return SegmentationResult(labels, {"mask": labels}, method, **fields)
@@ -108,12 +118,20 @@ class FunctionSegmenter:
     kind: str = "function"
     needs_lungs: bool = False
 
-    def segment(self, volume: Volume, *, lungs: Lungs = LUNGS_AUTO, progress: Progress | None = None,
-                cancel: Cancel | None = None) -> SegmentationResult:
+    def segment(
+        self,
+        volume: Volume,
+        *,
+        lungs: Lungs = LUNGS_AUTO,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+    ) -> SegmentationResult:
         lung_mask = resolve_lungs(volume, lungs, needed=self.needs_lungs)
         made = self.function(volume, lung_mask)
-        outputs = {name: labelled(volume, mask) for name, mask in
-                   (made.items() if isinstance(made, Mapping) else [("mask", made)])}
+        outputs = {
+            name: labelled(volume, mask)
+            for name, mask in (made.items() if isinstance(made, Mapping) else [("mask", made)])
+        }
         if not outputs:
             raise ModelConfigError(f"{self.name}: the function returned no mask.")
         primary = outputs.get("mask", outputs.get("fine", next(iter(outputs.values()))))

@@ -8,8 +8,16 @@ from typing import Any
 import numpy as np
 
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
-                                             labelled, lung_volume, resolve_lungs)
+from wsnodule_core.segmentation.base import (
+    LUNGS_AUTO,
+    Cancel,
+    Lungs,
+    Progress,
+    SegmentationResult,
+    labelled,
+    lung_volume,
+    resolve_lungs,
+)
 
 BLOB_KIND = "blob-filter"
 
@@ -22,15 +30,21 @@ def _default_config() -> Any:
 
 @dataclass(frozen=True, eq=False)
 class BlobSegmenter:
-    """:func:`~wsnodule_core.baselines.blob_filter.segment_blobs` inside the lungs (no training, no checkpoint)."""
+    """:func:`~wsnodule_core.baselines.blob_filter.segment_blobs` in the lungs (no training or checkpoint)."""
 
     config: Any = field(default_factory=_default_config)
     name: str = "Hessian blob filter (no training)"
     kind: str = BLOB_KIND
     needs_lungs = True
 
-    def segment(self, volume: Volume, *, lungs: Lungs = LUNGS_AUTO, progress: Progress | None = None,
-                cancel: Cancel | None = None) -> SegmentationResult:
+    def segment(
+        self,
+        volume: Volume,
+        *,
+        lungs: Lungs = LUNGS_AUTO,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+    ) -> SegmentationResult:
         from wsnodule_core.baselines.blob_filter import segment_blobs
 
         lung_mask = resolve_lungs(volume, lungs, needed=True)
@@ -38,4 +52,6 @@ class BlobSegmenter:
         result = segment_blobs(volume, inside, self.config, progress=progress)
         mask = labelled(volume, result.mask)
         maps = {"response": volume.with_array(np.asarray(result.response, np.float32))}
-        return SegmentationResult(mask, {"mask": mask}, self.name, maps, lung_volume(volume, lung_mask), result)
+        return SegmentationResult(
+            mask, {"mask": mask}, self.name, maps, lung_volume(volume, lung_mask), result
+        )

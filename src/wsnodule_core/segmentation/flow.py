@@ -18,8 +18,16 @@ import numpy as np
 from wsnodule_core.errors import ModelConfigError
 from wsnodule_core.flow.predictors import KIND as PREDICTOR_KIND
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
-                                             labelled, lung_volume, resolve_lungs)
+from wsnodule_core.segmentation.base import (
+    LUNGS_AUTO,
+    Cancel,
+    Lungs,
+    Progress,
+    SegmentationResult,
+    labelled,
+    lung_volume,
+    resolve_lungs,
+)
 
 FLOW_OPTIONS = ("centres_xyz", "max_candidates", "batch_size", "floor_hu", "rule", "guidance")
 
@@ -56,13 +64,17 @@ class FlowSegmenter:
         if self.rule is None:
             object.__setattr__(self, "rule", ThresholdRule())
         if self.max_candidates < 1 or self.batch_size < 1:
-            raise ModelConfigError(f"flow guidance needs max_candidates >= 1 and batch_size >= 1, got "
-                                   f"{self.max_candidates} and {self.batch_size}.")
+            raise ModelConfigError(
+                f"flow guidance needs max_candidates >= 1 and batch_size >= 1, got "
+                f"{self.max_candidates} and {self.batch_size}."
+            )
 
     def with_options(self, **changes: Any) -> "FlowSegmenter":
         unknown = sorted(set(changes) - set(FLOW_OPTIONS))
         if unknown:
-            raise ModelConfigError(f"flow guidance has no option {unknown}; its options are {list(FLOW_OPTIONS)}.")
+            raise ModelConfigError(
+                f"flow guidance has no option {unknown}; its options are {list(FLOW_OPTIONS)}."
+            )
         return replace(self, **changes)
 
     def candidate_centres(self, volume: Volume, lungs: np.ndarray | None) -> np.ndarray:
@@ -84,8 +96,14 @@ class FlowSegmenter:
         centres = ndimage.center_of_mass(labels > 0, labels, index=keep)
         return np.array([volume.index_to_world(np.asarray(c, float)) for c in centres], float).reshape(-1, 3)
 
-    def segment(self, volume: Volume, *, lungs: Lungs = LUNGS_AUTO, progress: Progress | None = None,
-                cancel: Cancel | None = None) -> SegmentationResult:
+    def segment(
+        self,
+        volume: Volume,
+        *,
+        lungs: Lungs = LUNGS_AUTO,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+    ) -> SegmentationResult:
         from wsnodule_core.flow.on_volume import guide_at_points
 
         lung_mask = resolve_lungs(volume, lungs, needed=True)
@@ -93,28 +111,45 @@ class FlowSegmenter:
         mask = np.zeros(volume.shape, np.uint8)
         difference = np.zeros(volume.shape, np.float32)
         runs = []
-        chunks = [centres[i:i + self.batch_size] for i in range(0, len(centres), self.batch_size)]
+        chunks = [centres[i : i + self.batch_size] for i in range(0, len(centres), self.batch_size)]
         lung_grid = lung_volume(volume, lung_mask)
         for k, chunk in enumerate(chunks):
+
             def chunk_progress(done: int, total: int, k: int = k) -> None:
                 if progress is not None:
                     progress(k * total + done, len(chunks) * total)
 
-            run = guide_at_points(volume, chunk, self.prior[0], self.predictor, self.guidance, self.rule,
-                                  prior_config=self.prior[1], patch_config=self.patch_config,
-                                  floor_hu=self.floor_hu, lungs=lung_grid, progress=chunk_progress,
-                                  cancel=cancel)
+            run = guide_at_points(
+                volume,
+                chunk,
+                self.prior[0],
+                self.predictor,
+                self.guidance,
+                self.rule,
+                prior_config=self.prior[1],
+                patch_config=self.patch_config,
+                floor_hu=self.floor_hu,
+                lungs=lung_grid,
+                progress=chunk_progress,
+                cancel=cancel,
+            )
             mask = np.maximum(mask, np.asarray(run.mask.array, np.uint8))
             difference = np.maximum(difference, np.asarray(run.difference_map.array, np.float32))
             runs.append(run)
         labels = labelled(volume, mask > 0)
-        return SegmentationResult(labels, {"mask": labels}, self.name,
-                                  {"difference": volume.with_array(difference)}, lung_grid,
-                                  {"centres_xyz": centres, "runs": runs})
+        return SegmentationResult(
+            labels,
+            {"mask": labels},
+            self.name,
+            {"difference": volume.with_array(difference)},
+            lung_grid,
+            {"centres_xyz": centres, "runs": runs},
+        )
 
 
-def flow_segmenter(predictor: Any, checkpoint: Any, prior: Any, *, name: str | None = None,
-                   **options: Any) -> FlowSegmenter:
+def flow_segmenter(
+    predictor: Any, checkpoint: Any, prior: Any, *, name: str | None = None, **options: Any
+) -> FlowSegmenter:
     """A :class:`FlowSegmenter` for a predictor checkpoint and a loaded prior ``(model, config)``;
     ``guidance`` may be a GuidanceConfig or a dict of its fields, ``rule`` a ThresholdRule or
     ``(kind, value)``."""
@@ -126,7 +161,9 @@ def flow_segmenter(predictor: Any, checkpoint: Any, prior: Any, *, name: str | N
         raise ModelConfigError("flow guidance needs its prior: give prior_checkpoint (--flow-prior PRIOR).")
     unknown = sorted(set(options) - set(FLOW_OPTIONS))
     if unknown:
-        raise ModelConfigError(f"flow guidance has no option {unknown}; its options are {list(FLOW_OPTIONS)}.")
+        raise ModelConfigError(
+            f"flow guidance has no option {unknown}; its options are {list(FLOW_OPTIONS)}."
+        )
     raw = (getattr(checkpoint, "raw", None) or {}).get("patch_config")
     known = {f.name for f in fields(PatchConfig)}
     patch_config = None if not raw else PatchConfig(**{k: v for k, v in raw.items() if k in known})

@@ -1,4 +1,4 @@
-"""The front door: any checkpoint -> a :class:`~wsnodule_core.segmentation.base.Segmenter` with its own settings."""
+"""The front door: any checkpoint -> a :class:`~wsnodule_core.segmentation.base.Segmenter`, own settings."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from wsnodule_core.segmentation.base import Segmenter
 PathLike = str | os.PathLike
 
 
-def _kinds() -> dict[str, str]:
+def method_kinds() -> dict[str, str]:
+    """Each method's checkpoint kind constant, by a short name (``"nam"``, ``"pw4medseg"``, ...)."""
     from wsnodule_core.baselines.unet.train import KIND as UNET
     from wsnodule_core.flow.predictors import KIND as FLOW_PREDICTOR
     from wsnodule_core.flow.train_prior import KIND as FLOW_PRIOR
@@ -19,8 +20,14 @@ def _kinds() -> dict[str, str]:
     from wsnodule_core.nam.model import KIND as NAM
     from wsnodule_core.pw4medseg.config import KIND as PW
 
-    return {"nam": NAM, "nam3d": NAM_3D, "unet": UNET, "pw4medseg": PW, "flow_predictor": FLOW_PREDICTOR,
-            "flow_prior": FLOW_PRIOR}
+    return {
+        "nam": NAM,
+        "nam3d": NAM_3D,
+        "unet": UNET,
+        "pw4medseg": PW,
+        "flow_predictor": FLOW_PREDICTOR,
+        "flow_prior": FLOW_PRIOR,
+    }
 
 
 def checkpoint_kind(checkpoint: PathLike) -> str:
@@ -30,9 +37,15 @@ def checkpoint_kind(checkpoint: PathLike) -> str:
     return load_checkpoint(checkpoint).kind
 
 
-def load_segmenter(checkpoint: PathLike, device: str = "auto", *, multi_gap_checkpoint: PathLike | None = None,
-                   prior_checkpoint: PathLike | None = None, name: str | None = None,
-                   **options: Any) -> Segmenter:
+def load_segmenter(
+    checkpoint: PathLike,
+    device: str = "auto",
+    *,
+    multi_gap_checkpoint: PathLike | None = None,
+    prior_checkpoint: PathLike | None = None,
+    name: str | None = None,
+    **options: Any,
+) -> Segmenter:
     """A segmenter for a checkpoint of any kind, set up from the checkpoint's own settings.
 
     Parameters
@@ -70,13 +83,17 @@ def load_segmenter(checkpoint: PathLike, device: str = "auto", *, multi_gap_chec
 
     torch_device = choose_device(device).device
     kind = checkpoint_kind(checkpoint)
-    kinds = _kinds()
+    kinds = method_kinds()
     if multi_gap_checkpoint is not None and kind != kinds["nam"]:
-        raise ModelConfigError(f"{checkpoint}: a {kind!r} model takes no multi-GAP checkpoint; give "
-                               "multi_gap_checkpoint (--multi-gap-checkpoint) only with a NAM classifier.")
+        raise ModelConfigError(
+            f"{checkpoint}: a {kind!r} model takes no multi-GAP checkpoint; give "
+            "multi_gap_checkpoint (--multi-gap-checkpoint) only with a NAM classifier."
+        )
     if prior_checkpoint is not None and kind != kinds["flow_predictor"]:
-        raise ModelConfigError(f"{checkpoint}: a {kind!r} model takes no flow prior; give prior_checkpoint "
-                               "(--flow-prior) only with a flow-guidance predictor.")
+        raise ModelConfigError(
+            f"{checkpoint}: a {kind!r} model takes no flow prior; give prior_checkpoint "
+            "(--flow-prior) only with a flow-guidance predictor."
+        )
     model, loaded = load_model_of_kind(checkpoint, kind, torch_device)
     multi = None
     if multi_gap_checkpoint is not None:
@@ -84,15 +101,17 @@ def load_segmenter(checkpoint: PathLike, device: str = "auto", *, multi_gap_chec
     prior = None
     if kind == kinds["flow_predictor"]:
         if prior_checkpoint is None:
-            raise ModelConfigError(f"{checkpoint}: a flow-guidance predictor segments by steering a "
-                                   "rectified-flow prior; give prior_checkpoint (--flow-prior PRIOR).")
+            raise ModelConfigError(
+                f"{checkpoint}: a flow-guidance predictor segments by steering a "
+                "rectified-flow prior; give prior_checkpoint (--flow-prior PRIOR)."
+            )
         prior = load_model_of_kind(prior_checkpoint, kinds["flow_prior"], torch_device)  # (model, config)
     return segmenter_for_model(kind, model, loaded, name=name, multi_gap_model=multi, prior=prior, **options)
 
 
 def load_model_of_kind(path: PathLike, kind: str, device: Any) -> tuple[Any, Any]:
     """``(model, checkpoint)`` of a checkpoint whose kind is ``kind``, in eval mode on ``device``."""
-    kinds = _kinds()
+    kinds = method_kinds()
     if kind == kinds["nam"]:
         from wsnodule_core.nam.model import load_classifier
 
@@ -119,15 +138,25 @@ def load_model_of_kind(path: PathLike, kind: str, device: Any) -> tuple[Any, Any
         from wsnodule_core.flow.train_prior import load_prior
 
         return load_prior(path, device)
-    raise CheckpointError(f"{path}: holds a {kind or 'unknown'!r} model, which wsnodule cannot segment "
-                          f"with; give a checkpoint written by `wsnodule train` ({sorted(kinds.values())}).")
+    raise CheckpointError(
+        f"{path}: holds a {kind or 'unknown'!r} model, which wsnodule cannot segment "
+        f"with; give a checkpoint written by `wsnodule train` ({sorted(kinds.values())})."
+    )
 
 
-def segmenter_for_model(kind: str, model: Any, checkpoint: Any, *, name: str | None = None,
-                        multi_gap_model: Any = None, prior: Any = None, **options: Any) -> Segmenter:
+def segmenter_for_model(
+    kind: str,
+    model: Any,
+    checkpoint: Any,
+    *,
+    name: str | None = None,
+    multi_gap_model: Any = None,
+    prior: Any = None,
+    **options: Any,
+) -> Segmenter:
     """The segmenter of a model already loaded (e.g. one the plugin trained or loaded), from its
     checkpoint's settings and ``options`` (see :func:`load_segmenter`)."""
-    kinds = _kinds()
+    kinds = method_kinds()
     if kind == kinds["nam"]:
         from wsnodule_core.segmentation.nam import NamSegmenter, nam_config_for_checkpoint
 
@@ -144,7 +173,9 @@ def segmenter_for_model(kind: str, model: Any, checkpoint: Any, *, name: str | N
 
         unknown = sorted(set(options) - {"threshold"})
         if unknown:
-            raise ModelConfigError(f"U-Net segmentation has no option {unknown}; its only option is threshold.")
+            raise ModelConfigError(
+                f"U-Net segmentation has no option {unknown}; its only option is threshold."
+            )
         return UnetBaselineSegmenter(model, name=name or "U-net", **options)
     if kind == kinds["pw4medseg"]:
         from wsnodule_core.segmentation.pw4medseg import PwSegmenter
@@ -162,7 +193,10 @@ def segmenter_for_model(kind: str, model: Any, checkpoint: Any, *, name: str | N
 
         return flow_segmenter(model, checkpoint, prior, name=name, **options)
     if kind == kinds["flow_prior"]:
-        raise ModelConfigError("a flow prior alone does not segment: load the predictor that guides it, with "
-                               "this prior as prior_checkpoint (--flow-prior).")
-    raise CheckpointError(f"a {kind or 'unknown'!r} model cannot segment; wsnodule segments with "
-                          f"{sorted(kinds.values())}.")
+        raise ModelConfigError(
+            "a flow prior alone does not segment: load the predictor that guides it, with "
+            "this prior as prior_checkpoint (--flow-prior)."
+        )
+    raise CheckpointError(
+        f"a {kind or 'unknown'!r} model cannot segment; wsnodule segments with {sorted(kinds.values())}."
+    )

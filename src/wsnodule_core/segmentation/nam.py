@@ -1,4 +1,4 @@
-"""NAM / R-NAM (2D multi-GAP classifier) and the 3D NAM as :class:`~wsnodule_core.segmentation.base.Segmenter`."""
+"""NAM / R-NAM (2D multi-GAP) and the 3D NAM as :class:`~wsnodule_core.segmentation.base.Segmenter`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,16 @@ from wsnodule_core.errors import ModelConfigError
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.nam.model import KIND as NAM_KIND
 from wsnodule_core.nam.model3d import KIND_3D
-from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
-                                             labelled, lung_volume, resolve_lungs)
+from wsnodule_core.segmentation.base import (
+    LUNGS_AUTO,
+    Cancel,
+    Lungs,
+    Progress,
+    SegmentationResult,
+    labelled,
+    lung_volume,
+    resolve_lungs,
+)
 
 NAM_OUTPUTS = ("fine", "coarse")
 
@@ -28,8 +36,9 @@ def nam_config_for_checkpoint(checkpoint: Any, base: Any = None, **overrides: An
     if train.get("image_size"):
         values["input_size"] = int(train["image_size"])
     if "pixel_spacing_mm" in train:
-        values["crop_pixel_spacing_mm"] = (None if train["pixel_spacing_mm"] is None
-                                           else float(train["pixel_spacing_mm"]))
+        values["crop_pixel_spacing_mm"] = (
+            None if train["pixel_spacing_mm"] is None else float(train["pixel_spacing_mm"])
+        )
     threshold = (getattr(checkpoint, "raw", None) or {}).get("probability_threshold")
     if threshold is not None:
         values["probability_threshold"] = float(threshold)
@@ -41,8 +50,9 @@ def _check_names(options: dict, config_class: type, what: str, extra: tuple[str,
     allowed = {f.name for f in fields(config_class)} | set(extra)
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise ModelConfigError(f"{what} segmentation has no option {unknown}; its options are "
-                               f"{sorted(allowed)}.")
+        raise ModelConfigError(
+            f"{what} segmentation has no option {unknown}; its options are {sorted(allowed)}."
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,20 +86,34 @@ class NamSegmenter:
         _check_names(changes, NamConfig, "NAM")
         return replace(self, config=replace(self.config, **changes), output=output)
 
-    def segment(self, volume: Volume, *, lungs: Lungs = LUNGS_AUTO, progress: Progress | None = None,
-                cancel: Cancel | None = None) -> SegmentationResult:
+    def segment(
+        self,
+        volume: Volume,
+        *,
+        lungs: Lungs = LUNGS_AUTO,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+    ) -> SegmentationResult:
         from wsnodule_core.nam.pipeline import segment_volume
 
         lung_mask = resolve_lungs(volume, lungs, needed=True)
-        result = segment_volume(self.model, volume, lungs=lung_mask, config=self.config,
-                                multi_gap_model=self.multi_gap_model, progress=progress, cancel=cancel,
-                                batch_size=self.batch_size)
+        result = segment_volume(
+            self.model,
+            volume,
+            lungs=lung_mask,
+            config=self.config,
+            multi_gap_model=self.multi_gap_model,
+            progress=progress,
+            cancel=cancel,
+            batch_size=self.batch_size,
+        )
         outputs = {"coarse": result.coarse, "fine": result.fine}
         maps = {"nam": result.nam, "scope": result.scope, "candidates": result.candidates}
         if result.multi_nam is not None:
             maps["multi_nam"] = result.multi_nam
-        return SegmentationResult(outputs[self.output], outputs, self.name, maps, lung_volume(volume, lung_mask),
-                                  result)
+        return SegmentationResult(
+            outputs[self.output], outputs, self.name, maps, lung_volume(volume, lung_mask), result
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,19 +128,34 @@ class Nam3DSegmenter:
     kind: str = KIND_3D
     needs_lungs = True
 
-    def segment(self, volume: Volume, *, lungs: Lungs = LUNGS_AUTO, progress: Progress | None = None,
-                cancel: Cancel | None = None) -> SegmentationResult:
+    def segment(
+        self,
+        volume: Volume,
+        *,
+        lungs: Lungs = LUNGS_AUTO,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+    ) -> SegmentationResult:
         from wsnodule_core.nam.segment3d import segment_volume_3d
 
         lung_mask = resolve_lungs(volume, lungs, needed=True)
-        result = segment_volume_3d(self.model, volume, lung_mask, patch_size=self.patch_size,
-                                   spacing_mm=self.spacing_mm, params=self.params, progress=progress,
-                                   cancel=cancel)
+        result = segment_volume_3d(
+            self.model,
+            volume,
+            lung_mask,
+            patch_size=self.patch_size,
+            spacing_mm=self.spacing_mm,
+            params=self.params,
+            progress=progress,
+            cancel=cancel,
+        )
         mask = labelled(volume, result.labels)
         return SegmentationResult(mask, {"mask": mask}, self.name, {}, lung_volume(volume, lung_mask), result)
 
 
-def nam3d_segmenter(model: Any, checkpoint: Any, *, name: str | None = None, **options: Any) -> Nam3DSegmenter:
+def nam3d_segmenter(
+    model: Any, checkpoint: Any, *, name: str | None = None, **options: Any
+) -> Nam3DSegmenter:
     """A :class:`Nam3DSegmenter` with the patch size, spacing and window of the model's training."""
     from wsnodule_core.nam.segment3d import Segment3DParams
 
@@ -126,5 +165,6 @@ def nam3d_segmenter(model: Any, checkpoint: Any, *, name: str | None = None, **o
     spacing_mm = float(options.pop("spacing_mm", train.get("spacing_mm", 1.0)))
     if "window" in train and "window" not in options:
         options["window"] = tuple(train["window"])
-    return Nam3DSegmenter(model, patch_size, spacing_mm, Segment3DParams(**options),
-                          name or f"3D {model.config.n_gap}-GAP")
+    return Nam3DSegmenter(
+        model, patch_size, spacing_mm, Segment3DParams(**options), name or f"3D {model.config.n_gap}-GAP"
+    )

@@ -10,8 +10,16 @@ import numpy as np
 from wsnodule_core.errors import ModelConfigError
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.pw4medseg.config import KIND as PW_KIND
-from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
-                                             labelled, lung_volume, resolve_lungs)
+from wsnodule_core.segmentation.base import (
+    LUNGS_AUTO,
+    Cancel,
+    Lungs,
+    Progress,
+    SegmentationResult,
+    labelled,
+    lung_volume,
+    resolve_lungs,
+)
 
 PW_OPTIONS = ("passes", "threshold", "overlap", "batch_size", "seed", "lung_margin_mm")
 
@@ -50,20 +58,36 @@ class PwSegmenter:
     def with_options(self, **changes: Any) -> "PwSegmenter":
         unknown = sorted(set(changes) - set(PW_OPTIONS))
         if unknown:
-            raise ModelConfigError(f"PW4MedSeg segmentation has no option {unknown}; its options are "
-                                   f"{list(PW_OPTIONS)}.")
+            raise ModelConfigError(
+                f"PW4MedSeg segmentation has no option {unknown}; its options are {list(PW_OPTIONS)}."
+            )
         return replace(self, **changes)
 
     def predict(self, volume: Volume, *, progress: Progress | None = None, cancel: Cancel | None = None):
         """The raw :class:`~wsnodule_core.pw4medseg.infer.Prediction` (mean, spread, thresholded mask)."""
         from wsnodule_core.pw4medseg.infer import predict_volume
 
-        return predict_volume(self.model, volume, self.config, passes=self.passes, overlap=self.overlap,
-                              batch_size=self.batch_size, threshold=self.threshold, seed=self.seed,
-                              progress=progress, cancel=cancel)
+        return predict_volume(
+            self.model,
+            volume,
+            self.config,
+            passes=self.passes,
+            overlap=self.overlap,
+            batch_size=self.batch_size,
+            threshold=self.threshold,
+            seed=self.seed,
+            progress=progress,
+            cancel=cancel,
+        )
 
-    def segment(self, volume: Volume, *, lungs: Lungs = LUNGS_AUTO, progress: Progress | None = None,
-                cancel: Cancel | None = None) -> SegmentationResult:
+    def segment(
+        self,
+        volume: Volume,
+        *,
+        lungs: Lungs = LUNGS_AUTO,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+    ) -> SegmentationResult:
         lung_mask = resolve_lungs(volume, lungs, needed=self.lung_margin_mm is not None)
         prediction = self.predict(volume, progress=progress, cancel=cancel)
         mask = np.asarray(prediction.mask.array) > 0
@@ -74,5 +98,6 @@ class PwSegmenter:
             mask &= distance <= self.lung_margin_mm
         labels = labelled(volume, mask)
         maps = {"probability": prediction.probability, "uncertainty": prediction.uncertainty}
-        return SegmentationResult(labels, {"mask": labels}, self.name, maps, lung_volume(volume, lung_mask),
-                                  prediction)
+        return SegmentationResult(
+            labels, {"mask": labels}, self.name, maps, lung_volume(volume, lung_mask), prediction
+        )

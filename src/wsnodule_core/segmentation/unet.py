@@ -7,8 +7,16 @@ from typing import Any
 
 from wsnodule_core.baselines.unet.train import KIND as UNET_KIND
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
-                                             labelled, lung_volume, resolve_lungs)
+from wsnodule_core.segmentation.base import (
+    LUNGS_AUTO,
+    Cancel,
+    Lungs,
+    Progress,
+    SegmentationResult,
+    labelled,
+    lung_volume,
+    resolve_lungs,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -21,13 +29,26 @@ class UnetBaselineSegmenter:
     kind: str = UNET_KIND
     needs_lungs = True
 
-    def segment(self, volume: Volume, *, lungs: Lungs = LUNGS_AUTO, progress: Progress | None = None,
-                cancel: Cancel | None = None) -> SegmentationResult:
+    def segment(
+        self,
+        volume: Volume,
+        *,
+        lungs: Lungs = LUNGS_AUTO,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+    ) -> SegmentationResult:
         from wsnodule_core.baselines.unet import segment_volume_unet
 
         lung_mask = resolve_lungs(volume, lungs, needed=True)
-        result = segment_volume_unet(self.model, volume, lung_mask, threshold=self.threshold,
-                                     progress=progress, cancel=cancel)
+        result = segment_volume_unet(
+            self.model, volume, lung_mask, threshold=self.threshold, progress=progress, cancel=cancel
+        )
         mask = labelled(volume, result.mask)
-        return SegmentationResult(mask, {"mask": mask}, self.name, {"probability": result.probability},
-                                  lung_volume(volume, lung_mask), result)
+        return SegmentationResult(
+            mask,
+            {"mask": mask},
+            self.name,
+            {"probability": result.probability},
+            lung_volume(volume, lung_mask),
+            result,
+        )
