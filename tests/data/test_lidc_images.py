@@ -104,3 +104,39 @@ def test_alignment_refuses_a_volume_of_other_slices(pylidc_module):
         align_masks(masks, grid, shifted)
     exact = Volume(np.zeros((65, 512, 512), np.int16), grid.spacing, (0.0, 0.0, grid.slice_zvals[0]))
     assert [m.offset for m in align_masks(masks, grid, exact)] == [m.offset for m in masks]
+
+
+def test_a_lidc_data_set_with_images_builds_loads_and_evaluates(pylidc_module, lidc_home, tmp_path):
+    """``dicom_root`` instead of a pylidc configuration; the nodule records the loader needs; the
+    evaluation of the built set (the ground truth scores perfectly)."""
+    from wsnodule_core.data.builders import build_lidc_dataset
+    from wsnodule_core.data.dataset import load_dataset
+    from wsnodule_core.errors import DatasetBuildError
+    from wsnodule_core.evaluation import evaluate_dataset
+    from wsnodule_core.segmentation import FunctionSegmenter
+
+    scan = get_scan(PATIENT)
+    root = tmp_path / "LIDC-IDRI"
+    _write_lidc_like(root, scan, head_first=True)
+    with pytest.raises(DataNotAvailableError, match="no such folder"):
+        build_lidc_dataset(tmp_path / "x", patient_ids=[PATIENT], with_images=True, dicom_root=tmp_path / "nope")
+    with pytest.raises(DatasetBuildError, match="with_images"):
+        build_lidc_dataset(tmp_path / "x", patient_ids=[PATIENT], dicom_root=root)
+    info = build_lidc_dataset(tmp_path / "ds", patient_ids=[PATIENT], with_images=True, dicom_root=root,
+                              split_ratio=(0, 0, 1))
+    assert not (lidc_home / ".pylidcrc").exists()  # nothing configured, nothing written
+    dataset = load_dataset(info.path)
+    [entry] = dataset.entries()
+    case = dataset.load_case(entry)
+    labels = np.asarray(case.mask.array)
+    assert case.nodules and len(case.nodules) == labels.max() == len(np.unique(labels)) - 1
+    for nodule in case.nodules:
+        inside = np.argwhere(labels == nodule.label)
+        np.testing.assert_allclose(nodule.centre_zyx, inside.mean(axis=0), atol=1e-3)
+        np.testing.assert_allclose(nodule.centre_xyz, case.image.index_to_world(inside.mean(axis=0)), atol=1e-3)
+        assert nodule.slice_range == (inside[:, 0].min(), inside[:, 0].max())
+        assert nodule.volume_mm3 == pytest.approx(len(inside) * np.prod(case.image.spacing), rel=1e-4)
+    truth = FunctionSegmenter("Truth", lambda volume, lungs: case.mask)
+    report = evaluate_dataset(info.path, {"Truth": truth}, None, tmp_path / "eval", slices="all")
+    row = report.rows["Truth"]
+    assert row["dice_3d"] == 1.0 and row["detection_3d"]["tp"] == len(case.nodules)

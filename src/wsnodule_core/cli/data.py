@@ -59,7 +59,7 @@ def _run_lidc(args: argparse.Namespace) -> int:
     from wsnodule_core.data.builders import build_lidc_dataset
 
     info = build_lidc_dataset(args.out, n_scans=args.scans, patient_ids=args.patients, seed=args.seed,
-                              with_images=args.with_images, overwrite=args.overwrite,
+                              with_images=args.with_images, dicom_root=args.dicom_root, overwrite=args.overwrite,
                               progress=TextProgress("LIDC scans"))
     _report(info, sys.stdout)
     return 0
@@ -119,7 +119,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lidc.add_argument("--scans", type=int, default=None, help="number of scans drawn at random (default all)")
     lidc.add_argument("--patients", nargs="+", metavar="ID", help="only these LIDC patient ids")
     lidc.add_argument("--with-images", action="store_true",
-                      help="also write volumes and label maps (needs the LIDC DICOM files configured for pylidc)")
+                      help="also write volumes and label maps (needs the LIDC DICOM files: --dicom-root, or "
+                           "configured for pylidc)")
+    lidc.add_argument("--dicom-root", type=Path, metavar="DIR",
+                      help="the folder holding the LIDC-IDRI patient folders (LIDC-IDRI-0001/...), as TCIA "
+                           "downloads them; no ~/.pylidcrc needed")
 
     luna = sub.add_parser("luna16", help="LUNA16 patches from .mhd scans and annotations.csv")
     _common(luna, _run_luna16)

@@ -13,7 +13,7 @@ from wsnodule_core.data.lidc.annotations import (
     list_scans,
     select_nodules,
 )
-from wsnodule_core.data.lidc.compat import import_pylidc, lidc_dicom_path
+from wsnodule_core.data.lidc.compat import check_dicom_root, import_pylidc, lidc_dicom_path
 from wsnodule_core.data.lidc.consensus import (
     MergedMask,
     NoduleSize,
@@ -60,6 +60,7 @@ __all__ = [
     "import_pylidc",
     "lidc_database_statistics",
     "lidc_dicom_path",
+    "check_dicom_root",
     "lidc_nodule_shapes",
     "list_scans",
     "load_lidc_scan",

