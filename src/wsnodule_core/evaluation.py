@@ -85,11 +85,12 @@ def load_segmenters(
     from wsnodule_core.training.device import choose_device
 
     torch_device = choose_device(device).device
-    nam_kind = method_kinds()["nam"]
+    kinds = method_kinds()
+    nam_kind = kinds["nam"]
     loaded: list[tuple[str | None, str, Any, Any]] = []  # name, kind, model, checkpoint
     for name, path in checkpoints:
         kind = checkpoint_kind(path)
-        if kind == method_kinds()["flow_prior"] or kind == method_kinds()["flow_predictor"]:
+        if kind in (kinds["flow_prior"], kinds["flow_predictor"]):
             raise CheckpointError(f"{path}: holds a {kind!r} model; evaluate flow guidance with --predictor "
                                   "(and --flow-prior), not --checkpoint.")
         model, checkpoint = load_model_of_kind(path, kind, torch_device)

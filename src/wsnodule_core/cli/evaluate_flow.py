@@ -73,7 +73,7 @@ def run_flow_evaluation(args: argparse.Namespace, device, progress) -> int:
     from wsnodule_core.errors import ModelConfigError
     from wsnodule_core.flow.evaluate import FlowEvalConfig, evaluate_patches, write_flow_report
     from wsnodule_core.flow.patches import PatchConfig, patches_from_dataset
-    from wsnodule_core.flow.predictors import load_predictor
+    from wsnodule_core.flow.predictors import load_predictor, trained_patch_config
     from wsnodule_core.flow.train_prior import load_prior
 
     predictors, patch_config = {}, None
@@ -83,8 +83,7 @@ def run_flow_evaluation(args: argparse.Namespace, device, progress) -> int:
         name = name or checkpoint.raw.get("model_config", {}).get("architecture", path.stem)
         if name in predictors:
             raise ModelConfigError(f"two predictors are named {name!r}; name them: --predictor NAME=CKPT.")
-        config = PatchConfig(**{k: v for k, v in (checkpoint.raw.get("patch_config") or {}).items()
-                                if k in PatchConfig.__dataclass_fields__})
+        config = trained_patch_config(checkpoint) or PatchConfig()
         if patch_config is not None and (config.size, config.spacing_mm) != (patch_config.size,
                                                                                patch_config.spacing_mm):
             raise ModelConfigError(f"predictor {name!r} was trained on {config.size}^3 patches at "

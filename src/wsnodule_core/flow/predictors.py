@@ -320,6 +320,12 @@ def load_predictor(path: str | os.PathLike, device: str | torch.device | None = 
     return model, checkpoint  # type: ignore[return-value]
 
 
+def trained_patch_config(checkpoint: Checkpoint) -> PatchConfig | None:
+    """The patch protocol a predictor checkpoint recorded (None when it recorded none)."""
+    raw = (getattr(checkpoint, "raw", None) or {}).get("patch_config")
+    return config_from_dict(PatchConfig, raw) if isinstance(raw, dict) else None
+
+
 # --- training ----------------------------------------------------------------------------------
 
 

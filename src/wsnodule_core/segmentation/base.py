@@ -10,7 +10,7 @@ any checkpoint, so the command line, the evaluation, the demo and the plugin seg
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Union
+from typing import Any, Callable, Mapping, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -97,15 +97,31 @@ def labelled(volume: Volume, mask: np.ndarray | Volume) -> Volume:
 
 
 def single_output(
-    volume: Volume, mask: np.ndarray | Volume, method: str, **fields: Any
+    volume: Volume,
+    mask: np.ndarray | Volume,
+    method: str,
+    *,
+    maps: Mapping[str, Volume] | None = None,
+    lungs: np.ndarray | None = None,
+    details: Any = None,
 ) -> SegmentationResult:
-    """A result whose one output is ``mask`` (labelled per nodule)."""
+    """A result whose one output, ``"mask"``, is ``mask`` labelled per nodule; ``lungs`` the mask used."""
     labels = labelled(volume, mask)
-    return SegmentationResult(labels, {"mask": labels}, method, **fields)
+    return SegmentationResult(labels, {"mask": labels}, method, dict(maps or {}), lung_volume(volume, lungs),
+                              details)
 
 
 def lung_volume(volume: Volume, lungs: np.ndarray | None) -> Volume | None:
     return None if lungs is None else volume.with_array(lungs.astype(np.uint8))
+
+
+def check_options(options: Mapping[str, Any], allowed: Sequence[str], what: str) -> None:
+    """Refuse options a segmenter does not take, naming those it does."""
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        listed = (f"its only option is {allowed[0]}" if len(allowed) == 1
+                  else f"its options are {sorted(allowed)}")
+        raise ModelConfigError(f"{what} segmentation has no option {unknown}; {listed}.")
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,16 +8,8 @@ from typing import Any
 import numpy as np
 
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.segmentation.base import (
-    LUNGS_AUTO,
-    Cancel,
-    Lungs,
-    Progress,
-    SegmentationResult,
-    labelled,
-    lung_volume,
-    resolve_lungs,
-)
+from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
+                                             resolve_lungs, single_output)
 
 BLOB_KIND = "blob-filter"
 
@@ -50,8 +42,5 @@ class BlobSegmenter:
         lung_mask = resolve_lungs(volume, lungs, needed=True)
         inside = np.zeros(volume.shape, bool) if lung_mask is None else lung_mask
         result = segment_blobs(volume, inside, self.config, progress=progress)
-        mask = labelled(volume, result.mask)
         maps = {"response": volume.with_array(np.asarray(result.response, np.float32))}
-        return SegmentationResult(
-            mask, {"mask": mask}, self.name, maps, lung_volume(volume, lung_mask), result
-        )
+        return single_output(volume, result.mask, self.name, maps=maps, lungs=lung_mask, details=result)

@@ -10,7 +10,7 @@ costs hundreds of network evaluations each).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,16 +18,8 @@ import numpy as np
 from wsnodule_core.errors import ModelConfigError
 from wsnodule_core.flow.predictors import KIND as PREDICTOR_KIND
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.segmentation.base import (
-    LUNGS_AUTO,
-    Cancel,
-    Lungs,
-    Progress,
-    SegmentationResult,
-    labelled,
-    lung_volume,
-    resolve_lungs,
-)
+from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
+                                             check_options, lung_volume, resolve_lungs, single_output)
 
 FLOW_OPTIONS = ("centres_xyz", "max_candidates", "batch_size", "floor_hu", "rule", "guidance")
 
@@ -70,11 +62,7 @@ class FlowSegmenter:
             )
 
     def with_options(self, **changes: Any) -> "FlowSegmenter":
-        unknown = sorted(set(changes) - set(FLOW_OPTIONS))
-        if unknown:
-            raise ModelConfigError(
-                f"flow guidance has no option {unknown}; its options are {list(FLOW_OPTIONS)}."
-            )
+        check_options(changes, FLOW_OPTIONS, "Flow guidance")
         return replace(self, **changes)
 
     def candidate_centres(self, volume: Volume, lungs: np.ndarray | None) -> np.ndarray:
@@ -136,15 +124,8 @@ class FlowSegmenter:
             mask = np.maximum(mask, np.asarray(run.mask.array, np.uint8))
             difference = np.maximum(difference, np.asarray(run.difference_map.array, np.float32))
             runs.append(run)
-        labels = labelled(volume, mask > 0)
-        return SegmentationResult(
-            labels,
-            {"mask": labels},
-            self.name,
-            {"difference": volume.with_array(difference)},
-            lung_grid,
-            {"centres_xyz": centres, "runs": runs},
-        )
+        return single_output(volume, mask > 0, self.name, maps={"difference": volume.with_array(difference)},
+                             lungs=lung_mask, details={"centres_xyz": centres, "runs": runs})
 
 
 def flow_segmenter(
@@ -155,18 +136,12 @@ def flow_segmenter(
     ``(kind, value)``."""
     from wsnodule_core.flow.attribution import ThresholdRule
     from wsnodule_core.flow.guidance import GuidanceConfig
-    from wsnodule_core.flow.patches import PatchConfig
+    from wsnodule_core.flow.predictors import trained_patch_config
 
     if prior is None:
         raise ModelConfigError("flow guidance needs its prior: give prior_checkpoint (--flow-prior PRIOR).")
-    unknown = sorted(set(options) - set(FLOW_OPTIONS))
-    if unknown:
-        raise ModelConfigError(
-            f"flow guidance has no option {unknown}; its options are {list(FLOW_OPTIONS)}."
-        )
-    raw = (getattr(checkpoint, "raw", None) or {}).get("patch_config")
-    known = {f.name for f in fields(PatchConfig)}
-    patch_config = None if not raw else PatchConfig(**{k: v for k, v in raw.items() if k in known})
+    check_options(options, FLOW_OPTIONS, "Flow guidance")
+    patch_config = trained_patch_config(checkpoint)
     if isinstance(options.get("guidance"), dict):
         options["guidance"] = GuidanceConfig(**options["guidance"])
     if isinstance(options.get("rule"), (tuple, list)):

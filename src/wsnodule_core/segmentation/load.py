@@ -31,10 +31,11 @@ def method_kinds() -> dict[str, str]:
 
 
 def checkpoint_kind(checkpoint: PathLike) -> str:
-    """The kind a checkpoint (file or run folder) declares, e.g. ``"nam-multigap"``."""
+    """The kind a checkpoint (file or run folder) declares, e.g. ``"nam-multigap"`` (its weights are
+    mapped, not read: the model's loader reads them once)."""
     from wsnodule_core.training.checkpoint import load_checkpoint
 
-    return load_checkpoint(checkpoint).kind
+    return load_checkpoint(checkpoint, mmap=True).kind
 
 
 def load_segmenter(

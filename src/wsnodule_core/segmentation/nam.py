@@ -9,16 +9,8 @@ from wsnodule_core.errors import ModelConfigError
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.nam.model import KIND as NAM_KIND
 from wsnodule_core.nam.model3d import KIND_3D
-from wsnodule_core.segmentation.base import (
-    LUNGS_AUTO,
-    Cancel,
-    Lungs,
-    Progress,
-    SegmentationResult,
-    labelled,
-    lung_volume,
-    resolve_lungs,
-)
+from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
+                                             check_options, lung_volume, resolve_lungs, single_output)
 
 NAM_OUTPUTS = ("fine", "coarse")
 
@@ -42,17 +34,12 @@ def nam_config_for_checkpoint(checkpoint: Any, base: Any = None, **overrides: An
     threshold = (getattr(checkpoint, "raw", None) or {}).get("probability_threshold")
     if threshold is not None:
         values["probability_threshold"] = float(threshold)
-    _check_names(overrides, NamConfig, "NAM")
+    check_options(overrides, _field_names(NamConfig), "NAM")
     return replace(base or NamConfig(), **{**values, **overrides})
 
 
-def _check_names(options: dict, config_class: type, what: str, extra: tuple[str, ...] = ()) -> None:
-    allowed = {f.name for f in fields(config_class)} | set(extra)
-    unknown = sorted(set(options) - allowed)
-    if unknown:
-        raise ModelConfigError(
-            f"{what} segmentation has no option {unknown}; its options are {sorted(allowed)}."
-        )
+def _field_names(config_class: type) -> list[str]:
+    return [f.name for f in fields(config_class)]
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,7 +70,7 @@ class NamSegmenter:
         output = changes.pop("output", self.output)
         from wsnodule_core.nam.segment_config import NamConfig
 
-        _check_names(changes, NamConfig, "NAM")
+        check_options(changes, _field_names(NamConfig), "NAM")
         return replace(self, config=replace(self.config, **changes), output=output)
 
     def segment(
@@ -149,8 +136,7 @@ class Nam3DSegmenter:
             progress=progress,
             cancel=cancel,
         )
-        mask = labelled(volume, result.labels)
-        return SegmentationResult(mask, {"mask": mask}, self.name, {}, lung_volume(volume, lung_mask), result)
+        return single_output(volume, result.labels, self.name, lungs=lung_mask, details=result)
 
 
 def nam3d_segmenter(
@@ -160,7 +146,7 @@ def nam3d_segmenter(
     from wsnodule_core.nam.segment3d import Segment3DParams
 
     train = getattr(checkpoint, "train_config", None) or {}
-    _check_names(options, Segment3DParams, "3D NAM", extra=("patch_size", "spacing_mm"))
+    check_options(options, [*_field_names(Segment3DParams), "patch_size", "spacing_mm"], "3D NAM")
     patch_size = int(options.pop("patch_size", train.get("patch_size", 32)))
     spacing_mm = float(options.pop("spacing_mm", train.get("spacing_mm", 1.0)))
     if "window" in train and "window" not in options:

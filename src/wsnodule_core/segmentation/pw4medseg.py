@@ -10,16 +10,8 @@ import numpy as np
 from wsnodule_core.errors import ModelConfigError
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.pw4medseg.config import KIND as PW_KIND
-from wsnodule_core.segmentation.base import (
-    LUNGS_AUTO,
-    Cancel,
-    Lungs,
-    Progress,
-    SegmentationResult,
-    labelled,
-    lung_volume,
-    resolve_lungs,
-)
+from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
+                                             check_options, resolve_lungs, single_output)
 
 PW_OPTIONS = ("passes", "threshold", "overlap", "batch_size", "seed", "lung_margin_mm")
 
@@ -56,11 +48,7 @@ class PwSegmenter:
         return self.lung_margin_mm is not None
 
     def with_options(self, **changes: Any) -> "PwSegmenter":
-        unknown = sorted(set(changes) - set(PW_OPTIONS))
-        if unknown:
-            raise ModelConfigError(
-                f"PW4MedSeg segmentation has no option {unknown}; its options are {list(PW_OPTIONS)}."
-            )
+        check_options(changes, PW_OPTIONS, "PW4MedSeg")
         return replace(self, **changes)
 
     def predict(self, volume: Volume, *, progress: Progress | None = None, cancel: Cancel | None = None):
@@ -88,7 +76,7 @@ class PwSegmenter:
         progress: Progress | None = None,
         cancel: Cancel | None = None,
     ) -> SegmentationResult:
-        lung_mask = resolve_lungs(volume, lungs, needed=self.lung_margin_mm is not None)
+        lung_mask = resolve_lungs(volume, lungs, needed=self.needs_lungs)
         prediction = self.predict(volume, progress=progress, cancel=cancel)
         mask = np.asarray(prediction.mask.array) > 0
         if self.lung_margin_mm is not None and lung_mask is not None and lung_mask.any():
@@ -96,8 +84,5 @@ class PwSegmenter:
 
             distance = ndimage.distance_transform_edt(~lung_mask, sampling=volume.spacing)
             mask &= distance <= self.lung_margin_mm
-        labels = labelled(volume, mask)
         maps = {"probability": prediction.probability, "uncertainty": prediction.uncertainty}
-        return SegmentationResult(
-            labels, {"mask": labels}, self.name, maps, lung_volume(volume, lung_mask), prediction
-        )
+        return single_output(volume, mask, self.name, maps=maps, lungs=lung_mask, details=prediction)

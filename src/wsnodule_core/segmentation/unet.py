@@ -7,16 +7,8 @@ from typing import Any
 
 from wsnodule_core.baselines.unet.train import KIND as UNET_KIND
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.segmentation.base import (
-    LUNGS_AUTO,
-    Cancel,
-    Lungs,
-    Progress,
-    SegmentationResult,
-    labelled,
-    lung_volume,
-    resolve_lungs,
-)
+from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
+                                             resolve_lungs, single_output)
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,12 +35,5 @@ class UnetBaselineSegmenter:
         result = segment_volume_unet(
             self.model, volume, lung_mask, threshold=self.threshold, progress=progress, cancel=cancel
         )
-        mask = labelled(volume, result.mask)
-        return SegmentationResult(
-            mask,
-            {"mask": mask},
-            self.name,
-            {"probability": result.probability},
-            lung_volume(volume, lung_mask),
-            result,
-        )
+        return single_output(volume, result.mask, self.name, maps={"probability": result.probability},
+                             lungs=lung_mask, details=result)

@@ -61,8 +61,13 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint` (tensors mapped to ``map_location``)."""
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu", *,
+                    mmap: bool = False) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (tensors mapped to ``map_location``).
+
+    ``mmap`` maps the tensors from the file instead of reading them: cheap when only the fields
+    are wanted (the kind, the configs), as before a model of that kind is loaded.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / BEST if (path / BEST).exists() else path / LAST
@@ -70,7 +75,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
         raise CheckpointError(f"{path}: no such checkpoint; give a best.pt/last.pt written by "
                               "`wsnodule train` or its run folder.")
     try:
-        raw = torch.load(path, map_location=map_location, weights_only=True)
+        raw = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:  # noqa: BLE001 - every unreadable file gets the same advice
         raise CheckpointError(f"{path}: cannot read it as a wsnodule checkpoint ({error}).") from error
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:

@@ -44,14 +44,10 @@ def load_flow_prior(path: Path, device: DeviceChoice) -> LoadedPrior:
 
 
 def load_flow_predictor(path: Path, device: DeviceChoice) -> LoadedPredictor:
-    from wsnodule_core.flow.patches import PatchConfig
-    from wsnodule_core.flow.predictors import load_predictor
+    from wsnodule_core.flow.predictors import load_predictor, trained_patch_config
 
     model, checkpoint = load_predictor(path, device.device)
-    raw = checkpoint.raw.get("patch_config")
-    patch_config = PatchConfig(**{k: v for k, v in raw.items() if k in PatchConfig.__dataclass_fields__}) \
-        if isinstance(raw, dict) else None
-    return LoadedPredictor(model, patch_config, device, Path(checkpoint.path))
+    return LoadedPredictor(model, trained_patch_config(checkpoint), device, Path(checkpoint.path))
 
 
 def describe_prior(prior: LoadedPrior) -> str:
