@@ -116,7 +116,7 @@ def paste_on_grid(patches: Sequence[Volume], reference: Volume, *, interpolator:
     "nearest" or "linear", 0 outside the patch), then ``combine(old, new)`` (``np.maximum`` for a
     union) writes it, so a later patch never erases an earlier one.
     """
-    from wsnodule_core.data.luna16 import extract_patch
+    from wsnodule_core.image.resample import Grid, resample_to_grid
 
     out = np.zeros(reference.shape, dtype)
     upper = np.asarray(reference.shape) - 1
@@ -130,12 +130,10 @@ def paste_on_grid(patches: Sequence[Volume], reference: Volume, *, interpolator:
         high = np.clip(np.ceil(index.max(axis=0)).astype(int), 0, upper)
         if np.any(index.max(axis=0) < -0.5) or np.any(index.min(axis=0) > upper + 0.5):
             continue  # the patch lies outside the reference
-        size = high - low + 1
-        half = size // 2
-        # a crop of the reference grid: its voxel `half` is the reference voxel `low + half`
-        centre = reference.index_to_world((low + half).astype(float))
-        local = extract_patch(patch, centre, size_vox=size, spacing=np.asarray(reference.spacing), fill=0,
-                              interpolator=interpolator)  # type: ignore[arg-type]
+        # the crop low..high of the reference grid
+        crop = Grid(high - low + 1, reference.spacing, reference.index_to_world(low.astype(float)),
+                    reference.direction)
+        local = resample_to_grid(patch, crop, interpolator=interpolator, fill=0)  # type: ignore[arg-type]
         region = tuple(slice(a, b + 1) for a, b in zip(low, high))
         out[region] = combine(out[region], np.asarray(local.array).astype(dtype))
     return reference.with_array(out)
