@@ -226,9 +226,8 @@ def train_pw4medseg(data, out_dir: str | os.PathLike, config: PwTrainConfig | No
                                   "given; resume with the same config (or none: the checkpoint's own).")
         return config or saved
 
-    run = start_run(out_dir, kind=KIND, name="PW4MedSeg", configure=configure, resume=resume,
-                    overwrite=overwrite, log=log)
-    with deterministic(run.config.deterministic):
+    with start_run(out_dir, kind=KIND, name="PW4MedSeg", configure=configure, resume=resume,
+                   overwrite=overwrite, log=log) as run, deterministic(run.config.deterministic):
         return _train(data, run.out, run.config, callbacks, run.checkpoint, run.device, run.say, progress)
 
 
