@@ -151,6 +151,10 @@ class UnknownSplitError(WsnoduleError, ValueError):
     """A data-set split was asked for by a name other than train, val or test."""
 
 
+class EmptyVoiError(InvalidVolumeError):
+    """A nodule VOI's mask holds no nodule voxel."""
+
+
 class BuildCancelled(WsnoduleError):
     """A data-set build was cancelled through its ``cancel`` callback."""
 
