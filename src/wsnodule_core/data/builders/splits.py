@@ -13,6 +13,7 @@ import numpy as np
 
 from wsnodule_core.data.dataset import SPLITS
 from wsnodule_core.data.nodule_shape import NoduleShape
+from wsnodule_core.errors import UnknownSplitError
 
 #: Size classes of a case, by its largest nodule's diameter (mm): used to stratify splits.
 SIZE_CLASSES = (("small", 0.0, 10.0), ("medium", 10.0, 20.0), ("large", 20.0, float("inf")))
@@ -76,3 +77,29 @@ def split_subjects(subjects: Sequence[str], strata: Mapping[str, str], ratio: Se
         ordered.extend(members)
     weight = [1.0 if weights is None else float(weights[m]) for m in ordered]
     return {member: SPLITS[split] for member, split in zip(ordered, _allocate(weight, ratio))}
+
+
+#: Patients whose whole scans the real benchmark evaluates on (``$WSNODULE_DATA/lidc-idri``): always
+#: test, so no model trained on a real-data set of this package sees them.
+HELD_OUT_PATIENTS = ("LIDC-IDRI-0001", "LIDC-IDRI-0002")
+
+
+def patient_split(patient_id: str, ratio: Sequence[float] = (4, 1, 1), *, salt: str = "wsnodule",
+                  held_out: Sequence[str] = HELD_OUT_PATIENTS) -> str:
+    """The split (train, val or test) of a real patient, the same in every data set built from it.
+
+    The split comes from a hash of ``salt`` and the patient's id, not from a draw over the patients
+    at hand, so a VOI set, a real-texture hybrid set and any subset of either keep each patient in
+    one split. ``held_out`` patients are always test.
+    """
+    import hashlib
+
+    if patient_id in held_out:
+        return "test"
+    shares = np.asarray(ratio, float)
+    if shares.shape != (3,) or np.any(shares < 0) or not shares.sum() > 0:
+        raise UnknownSplitError(f"split ratio {tuple(ratio)}: give three non-negative shares (train, val, test).")
+    digest = hashlib.sha256(f"{salt}:{patient_id}".encode()).digest()
+    fraction = int.from_bytes(digest[:8], "big") / 2.0 ** 64
+    bounds = np.cumsum(shares) / shares.sum()
+    return SPLITS[min(int(np.searchsorted(bounds, fraction, side="right")), 2)]
