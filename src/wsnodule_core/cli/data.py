@@ -1,4 +1,4 @@
-"""``wsnodule data``: build nodule data sets (phantom, hybrid, lidc, luna16) with a dataset.json."""
+"""``wsnodule data``: build nodule data sets (phantom, hybrid, lidc, lidc-vois, luna16) with a dataset.json."""
 
 from __future__ import annotations
 
@@ -65,6 +65,18 @@ def _run_lidc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_lidc_vois(args: argparse.Namespace) -> int:
+    from wsnodule_core.data.builders import build_lidc_voi_dataset
+    from wsnodule_core.data.nodule_free import default_sources
+
+    sources = default_sources(args.data_root) if args.negatives > 0 else []
+    info = build_lidc_voi_dataset(args.out, vois=args.vois, sources=sources, negatives_per_nodule=args.negatives,
+                                  n_patients=args.patients, patient_ids=args.patient_ids, seed=args.seed,
+                                  overwrite=args.overwrite, progress=TextProgress("VOIs and nodule-free scans"))
+    _report(info, sys.stdout)
+    return 0
+
+
 def _run_luna16(args: argparse.Namespace) -> int:
     from wsnodule_core.data.builders import build_luna16_dataset
 
@@ -93,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from wsnodule_core.data.presets import SIZE_PRESETS
 
     parser = subparsers.add_parser(
-        "data", help="Build nodule data sets (phantom, hybrid, lidc, luna16).",
+        "data", help="Build nodule data sets (phantom, hybrid, lidc, lidc-vois, luna16).",
         description="Build nodule data set folders (NIfTI images, label maps, lung masks) with a dataset.json.",
     )
     sub = parser.add_subparsers(dest="data_command", metavar="SOURCE")
@@ -124,6 +136,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lidc.add_argument("--dicom-root", type=Path, metavar="DIR",
                       help="the folder holding the LIDC-IDRI patient folders (LIDC-IDRI-0001/...), as TCIA "
                            "downloads them; no ~/.pylidcrc needed")
+
+    vois = sub.add_parser("lidc-vois", help="real LIDC nodule crops and nodule-free real lung crops, split by "
+                                            "patient")
+    _common(vois, _run_lidc_vois)
+    vois.add_argument("--vois", type=Path, metavar="DIR",
+                      help="the VOI folder (image/, nodule_mask/, metadata.csv); default $WSNODULE_DATA/lidc-vois")
+    vois.add_argument("--patients", type=int, metavar="N", help="a subset: N patients at random (default all)")
+    vois.add_argument("--patient-ids", nargs="+", metavar="ID", help="a subset: only these LIDC patient ids")
+    vois.add_argument("--negatives", type=float, default=1.0, metavar="F",
+                      help="nodule-free crops per nodule crop, per split (default 1; 0: none)")
+    vois.add_argument("--data-root", type=Path, metavar="DIR",
+                      help="where the whole scans for the nodule-free crops are (lidc-idri/, chest-ct/, "
+                           "lung-pet-ct-dx/); default $WSNODULE_DATA")
 
     luna = sub.add_parser("luna16", help="LUNA16 patches from .mhd scans and annotations.csv")
     _common(luna, _run_luna16)

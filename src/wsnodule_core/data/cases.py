@@ -51,6 +51,9 @@ class Case:
     ``lungs`` a boolean array on the same grid; ``source`` says where the image came from
     ('phantom', 'hybrid:<series>', 'lidc', ...). ``negatives_ok`` is False when the image may
     hold an unlabelled lesion, so negative patches must not be drawn from it.
+    ``negative_sites_xyz`` are world points where nodule-free examples are centred (a crop of real
+    lung): patch cutters centre their negatives there, as they centre positives on nodules, instead
+    of drawing lung voxels.
     """
 
     case_id: str
@@ -61,6 +64,7 @@ class Case:
     source: str
     negatives_ok: bool = True
     notes: tuple[str, ...] = field(default_factory=tuple)
+    negative_sites_xyz: tuple[tuple[float, float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.image.same_geometry(self.mask):

@@ -39,6 +39,8 @@ def case_entry(case: Case, files: dict[str, str], split: str, subject: str) -> d
         "notes": list(case.notes),
         "nodules": [n.to_dict() for n in case.nodules],
         "slice_labels": case.slice_labels().tolist(),
+        **({"negative_sites_xyz": [[round(float(v), 3) for v in p] for p in case.negative_sites_xyz]}
+           if case.negative_sites_xyz else {}),
     }
 
 
@@ -81,6 +83,8 @@ _DESCRIPTIONS = {
     "hybrid": "Real chest CT series with real LIDC-IDRI nodule shapes inserted; only inserted nodules are labelled.",
     "lidc": "LIDC-IDRI scans with nodules and slice labels from the reader annotations.",
     "luna16": "LUNA16 patches around annotated nodules and negatives.",
+    "lidc-voi": "Real LIDC-IDRI nodule crops (majority-vote masks, reader ratings) and crops of nodule-free "
+                "real lung of the same sizes and spacings, split by patient.",
 }
 
 REQUIRED_KEYS = ("format_version", "name", "modality", "labels", "cases")
@@ -127,7 +131,8 @@ class Dataset:
                  else np.zeros(image.shape, bool))
         mask = image.with_array(np.asarray(mask.array).astype(np.uint16))
         return Case(entry["case_id"], image, mask, lungs, [NoduleRecord.from_dict(n) for n in entry["nodules"]],
-                    entry.get("source", ""), bool(entry.get("negatives_ok", True)), tuple(entry.get("notes", ())))
+                    entry.get("source", ""), bool(entry.get("negatives_ok", True)), tuple(entry.get("notes", ())),
+                    tuple(tuple(float(v) for v in p) for p in entry.get("negative_sites_xyz", ())))
 
     def patches(self, split: str | None = None) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
         """For patch sets (LUNA16): each case's entry and its arrays (images, labels, centres_xyz)."""
@@ -152,7 +157,7 @@ def load_dataset(folder: str | os.PathLike) -> Dataset:
         root = path.parent
     if not path.exists():
         raise InvalidDatasetError(
-            f"{path}: no dataset.json here. Give a folder made by `wsnodule data phantom|hybrid|lidc|luna16`."
+            f"{path}: no dataset.json here. Give a folder made by `wsnodule data phantom|hybrid|lidc|lidc-vois|luna16`."
         )
     try:
         info = json.loads(path.read_text())

@@ -11,7 +11,9 @@ The case is first cropped on its own grid around the point (cheap for a large CT
 Labels: 1 for a patch centred on a nodule (one exactly centred, the others shifted by a uniform
 jitter of at most ``jitter_fraction`` of the side per axis, so the nodule centre stays in the
 central region); 0 for a patch centred on a lung voxel whose cube, widened by ``negative_margin_mm``
-on each side, holds no nodule voxel (none from a case with ``negatives_ok`` False).
+on each side, holds no nodule voxel (none from a case with ``negatives_ok`` False). A case with
+``negative_sites_xyz`` (nodule-free crops of real lung) gives its negatives there instead, cut and
+jittered as its positives are.
 Intensities: HU over ``window`` = [-1000, 1000] mapped to [0, 1] (clipped), as for the flow prior.
 """
 
@@ -200,12 +202,13 @@ def case_patches(case, config: PatchConfig = PatchConfig()) -> PatchSet:
     reach_mm = config.jitter_fraction * s * spacing
     points: list[tuple[np.ndarray, int, int]] = []  # (centre xyz, label, nodule label)
     direction = np.asarray(case.image.direction, float)
-    for record in case.nodules:
-        centre = np.asarray(record.centre_xyz, float)
+    sites = [(record.centre_xyz, 1, int(record.label)) for record in case.nodules]
+    sites += [(site, 0, 0) for site in case.negative_sites_xyz]  # nodule-free crops: cut as positives are
+    for site, label, nodule in sites:
         for k in range(config.positives_per_nodule):
             shift = np.zeros(3) if k == 0 else rng.uniform(-reach_mm, reach_mm, 3)
-            points.append((centre + direction @ shift, 1, int(record.label)))  # shift along the patch axes
-    if case.negatives_ok and config.negatives_per_case > 0:
+            points.append((np.asarray(site, float) + direction @ shift, label, nodule))  # along the patch axes
+    if case.negatives_ok and config.negatives_per_case > 0 and not case.negative_sites_xyz:
         lungs = np.flatnonzero(np.asarray(case.lungs, bool))
         margin = int(math.ceil(config.negative_margin_mm / spacing))
         want, found, tries = config.negatives_per_case, 0, 0

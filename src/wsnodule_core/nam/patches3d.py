@@ -125,13 +125,15 @@ def case_patches(case, config: Patch3DConfig = Patch3DConfig()) -> PatchSet3D:
     reach = max(0, int(math.floor(config.centre_fraction * s / 2.0)) - 1)
     centres: list[np.ndarray] = []
     labels: list[int] = []
-    for record in case.nodules:
-        centre = np.round(image.world_to_index(record.centre_xyz)).astype(int) + s
+    sites = [(record.centre_xyz, 1) for record in case.nodules]
+    sites += [(site, 0) for site in case.negative_sites_xyz]  # nodule-free crops: cut as positives are
+    for site, label in sites:
+        centre = np.round(image.world_to_index(site)).astype(int) + s
         for k in range(config.positives_per_nodule):
             shift = np.zeros(3, int) if k == 0 else rng.integers(-reach, reach + 1, 3)
             centres.append(centre + shift)
-            labels.append(1)
-    if case.negatives_ok and config.negatives_per_case > 0:
+            labels.append(label)
+    if case.negatives_ok and config.negatives_per_case > 0 and not case.negative_sites_xyz:
         candidates = np.flatnonzero(lung)
         tries = 0
         found = 0
