@@ -90,7 +90,10 @@ def _run_luna16(args: argparse.Namespace) -> int:
 
 def _run_tumour_boxes(args: argparse.Namespace) -> int:
     from wsnodule_core.data.tumour_boxes import read_tumour_boxes, write_tumour_boxes
+    from wsnodule_core.errors import OutputExistsError
 
+    if args.out.exists() and not args.overwrite:  # before the reading, not after
+        raise OutputExistsError(f"{args.out} exists; pass --overwrite to replace it.")
     series = read_tumour_boxes(args.root, args.subjects, progress=TextProgress("Lung-PET-CT-Dx subjects"))
     path = write_tumour_boxes(args.out, series, overwrite=args.overwrite)
     for s in series:

@@ -67,7 +67,8 @@ def annotation_id(subject: str) -> str:
 def index_slices(patient_folder: str | Path) -> dict[str, SliceRef]:
     """Every DICOM image under ``patient_folder`` (all studies and series), by SOPInstanceUID.
 
-    Headers only (``stop_before_pixels``); files that are not DICOM are passed over.
+    Headers only (``stop_before_pixels``); files that are not DICOM are passed over. A slice UID found in
+    two series is refused (:class:`~wsnodule_core.errors.DataLookupError`): its box would be ambiguous.
     """
     index: dict[str, SliceRef] = {}
     for path in sorted(p for p in Path(patient_folder).rglob("*") if p.is_file() and not p.name.startswith(".")):
@@ -77,8 +78,13 @@ def index_slices(patient_folder: str | Path) -> dict[str, SliceRef]:
             continue
         if "SOPInstanceUID" not in header or "SeriesInstanceUID" not in header or "Rows" not in header:
             continue
-        index[str(header.SOPInstanceUID)] = SliceRef(str(header.SeriesInstanceUID), path.parent,
-                                                     int(header.Rows), int(header.Columns))
+        ref = SliceRef(str(header.SeriesInstanceUID), path.parent, int(header.Rows), int(header.Columns))
+        other = index.setdefault(str(header.SOPInstanceUID), ref)
+        if other.series_uid != ref.series_uid:
+            raise DataLookupError(
+                f"{path}: slice (SOPInstanceUID) {header.SOPInstanceUID} is in two series, {other.series_uid} "
+                f"({other.folder}) and {ref.series_uid}; a box file could not tell which it belongs to. Remove "
+                "the copied or damaged series.")
     return index
 
 
