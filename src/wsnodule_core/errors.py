@@ -120,6 +120,15 @@ class AnnotationFileError(WsnoduleError, ValueError):
     """An annotation file (e.g. LUNA16's annotations.csv) is missing columns or has bad values."""
 
 
+class BoxFileError(AnnotationFileError):
+    """A box annotation file (a PASCAL-VOC XML of Lung-PET-CT-Dx, a world-box JSON) is malformed or its
+    box does not fit the slice it names."""
+
+
+class UnknownSliceError(DataLookupError):
+    """An annotation names a DICOM slice (SOPInstanceUID) that no series of its patient holds."""
+
+
 class PhantomParameterError(WsnoduleError, ValueError):
     """A parameter of the procedural chest CT phantom is out of range or unknown."""
 
@@ -190,6 +199,10 @@ class SegmentationCancelled(WsnoduleError):
 
 class SparseAnnotationError(WsnoduleError, ValueError):
     """A sparse annotation is malformed, outside its volume grid, or contradicts another one."""
+
+
+class BoxOutsideGridError(SparseAnnotationError):
+    """A world box lies entirely outside the volume grid it is to be put on."""
 
 
 class LossInputError(TrainingDataError):

@@ -1,4 +1,5 @@
-"""``wsnodule data``: build nodule data sets (phantom, hybrid, lidc, lidc-vois, luna16) with a dataset.json."""
+"""``wsnodule data``: build nodule data sets (phantom, hybrid, lidc, lidc-vois, luna16) with a dataset.json;
+read Lung-PET-CT-Dx tumour boxes into a JSON of world boxes (tumour-boxes)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,22 @@ def _run_luna16(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_tumour_boxes(args: argparse.Namespace) -> int:
+    from wsnodule_core.data.tumour_boxes import read_tumour_boxes, write_tumour_boxes
+    from wsnodule_core.errors import OutputExistsError
+
+    if args.out.exists() and not args.overwrite:  # before the reading, not after
+        raise OutputExistsError(f"{args.out} exists; pass --overwrite to replace it.")
+    series = read_tumour_boxes(args.root, args.subjects, progress=TextProgress("Lung-PET-CT-Dx subjects"))
+    path = write_tumour_boxes(args.out, series, overwrite=args.overwrite)
+    for s in series:
+        slices = ", ".join(f"{t.slices[0]}-{t.slices[-1]}" for t in s.tumours)
+        print(f"{s.subject} series {s.series_uid}: {len(s.slice_boxes)} slice box(es), {len(s.tumours)} "
+              f"tumour box(es) (slices {slices})")
+    print(f"wrote {sum(len(s.tumours) for s in series)} tumour box(es) of {len(series)} series to {path}")
+    return 0
+
+
 def _common(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int]) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder to write (must be empty or new)")
     parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed builds the same files")
@@ -105,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from wsnodule_core.data.presets import SIZE_PRESETS
 
     parser = subparsers.add_parser(
-        "data", help="Build nodule data sets (phantom, hybrid, lidc, lidc-vois, luna16).",
+        "data", help="Build nodule data sets (phantom, hybrid, lidc, lidc-vois, luna16); read tumour boxes.",
         description="Build nodule data set folders (NIfTI images, label maps, lung masks) with a dataset.json.",
     )
     sub = parser.add_subparsers(dest="data_command", metavar="SOURCE")
@@ -156,6 +173,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     luna.add_argument("--scans", required=True, type=Path, help="folder with the LUNA16 .mhd/.raw scans")
     luna.add_argument("--patch-mm", type=float, default=32.0, help="patch edge in mm (default 32)")
     luna.add_argument("--negatives", type=int, default=4, help="negative patches per scan (default 4)")
+
+    boxes = sub.add_parser(
+        "tumour-boxes", help="Lung-PET-CT-Dx tumour boxes (PASCAL-VOC per slice) as a JSON of world boxes",
+        description="Read the per-slice PASCAL-VOC boxes of Lung-PET-CT-Dx, match each to its series by "
+                    "SOPInstanceUID and write the 3D tumour boxes in world (x, y, z) LPS mm, with the slice "
+                    "boxes, to a JSON file (docs/data.md).")
+    boxes.add_argument("--root", type=Path, metavar="DIR",
+                       help="the collection folder holding Lung-PET-CT-Dx/ and Annotation/ "
+                            "[$WSNODULE_DATA/lung-pet-ct-dx]")
+    boxes.add_argument("--subjects", nargs="+", metavar="ID", help="only these subjects (Lung_Dx-A0001 or A0001)")
+    boxes.add_argument("--out", required=True, type=Path, help="the JSON file to write")
+    boxes.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    boxes.set_defaults(func=_run_tumour_boxes)
 
 
 __all__ = ["TextProgress", "register"]
