@@ -59,13 +59,13 @@ class LoadedSource:
     lesion_points_xyz: np.ndarray
 
 
-def default_sources(data_root: str | os.PathLike | None = None, *, tumour_boxes=None) -> list[NoduleFreeSource]:
+def default_sources(data_root: str | os.PathLike | None = None) -> list[NoduleFreeSource]:
     """The whole scans of ``$WSNODULE_DATA`` (or ``data_root``) that give negatives, with their splits.
 
     The two LIDC-IDRI scans are test (the real benchmark's whole scans); Lung-PET-CT-Dx A0001 is
     validation; CPTAC-C3N-00247, TCGA-34-2605 and Lung-PET-CT-Dx A0002 are training. Scans that are
-    not there are left out. ``tumour_boxes`` maps a Lung-PET-CT-Dx subject to (series folder, world
-    boxes); without it those patients are left out.
+    not there are left out. A Lung-PET-CT-Dx patient gives its series with the most boxed slices, and
+    avoids the tumour boxes of all its series (one acquisition, one world frame).
     """
     root = Path(data_root) if data_root is not None else _data_root()
     found = []
@@ -82,10 +82,24 @@ def default_sources(data_root: str | os.PathLike | None = None, *, tumour_boxes=
         found.append(NoduleFreeSource("tcga-34-2605", chest / "tcga-34-2605", "train",
                                       lesion_boxes_xyz=(TCGA_34_2605_EXCLUDED,),
                                       note="its right lung above the hilum (mass) avoided"))
-    for subject, (folder, boxes) in sorted((tumour_boxes or {}).items()):
-        found.append(NoduleFreeSource(subject, Path(folder), "val" if subject.endswith("A0001") else "train",
-                                      lesion_boxes_xyz=tuple(boxes), note="tumour boxes avoided"))
+    if (root / "lung-pet-ct-dx").is_dir():
+        found.extend(_tumour_box_sources(root / "lung-pet-ct-dx"))
     return found
+
+
+def _tumour_box_sources(root: Path) -> list[NoduleFreeSource]:
+    from wsnodule_core.data.tumour_boxes import read_tumour_boxes
+
+    by_subject: dict[str, list] = {}
+    for series in read_tumour_boxes(root):
+        by_subject.setdefault(series.subject, []).append(series)
+    sources = []
+    for subject, series in sorted(by_subject.items()):
+        chosen = max(series, key=lambda s: (len(s.boxed_slices), s.series_uid))
+        boxes = tuple((tuple(t.lo), tuple(t.hi)) for s in series for t in s.tumours)
+        sources.append(NoduleFreeSource(subject, chosen.folder, "val" if subject.endswith("A0001") else "train",
+                                        lesion_boxes_xyz=boxes, note="its tumour boxes avoided"))
+    return sources
 
 
 def _data_root() -> Path:
