@@ -269,3 +269,25 @@ def test_real_vois_read_and_the_held_out_patient_builds_with_real_negatives(wsno
         assert np.linalg.norm(site - nodule) > 30.0  # far from the annotated nodule
         centre = tuple((np.asarray(case.image.shape) - 1) // 2)
         assert case.image.array[centre] < -300  # centred on lung
+
+
+def test_default_sources_find_the_scans_and_give_each_patient_one_split(tmp_path):
+    from wsnodule_core.data.nodule_free import TCGA_34_2605_EXCLUDED, default_sources
+
+    for folder in ("lidc-idri/LIDC-IDRI-0001", "chest-ct/cptac-c3n-00247", "chest-ct/tcga-34-2605"):
+        (tmp_path / folder).mkdir(parents=True)
+    found = {s.subject: s for s in default_sources(tmp_path)}
+    assert sorted(found) == ["LIDC-IDRI-0001", "cptac-c3n-00247", "tcga-34-2605"]
+    assert found["LIDC-IDRI-0001"].split == "test" and found["LIDC-IDRI-0001"].kind == "lidc"
+    assert found["tcga-34-2605"].lesion_boxes_xyz == (TCGA_34_2605_EXCLUDED,)
+
+
+def test_default_sources_on_the_real_data_avoid_the_tumour_boxes(wsnodule_data):
+    from wsnodule_core.data.nodule_free import default_sources
+
+    if not (wsnodule_data / "lung-pet-ct-dx").is_dir():
+        pytest.skip("lung-pet-ct-dx is missing from WSNODULE_DATA")
+    found = {s.subject: s for s in default_sources(wsnodule_data)}
+    assert {s.split for s in found.values()} == {"train", "val", "test"}
+    assert found["Lung_Dx-A0001"].split == "val" and len(found["Lung_Dx-A0001"].lesion_boxes_xyz) == 1
+    assert len(found["Lung_Dx-A0002"].lesion_boxes_xyz) == 2  # both reconstructions' boxes
