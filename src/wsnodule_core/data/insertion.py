@@ -490,8 +490,8 @@ def insert_nodules(
     taken = np.zeros(volume.shape, bool)
     if avoid is not None:
         if np.shape(avoid) != volume.shape:
-            raise GeometryMismatchError(f"the avoid mask has shape {np.shape(avoid)} but the volume has shape "
-                                        f"{volume.shape}; give it on the volume's grid.")
+            raise GeometryMismatchError(f"the avoid mask has shape {np.shape(avoid)} but the volume has "
+                                        f"shape {volume.shape}; give it on the volume's grid.")
         taken |= ndimage.binary_dilation(np.asarray(avoid, bool))
     records: list[NoduleRecord] = []
     skipped: list[SkippedNodule] = []
@@ -564,7 +564,8 @@ def _insert_one(shape, placement, image, labels, taken, maps, rng, label, volume
         if isinstance(res, TexturedShape):
             _paste(image, region, res.weight[bbox], res.hu[bbox])
         else:
-            core = res.core_occupancy(float(rng.uniform(0.2, 0.5)))[bbox] if shape.texture == "part_solid" else None
+            part_solid = shape.texture == "part_solid"
+            core = res.core_occupancy(float(rng.uniform(0.2, 0.5)))[bbox] if part_solid else None
             _paint(image, region, occ, core, shape.texture, rng, lung_level)
         labels[region][mask] = label
         taken[region] |= ndimage.binary_dilation(mask, iterations=1)

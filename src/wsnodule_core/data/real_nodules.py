@@ -73,15 +73,19 @@ class RealNodule:
 def real_nodule(voi: LidcVoi, image: Volume, mask: Volume) -> RealNodule:
     """A :class:`RealNodule` from a VOI and its loaded image and mask (:func:`load_voi`)."""
     array = np.asarray(mask.array) > 0
-    touches = [bool(array[:, 0].any() or array[:, -1].any()), bool(array[:, :, 0].any() or array[:, :, -1].any())]
     notes = ()
-    if any(touches):
+    if _touches_in_plane(array):
         # the crops hold all of a nodule's slices, so z is always touched; in-plane it may be cut
-        notes = (f"VOI {voi.name}: its mask touches the crop's in-plane border, so the nodule may be cut there; "
-                 f"it is inserted as cropped.",)
+        note = (f"VOI {voi.name}: its mask touches the crop's in-plane border, so the nodule may be cut "
+                "there; it is inserted as cropped.")
+        notes = (note,)
     return RealNodule(np.asarray(image.array, np.float32), array, tuple(float(s) for s in image.spacing),
                       float(voi.diameter_mm), float(voi.texture or 0.0), voi.name, voi.patient_id,
                       voi.series_uid, dict(voi.ratings), notes)
+
+
+def _touches_in_plane(mask: np.ndarray) -> bool:
+    return bool(mask[:, 0].any() or mask[:, -1].any() or mask[:, :, 0].any() or mask[:, :, -1].any())
 
 
 def load_real_nodules(vois: str | os.PathLike | Sequence[LidcVoi] | None = None) -> list[RealNodule]:
@@ -103,8 +107,8 @@ def resample_real_nodule(nodule: RealNodule, spacing: Sequence[float], *, angle_
     k = target_voxels(nodule, spacing)  # type: ignore[arg-type]
     if k < max(1, min_voxels):
         raise InsertionParameterError(
-            f"VOI {nodule.name} ({nodule.volume_mm3:.1f} mm3) fills only {k} voxel(s) of spacing {spacing} mm; "
-            f"at least {min_voxels} are needed to keep its volume within 10 %. Use a finer spacing, or leave "
+            f"VOI {nodule.name} ({nodule.volume_mm3:.1f} mm3) fills only {k} voxel(s) of spacing {spacing} "
+            f"mm; at least {min_voxels} are needed to keep its volume within 10 %. Use a finer spacing, or leave "
             "it out (is_resolvable(nodule, spacing)).")
     # odd padded sizes put the crop's centre on a voxel centre: at equal spacing the HU are copied exactly
     pad = [(_PAD, _PAD + (n + 1) % 2) for n in nodule.mask.shape]
@@ -114,7 +118,8 @@ def resample_real_nodule(nodule: RealNodule, spacing: Sequence[float], *, angle_
     frame = nodule_frame(mask.shape, crop, spacing, angle_deg=angle_deg, flip_x=flip_x)
 
     def onto(array: np.ndarray, grid, fill: float, **kwargs) -> np.ndarray:
-        return resample_to_grid(centred_volume(array, crop), grid, fill=fill, transform=frame.matrix, **kwargs).array
+        source = centred_volume(array, crop)
+        return resample_to_grid(source, grid, fill=fill, transform=frame.matrix, **kwargs).array
 
     fine = onto(sdf, frame.fine, float(sdf.max()) + 100.0)
     base = ResampledShape.from_fine(fine, frame.factors, spacing, nodule.volume_mm3)
