@@ -51,6 +51,7 @@ class RealNodule:
     notes: tuple[str, ...] = ()
     margin_mm: float = MARGIN_MM
     annotation_ids: tuple[int, ...] = ()
+    centre_xyz: tuple[float, float, float] | None = None
 
     @property
     def volume_mm3(self) -> float:
@@ -81,7 +82,7 @@ def real_nodule(voi: LidcVoi, image: Volume, mask: Volume) -> RealNodule:
         notes = (note,)
     return RealNodule(np.asarray(image.array, np.float32), array, tuple(float(s) for s in image.spacing),
                       float(voi.diameter_mm), float(voi.texture or 0.0), voi.name, voi.patient_id,
-                      voi.series_uid, dict(voi.ratings), notes)
+                      voi.series_uid, dict(voi.ratings), notes, centre_xyz=tuple(voi.centre_xyz))
 
 
 def _touches_in_plane(mask: np.ndarray) -> bool:
@@ -108,8 +109,8 @@ def resample_real_nodule(nodule: RealNodule, spacing: Sequence[float], *, angle_
     if k < max(1, min_voxels):
         raise InsertionParameterError(
             f"VOI {nodule.name} ({nodule.volume_mm3:.1f} mm3) fills only {k} voxel(s) of spacing {spacing} "
-            f"mm; at least {min_voxels} are needed to keep its volume within 10 %. Use a finer spacing, or leave "
-            "it out (is_resolvable(nodule, spacing)).")
+            f"mm; at least {min_voxels} are needed to keep its volume within 10 %. Use a finer spacing, or "
+            "leave it out (is_resolvable(nodule, spacing)).")
     # odd padded sizes put the crop's centre on a voxel centre: at equal spacing the HU are copied exactly
     pad = [(_PAD, _PAD + (n + 1) % 2) for n in nodule.mask.shape]
     mask = np.pad(nodule.mask, pad)
