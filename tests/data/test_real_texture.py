@@ -251,3 +251,17 @@ def test_cli_builds_a_real_texture_hybrid_set(tmp_path):
     assert len(doc["cases"]) == 2 and records and all(n["shape_id"].startswith("LIDC-IDRI-") for n in records)
     for case in doc["cases"]:
         assert all(patient_split(n["patient_id"]) == case["split"] for n in case["nodules"])
+
+
+def test_known_lesions_are_avoided(voi_folder):
+    from wsnodule_core.data.hybrid import lesion_mask
+
+    nodule = load_real_nodules(voi_folder)[0]
+    volume, lungs = background()
+    centre_xyz = volume.index_to_world((10, 30, 22))
+    avoid = lesion_mask(volume, [(centre_xyz, 20.0)], margin_mm=3.0)
+    assert avoid[10, 30, 22] and avoid[10, 30, 22 + 12] and not avoid[10, 30, 22 + 14]
+    for seed in range(4):
+        result = insert_nodules(volume, lungs, [nodule], seed=seed, avoid=avoid, vessels=np.zeros_like(lungs))
+        assert result.nodules and not (ndimage.binary_dilation(avoid) & (result.label_mask > 0)).any()
+    assert lesion_mask(volume, []) is None
