@@ -135,7 +135,8 @@ def test_geometry_and_records_are_the_background_and_the_vois(voi_folder):
     assert result.volume.same_geometry(volume) and result.volume.array.dtype == np.int16
     record = result.nodules[0]
     assert (record.shape_id, record.patient_id) == ("LIDC-IDRI-0001_R_1", "LIDC-IDRI-0001")
-    assert record.texture_rating == 4.0 and record.texture == "part_solid" and record.lidc_annotation_ids == ()
+    assert record.texture_rating == 4.0 and record.texture == "part_solid"
+    assert record.lidc_annotation_ids == ()
     np.testing.assert_allclose(record.centre_xyz, volume.index_to_world(record.centre_zyx))
 
 
@@ -157,8 +158,8 @@ def test_real_sets_split_nodules_by_patient_split(voi_folder, tmp_path):
     for case in doc["cases"]:
         for record in case["nodules"]:
             assert record["shape_id"] == f"{record['patient_id']}_R_1"
-            assert case["split"] == patient_split(record["patient_id"]) == seen.setdefault(record["patient_id"],
-                                                                                          case["split"])
+            patient = record["patient_id"]
+            assert case["split"] == patient_split(patient) == seen.setdefault(patient, case["split"])
     assert seen.get("LIDC-IDRI-0001", "test") == "test"
 
 
@@ -193,13 +194,14 @@ def test_cli_real_nodules_without_a_voi_folder_is_one_line(tmp_path, monkeypatch
     monkeypatch.delenv("WSNODULE_DATA", raising=False)
     assert main(["data", "phantom", "--out", str(tmp_path / "p"), "--size", "tiny", "--nodules", "real"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("wsnodule data: error: ") and "--vois DIR" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("wsnodule data: error: ") and "--vois DIR" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_cli_nodules_option_takes_a_kind_a_range_or_both(tmp_path, voi_folder, capsys):
     out = tmp_path / "p"
-    assert main(["data", "phantom", "--out", str(out), "--size", "tiny", "--cases", "1", "--nodules", "real", "1",
-                 "1", "--vois", str(voi_folder)]) == 0
+    assert main(["data", "phantom", "--out", str(out), "--size", "tiny", "--cases", "1",
+                 "--nodules", "real", "1", "1", "--vois", str(voi_folder)]) == 0
     doc = json.loads((out / "dataset.json").read_text())
     assert doc["parameters"]["nodules"] == "real" and doc["parameters"]["nodules_per_case"] == [1, 1]
     with pytest.raises(SystemExit):
