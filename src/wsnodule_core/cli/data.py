@@ -34,12 +34,24 @@ def _report(info, stream: TextIO) -> None:
         stream.write(f"{info.n_skipped} nodule shape(s) could not be placed; see 'notes' in {info.json_path}\n")
 
 
+def _nodule_options(args: argparse.Namespace) -> dict:
+    """``nodules``, ``vois`` and ``n_shapes`` for build_dataset (real VOIs: all of them unless --shapes)."""
+    if args.kind == "shapes":
+        return {"nodules": "shapes", "n_shapes": 60 if args.shapes is None else args.shapes}
+    vois = args.vois
+    if vois is None:
+        from wsnodule_core.data.lidc.vois import default_vois_root
+
+        vois = default_vois_root()
+    return {"nodules": "real", "vois": vois, "n_shapes": args.shapes}
+
+
 def _run_phantom(args: argparse.Namespace) -> int:
     from wsnodule_core.data.builders import build_dataset
 
     info = build_dataset(args.out, source="phantom", n_cases=args.cases, seed=args.seed, size=args.size,
-                         nodules_per_case=tuple(args.nodules), n_shapes=args.shapes, overwrite=args.overwrite,
-                         progress=TextProgress("phantom cases"))
+                         nodules_per_case=tuple(args.nodules), overwrite=args.overwrite,
+                         progress=TextProgress("phantom cases"), **_nodule_options(args))
     _report(info, sys.stdout)
     return 0
 
@@ -48,10 +60,11 @@ def _run_hybrid(args: argparse.Namespace) -> int:
     from wsnodule_core.data.builders import build_dataset
 
     cts = args.ct or _default_cts()
+    options = _nodule_options(args)
     info = build_dataset(args.out, source="hybrid", ct_paths=cts, n_cases=args.cases, seed=args.seed,
                          spacing=tuple(args.spacing) if args.spacing else None,
-                         nodules_per_case=tuple(args.nodules), n_shapes=args.shapes, overwrite=args.overwrite,
-                         progress=TextProgress("hybrid cases"))
+                         nodules_per_case=tuple(args.nodules), overwrite=args.overwrite,
+                         progress=TextProgress("hybrid cases"), **options)
     _report(info, sys.stdout)
     return 0
 
@@ -111,11 +124,35 @@ def _common(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace],
     parser.set_defaults(func=run)
 
 
+class _NodulesAction(argparse.Action):
+    """``--nodules [shapes|real] [MIN MAX]``: the kind of nodule and the range per case, either or both."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        words = list(values)
+        if words and words[0] in ("shapes", "real"):
+            namespace.kind = words.pop(0)
+        if not words:
+            return
+        try:
+            low, high = (int(w) for w in words)
+        except ValueError:
+            parser.error(f"--nodules {' '.join(values)}: give 'shapes' or 'real', and/or two whole numbers "
+                         "MIN MAX (e.g. --nodules real 1 3).")
+        namespace.nodules = (low, high)
+
+
 def _synthetic(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", type=int, default=12, help="number of cases (default 12)")
-    parser.add_argument("--nodules", type=int, nargs=2, default=(0, 3), metavar=("MIN", "MAX"),
-                        help="nodules per case, inclusive range (default 0 3)")
-    parser.add_argument("--shapes", type=int, default=60, help="LIDC nodule shapes to draw from (default 60)")
+    parser.add_argument("--nodules", action=_NodulesAction, nargs="+", default=(0, 3), metavar="KIND|MIN MAX",
+                        help="[shapes|real] [MIN MAX]: the nodules inserted (shapes: LIDC reader shapes "
+                             "painted by texture, the default; real: LIDC VOIs pasted with their own HU) and "
+                             "how many per case, an inclusive range (default 0 3); e.g. --nodules real 1 3")
+    parser.add_argument("--shapes", type=int, default=None,
+                        help="LIDC shapes (default 60) or, with --nodules real, VOIs (default all) to draw "
+                             "from")
+    parser.add_argument("--vois", type=Path, metavar="DIR",
+                        help="the VOI folder for --nodules real (default $WSNODULE_DATA/lidc-vois)")
+    parser.set_defaults(kind="shapes")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

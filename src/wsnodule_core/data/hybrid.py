@@ -33,6 +33,30 @@ def series_name(ct: Volume) -> str:
     return ct.metadata.series_uid or "ct"
 
 
+def lesion_mask(ct: Volume, lesions: Sequence[tuple[Sequence[float], float]], margin_mm: float = 3.0
+                ) -> np.ndarray | None:
+    """Known lesions of ``ct`` as a boolean mask: a ball of ``diameter / 2 + margin_mm`` per lesion.
+
+    ``lesions`` holds ``(centre_xyz, diameter_mm)`` pairs in world mm (e.g. the VOIs cut from this
+    series); None when there are none. Give it as ``avoid`` so inserted nodules keep clear of them.
+    """
+    if not lesions:
+        return None
+    mask = np.zeros(ct.shape, bool)
+    spacing = np.asarray(ct.spacing, float)
+    for centre_xyz, diameter in lesions:
+        centre = np.asarray(ct.world_to_index(centre_xyz), float)  # (z, y, x)
+        radius = 0.5 * float(diameter) + margin_mm
+        lo = np.maximum(np.floor(centre - radius / spacing).astype(int), 0)
+        hi = np.minimum(np.ceil(centre + radius / spacing).astype(int) + 1, ct.shape)
+        if np.any(hi <= lo):
+            continue
+        grid = np.meshgrid(*[(np.arange(a, b) - c) * s for a, b, c, s in zip(lo, hi, centre, spacing)],
+                           indexing="ij")
+        mask[tuple(slice(a, b) for a, b in zip(lo, hi))] |= sum(g * g for g in grid) <= radius ** 2
+    return mask
+
+
 def make_hybrid_case(
     ct: Volume,
     case_id: str,

@@ -7,14 +7,16 @@ sub-voxels inside the surface is its occupancy ``f`` (partial volume; the thresh
 source volume) and the binary nodule is the ``k`` most occupied voxels,
 ``k = round(volume_mm3 / voxel_volume)``, so the inserted volume matches the source volume to
 half a voxel. Intensities follow the texture class, and the scan's own noise level
-(estimated locally) is re-added so the nodule is not noiseless.
+(estimated locally) is re-added so the nodule is not noiseless. A :class:`TexturedSource` (a real
+VOI, :mod:`~wsnodule_core.data.real_nodules`) goes through the same placement and label rules
+but resamples itself with its own HU, which are pasted with a blending weight instead.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from scipy import ndimage
@@ -152,6 +154,32 @@ class ResampledShape:
         return _block_mean(self.fine <= core_threshold, self.factors)
 
 
+@dataclass(frozen=True, eq=False)
+class TexturedShape(ResampledShape):
+    """A resampled nodule that brings its own HU (a real-texture source).
+
+    ``hu`` is the nodule and its surroundings on the target spacing; ``weight`` (0..1) how much of
+    it replaces the background: 1 where the occupancy is full, the occupancy at the edge, fading
+    to 0 over the source's blending margin outside. The engine pastes ``w * hu + (1 - w) * background``.
+    """
+
+    hu: np.ndarray
+    weight: np.ndarray
+
+
+@runtime_checkable
+class TexturedSource(Protocol):
+    """A nodule source that resamples itself with its own intensities (e.g. ``RealNodule``).
+
+    Besides :meth:`resample` it has what the engine records of a :class:`NoduleShape`:
+    ``shape_id``, ``patient_id``, ``diameter_mm``, ``volume_mm3``, ``texture``, ``texture_rating``
+    and ``annotation_ids``.
+    """
+
+    def resample(self, spacing: Sequence[float], *, angle_deg: float = 0.0, flip_x: bool = False,
+                 min_voxels: int = MIN_VOXELS) -> TexturedShape: ...
+
+
 def _block_mean(array: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     fz, fy, fx = factors
     z, y, x = (n // f for n, f in zip(array.shape, factors))
@@ -199,14 +227,38 @@ def resample_shape(
             "Check is_resolvable(shape, spacing) first, or use a finer spacing or a larger shape."
         )
     src_spacing = tuple(float(s) for s in shape.spacing)
-    pad = 3
-    mask = np.pad(np.asarray(shape.mask, bool), pad)
+    mask = np.pad(np.asarray(shape.mask, bool), 3)
     sdf = _signed_distance(mask, src_spacing)
-    # the distance map centred on the world origin, with the identity direction
-    centre_idx = (np.array(mask.shape) - 1) / 2.0
-    source = Volume(sdf, src_spacing, tuple(-(centre_idx * np.array(src_spacing))[::-1]), np.eye(3))
+    frame = nodule_frame(mask.shape, src_spacing, spacing, angle_deg=angle_deg, flip_x=flip_x)
+    fine = resample_to_grid(centred_volume(sdf, src_spacing), frame.fine, fill=float(sdf.max()) + 100.0,
+                            transform=frame.matrix).array
+    return ResampledShape.from_fine(fine, frame.factors, spacing, shape.volume_mm3)
 
-    extent = np.array(mask.shape) * np.array(src_spacing)  # (z, y, x) mm
+
+@dataclass(frozen=True, eq=False)
+class NoduleFrame:
+    """The target-spacing grid around a nodule crop, its sub-voxel grid and the in-plane turn.
+
+    Both grids are centred on the world origin, where :func:`centred_volume` puts the crop's centre;
+    ``matrix`` maps output points to crop points (rotation, optional x-flip).
+    """
+
+    coarse: Grid
+    fine: Grid
+    factors: tuple[int, int, int]
+    matrix: np.ndarray
+
+
+def centred_volume(array: np.ndarray, spacing: Sequence[float]) -> Volume:
+    """``array`` as a volume whose centre lies on the world origin (identity direction)."""
+    centre_idx = (np.array(array.shape) - 1) / 2.0
+    return Volume(array, tuple(spacing), tuple(-(centre_idx * np.array(spacing))[::-1]), np.eye(3))
+
+
+def nodule_frame(crop_shape: Sequence[int], crop_spacing: Sequence[float], spacing: Sequence[float], *,
+                 angle_deg: float = 0.0, flip_x: bool = False) -> NoduleFrame:
+    """The grids of ``spacing`` that hold a crop of ``crop_shape`` turned by any in-plane angle."""
+    extent = np.array(crop_shape) * np.array(crop_spacing)  # (z, y, x) mm
     half_xy = 0.5 * math.hypot(extent[1], extent[2])
     half = np.array([0.5 * extent[0], half_xy, half_xy]) + 2 * np.array(spacing)
     size = np.maximum(3, 2 * np.ceil(half / np.array(spacing)).astype(int) + 1)  # odd: centred
@@ -222,9 +274,9 @@ def resample_shape(
     factors = np.clip(np.ceil(np.array(spacing) / SUBVOXEL_MM), 1, 8).astype(int)
     fine_spacing = np.array(spacing) / factors
     fine_origin = out_origin - 0.5 * np.array(spacing) + 0.5 * fine_spacing
-    grid = Grid(tuple(size * factors), tuple(fine_spacing), tuple(fine_origin[::-1]), np.eye(3))
-    fine = resample_to_grid(source, grid, fill=float(sdf.max()) + 100.0, transform=matrix).array
-    return ResampledShape.from_fine(fine, tuple(int(f) for f in factors), spacing, shape.volume_mm3)
+    fine = Grid(tuple(size * factors), tuple(fine_spacing), tuple(fine_origin[::-1]), np.eye(3))
+    coarse = Grid(tuple(size), tuple(float(s) for s in spacing), tuple(out_origin[::-1]), np.eye(3))
+    return NoduleFrame(coarse, fine, tuple(int(f) for f in factors), matrix)  # type: ignore[arg-type]
 
 
 def estimate_noise_sd(values: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -368,6 +420,7 @@ def insert_nodules(
     augment: bool = True,
     min_voxels: int = MIN_VOXELS,
     on_failure: str = "skip",
+    avoid: np.ndarray | None = None,
     progress: Progress | None = None,
 ) -> InsertionResult:
     """Insert ``shapes`` into ``volume`` (HU) inside the boolean ``lungs`` mask.
@@ -377,7 +430,9 @@ def insert_nodules(
     volume, lungs
         The CT and its lung mask (same grid).
     shapes
-        Nodule shapes, each on its own spacing.
+        Nodule shapes, each on its own spacing: :class:`NoduleShape` (painted with a synthetic
+        intensity of its texture class) or a :class:`TexturedSource` such as
+        :class:`~wsnodule_core.data.real_nodules.RealNodule` (pasted with its own HU).
     rng, seed
         Randomness (one of them; ``seed`` makes a new generator).
     placements
@@ -397,6 +452,8 @@ def insert_nodules(
         Shapes filling fewer target voxels are skipped (their volume cannot be kept within 10 %).
     on_failure
         ``"skip"`` records a :class:`SkippedNodule`; ``"raise"`` raises :class:`NodulePlacementError`.
+    avoid
+        Boolean mask of known lesions (same grid): no nodule overlaps or touches it.
     """
     if rng is None:
         rng = np.random.default_rng(seed)
@@ -431,6 +488,11 @@ def insert_nodules(
     lung_level = float(np.median(image[parenchyma])) if parenchyma.any() else -850.0
     labels = np.zeros(volume.shape, np.uint16)
     taken = np.zeros(volume.shape, bool)
+    if avoid is not None:
+        if np.shape(avoid) != volume.shape:
+            raise GeometryMismatchError(f"the avoid mask has shape {np.shape(avoid)} but the volume has "
+                                        f"shape {volume.shape}; give it on the volume's grid.")
+        taken |= ndimage.binary_dilation(np.asarray(avoid, bool))
     records: list[NoduleRecord] = []
     skipped: list[SkippedNodule] = []
 
@@ -472,9 +534,14 @@ def _insert_one(shape, placement, image, labels, taken, maps, rng, label, volume
                 f"{target_voxels(shape, spacing)} voxel(s) of {spacing} mm (fewer than {min_voxels})")
     angle = float(rng.uniform(0.0, 360.0)) if augment else 0.0
     flip = bool(rng.integers(2)) if augment else False
-    res = resample_shape(shape, spacing, angle_deg=angle, flip_x=flip, min_voxels=min_voxels)
+    if isinstance(shape, TexturedSource):
+        res = shape.resample(spacing, angle_deg=angle, flip_x=flip, min_voxels=min_voxels)
+    else:
+        res = resample_shape(shape, spacing, angle_deg=angle, flip_x=flip, min_voxels=min_voxels)
     # crop to the soft support
     support = (res.occupancy > 0) | res.mask
+    if isinstance(res, TexturedShape):
+        support |= res.weight > 0
     bbox = ndimage.find_objects(support.astype(np.uint8))[0]
     mask, occ = res.mask[bbox], res.occupancy[bbox]
     size = np.array(mask.shape)
@@ -494,8 +561,12 @@ def _insert_one(shape, placement, image, labels, taken, maps, rng, label, volume
             continue  # the nodule's centre must lie in the lungs
         if not _placement_ok(placement, start, mask, maps, taken, margin_mm, outside_tolerance):
             continue
-        core = res.core_occupancy(float(rng.uniform(0.2, 0.5)))[bbox] if shape.texture == "part_solid" else None
-        _paint(image, region, occ, core, shape.texture, rng, lung_level)
+        if isinstance(res, TexturedShape):
+            _paste(image, region, res.weight[bbox], res.hu[bbox])
+        else:
+            part_solid = shape.texture == "part_solid"
+            core = res.core_occupancy(float(rng.uniform(0.2, 0.5)))[bbox] if part_solid else None
+            _paint(image, region, occ, core, shape.texture, rng, lung_level)
         labels[region][mask] = label
         taken[region] |= ndimage.binary_dilation(mask, iterations=1)
         zyx = start + com
@@ -531,3 +602,9 @@ def _paint(image, region, occ, core, texture, rng, lung_level):
         solid_part = occ if core is None else occ * core
         blended += noise * np.sqrt(np.clip(1.0 - (1.0 - solid_part) ** 2, 0.0, 1.0))
     image[region] = np.where(occ > 0, blended, background)
+
+
+def _paste(image, region, weight, hu):
+    """A real-texture nodule: ``w * hu + (1 - w) * background`` (its own noise comes with its HU)."""
+    background = image[region]
+    image[region] = np.where(weight > 0, weight * hu + (1.0 - weight) * background, background)

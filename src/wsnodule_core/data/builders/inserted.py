@@ -1,8 +1,10 @@
-"""Phantom and hybrid data sets: real LIDC-IDRI nodule shapes inserted into procedural chest
-phantoms (``source="phantom"``) or into real CT series (``source="hybrid"``)."""
+"""Phantom and hybrid data sets: real LIDC-IDRI nodule shapes (``nodules="shapes"``) or real VOI
+nodules with their own HU (``nodules="real"``) inserted into procedural chest phantoms
+(``source="phantom"``) or into real CT series (``source="hybrid"``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -10,7 +12,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from wsnodule_core.data.builders.common import Cancel, DatasetInfo, Progress, check_out_dir, write_document
-from wsnodule_core.data.builders.splits import partition_shapes, size_class, split_subjects
+from wsnodule_core.data.builders.splits import (partition_shapes, patient_pools, patient_split, size_class,
+                                                split_subjects)
 from wsnodule_core.data.cases import Case
 from wsnodule_core.data.dataset import SPLITS, case_entry
 from wsnodule_core.data.insertion import PLACEMENTS, is_resolvable
@@ -18,6 +21,9 @@ from wsnodule_core.data.nodule_shape import NoduleShape
 from wsnodule_core.data.presets import SIZE_PRESETS
 from wsnodule_core.errors import BuildCancelled, DatasetBuildError
 from wsnodule_core.io.volume import Volume
+
+#: What ``build_dataset(nodules=...)`` inserts: LIDC reader shapes painted by texture, or real VOIs.
+NODULE_KINDS = ("shapes", "real")
 
 
 def _shape_queue(pool: list[NoduleShape], rng: np.random.Generator) -> Callable[[str | None], NoduleShape]:
@@ -42,10 +48,23 @@ def _default_shapes(n_shapes: int | None, seed: int, min_diameter_mm: float) -> 
     return list(lidc_nodule_shapes(n_shapes, seed=seed, min_diameter_mm=min_diameter_mm))
 
 
+def _real_nodules(vois, n_shapes: int | None, seed: int) -> tuple[list, list]:
+    """The VOIs as :class:`RealNodule` (all, and ``n_shapes`` of them drawn by ``seed``)."""
+    from wsnodule_core.data.real_nodules import load_real_nodules
+
+    every = load_real_nodules(vois)
+    if n_shapes is None or n_shapes >= len(every):
+        return every, every
+    keep = np.sort(np.random.default_rng(seed).choice(len(every), size=max(0, n_shapes), replace=False))
+    return every, [every[i] for i in keep]
+
+
 def build_dataset(
     out_dir: str | os.PathLike,
     *,
     source: str = "phantom",
+    nodules: str = "shapes",
+    vois=None,
     n_cases: int = 12,
     seed: int = 0,
     size: str = "small",
@@ -69,6 +88,11 @@ def build_dataset(
     ----------
     source
         ``"phantom"`` (procedural chest phantoms) or ``"hybrid"`` (real CTs from ``ct_paths``).
+    nodules, vois
+        ``"shapes"``: LIDC reader shapes painted with a synthetic intensity of their texture class;
+        ``"real"``: real nodules with their own HU from the VOIs ``vois`` (a folder, default
+        ``$WSNODULE_DATA/lidc-vois``, or a list of :class:`~wsnodule_core.data.lidc.vois.LidcVoi`),
+        split by :func:`~wsnodule_core.data.builders.splits.patient_split` of their patients.
     n_cases
         Number of cases; hybrid cases are spread evenly over the real series.
     size, shape, spacing
@@ -81,7 +105,8 @@ def build_dataset(
     n_shapes, shapes
         LIDC shapes to draw from: ``shapes`` as given, else ``n_shapes`` from
         :func:`wsnodule_core.data.lidc.lidc_nodule_shapes`. Shapes too small for the grid
-        (fewer than 5 voxels) are dropped first.
+        (fewer than 5 voxels) are dropped first. With ``nodules="real"``, ``n_shapes`` VOIs
+        drawn by ``seed`` (None: all of them).
     overwrite
         Allow writing into a non-empty folder (files of the same names are replaced).
     progress, cancel
@@ -107,6 +132,9 @@ def build_dataset(
             f"nodules_per_case must be an inclusive range (min, max) with 0 <= min <= max, got "
             f"{tuple(nodules_per_case)}; e.g. (0, 3) (--nodules 0 3)."
         )
+    if nodules not in NODULE_KINDS:
+        raise DatasetBuildError(f"unknown nodules {nodules!r}: use 'shapes' (LIDC reader shapes painted by "
+                                "texture) or 'real' (LIDC VOIs with their own HU, --nodules real).")
     if n_cases < 1:
         raise DatasetBuildError(f"n_cases must be at least 1, got {n_cases}; ask for one case or more "
                                 "(--cases N).")
@@ -126,14 +154,22 @@ def build_dataset(
         cts, subjects_of_series = _read_cts(ct_paths, spacing)
         grid_spacing = tuple(float(np.max([ct.spacing[i] for ct in cts])) for i in range(3))
 
-    shapes = list(shapes) if shapes is not None else _default_shapes(n_shapes, seed, min_diameter_mm)
+    known: list = []
+    if nodules == "real":
+        known, shapes = _real_nodules(vois, n_shapes, seed)
+    elif shapes is None:
+        shapes = _default_shapes(n_shapes, seed, min_diameter_mm)
+    shapes = list(shapes)
     usable = [s for s in shapes if is_resolvable(s, grid_spacing)]
     if lo > 0 and not usable:
         raise DatasetBuildError(
-            f"none of the {len(shapes)} nodule shapes is large enough for a grid of spacing {grid_spacing} mm; "
-            "use a finer spacing or larger shapes (min_diameter_mm)."
+            f"none of the {len(shapes)} nodule {nodules} is large enough for a grid of spacing "
+            f"{grid_spacing} mm; use a finer spacing or larger shapes (min_diameter_mm)."
         )
-    pools = partition_shapes(usable, split_ratio, rng)
+    if nodules == "real":
+        pools = patient_pools(usable, split_ratio)
+    else:
+        pools = partition_shapes(usable, split_ratio, rng)
 
     # plan: number of nodules and size class of each case, subjects, splits
     n_nodules = rng.integers(lo, hi + 1, size=n_cases)
@@ -148,6 +184,8 @@ def build_dataset(
         subjects = [subjects_of_series[i % len(cts)] for i in range(n_cases)]
         weights = {s: float(subjects.count(s)) for s in subjects_of_series}
         subject_split = split_subjects(subjects_of_series, {}, split_ratio, rng, weights)
+        if nodules == "real":
+            subject_split.update(_real_patient_splits(cts, subjects_of_series, split_ratio))
     case_seeds = rng.integers(0, 2**31 - 1, size=n_cases)
     queues = [_shape_queue(pool, np.random.default_rng(int(rng.integers(2**31)))) for pool in pools]
 
@@ -164,7 +202,8 @@ def build_dataset(
             for k in range(int(n_nodules[i])):
                 chosen.append(queues[pool_index](case_class[i] if k == 0 else None))
         case = _make_case(source, case_id, int(case_seeds[i]), chosen, shape, grid_spacing, cts,
-                          lungs_of_series, i, subjects[i], placements)
+                          lungs_of_series, i, subjects[i], placements, known)
+        case = _with_source_notes(case, chosen)
         files = {key: f"{folder}/{case_id}.nii.gz" for key, folder in
                  (("image", "images"), ("mask", "labels"), ("lungs", "lungs"))}
         write_volume(case.image, out / files["image"], overwrite=overwrite)
@@ -181,6 +220,7 @@ def build_dataset(
         "shape": list(shape) if shape is not None else None, "spacing": list(grid_spacing),
         "ct_paths": [str(p) for p in ct_paths] if ct_paths else None,
         "nodules_per_case": [lo, hi], "split_ratio": list(split_ratio), "n_shapes": n_shapes,
+        "nodules": nodules, "vois": str(vois) if isinstance(vois, (str, os.PathLike)) else None,
         "n_shapes_usable": len(usable), "min_diameter_mm": min_diameter_mm, "placements": list(placements),
     }
     info = write_document(out, name or f"wsnodule-{source}", source, entries, parameters, overwrite)
@@ -209,18 +249,36 @@ def _read_cts(ct_paths, spacing) -> tuple[list[Volume], list[str]]:
     return cts, names
 
 
-def _make_case(source, case_id, seed, chosen, shape, spacing, cts, lungs_of_series, i, subject, placements) -> Case:
+def _real_patient_splits(cts: list[Volume], names: list[str], ratio) -> dict[str, str]:
+    """Real backgrounds that are LIDC patients keep their :func:`patient_split` (0001/0002: test)."""
+    return {name: patient_split(ct.metadata.patient_id, ratio) for ct, name in zip(cts, names)
+            if (ct.metadata.patient_id or "").startswith("LIDC-IDRI-")}
+
+
+def _with_source_notes(case: Case, chosen: list) -> Case:
+    """The case with the notes of the nodule sources it holds (e.g. a VOI cut at its crop's border)."""
+    inserted = {n.shape_id for n in case.nodules}
+    notes = tuple(note for s in chosen if s.shape_id in inserted for note in getattr(s, "notes", ()))
+    return dataclasses.replace(case, notes=case.notes + notes) if notes else case
+
+
+def _make_case(source, case_id, seed, chosen, shape, spacing, cts, lungs_of_series, i, subject, placements,
+               known=()) -> Case:
     if source == "phantom":
         from wsnodule_core.data.cases import make_phantom_case
 
         return make_phantom_case(case_id, seed=seed, shape=tuple(shape), spacing=spacing, shapes=chosen,
                                  placements=placements)
-    from wsnodule_core.data.hybrid import make_hybrid_case
+    from wsnodule_core.data.hybrid import lesion_mask, make_hybrid_case
 
     series = i % len(cts)
     if series not in lungs_of_series:
         from wsnodule_core.data.lung import segment_lungs
 
         lungs_of_series[series] = np.asarray(segment_lungs(cts[series]).lungs, bool)
+    # a background's own nodules (VOIs cut from this series) are known lesions: keep clear of them
+    uid = cts[series].metadata.series_uid
+    own = [(k.centre_xyz, k.diameter_mm) for k in known if uid and k.series_uid == uid and k.centre_xyz]
+    extra = {"avoid": lesion_mask(cts[series], own)} if own else {}
     return make_hybrid_case(cts[series], case_id, seed=seed, shapes=chosen, lungs=lungs_of_series[series],
-                            subject=subject, placements=placements)
+                            subject=subject, placements=placements, **extra)

@@ -103,3 +103,15 @@ def patient_split(patient_id: str, ratio: Sequence[float] = (4, 1, 1), *, salt: 
     fraction = int.from_bytes(digest[:8], "big") / 2.0 ** 64
     bounds = np.cumsum(shares) / shares.sum()
     return SPLITS[min(int(np.searchsorted(bounds, fraction, side="right")), 2)]
+
+
+def patient_pools(sources: Sequence, ratio: Sequence[float] = (4, 1, 1)) -> list[list]:
+    """Three pools (train, val, test) of nodule sources, each by :func:`patient_split` of its patient.
+
+    Unlike :func:`partition_shapes` the pools do not depend on which sources are at hand or on a
+    seed: a real patient's nodules land in the split that patient has in every real-data set.
+    """
+    pools: list[list] = [[] for _ in SPLITS]
+    for source in sources:
+        pools[SPLITS.index(patient_split(source.patient_id, ratio))].append(source)
+    return pools
