@@ -267,3 +267,15 @@ def test_known_lesions_are_avoided(voi_folder):
         result = insert_nodules(volume, lungs, [nodule], seed=seed, avoid=avoid, vessels=np.zeros_like(lungs))
         assert result.nodules and not (ndimage.binary_dilation(avoid) & (result.label_mask > 0)).any()
     assert lesion_mask(volume, []) is None
+
+
+def test_box_mask_marks_the_voxels_of_a_world_box_and_tcga_avoids_its_diseased_lung():
+    from wsnodule_core.data.hybrid import box_mask, known_lesion_boxes
+    from wsnodule_core.io.volume import Volume
+
+    ct = Volume(np.zeros((10, 20, 30), np.int16), spacing=(2.0, 1.0, 1.0), origin=(-15.0, -10.0, 0.0))
+    mask = box_mask(ct, [((-5.0, -10.0, 4.0), (4.0, 0.0, 8.0))])
+    assert np.array_equal(np.argwhere(mask).min(axis=0), [2, 0, 10])
+    assert np.array_equal(np.argwhere(mask).max(axis=0), [4, 10, 19])
+    assert box_mask(ct, ()) is None and known_lesion_boxes("cptac-c3n-00247") == ()
+    assert len(known_lesion_boxes("tcga-34-2605")) == 1

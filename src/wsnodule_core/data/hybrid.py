@@ -26,6 +26,30 @@ KNOWN_UNLABELLED_LESIONS = {
 }
 
 
+def known_lesion_boxes(name: str) -> tuple:
+    """World boxes ``((x, y, z) lo, (x, y, z) hi)`` that inserted nodules keep clear of in the real
+    series ``name`` (TCGA-34-2605: its diseased right upper lung, see :mod:`~wsnodule_core.data.nodule_free`)."""
+    from wsnodule_core.data.nodule_free import TCGA_34_2605_EXCLUDED
+
+    return (TCGA_34_2605_EXCLUDED,) if name == "tcga-34-2605" else ()
+
+
+def box_mask(ct: Volume, boxes) -> np.ndarray | None:
+    """The voxels of ``ct`` inside any of the world ``boxes`` (the index box of each box's corners: exact
+    for axis-aligned scans, a little larger for oblique ones); None when there are none."""
+    if not boxes:
+        return None
+    from itertools import product
+
+    mask = np.zeros(ct.shape, bool)
+    for lo, hi in boxes:
+        index = ct.world_to_index(np.array(list(product(*zip(lo, hi))), float))
+        start = np.clip(np.floor(index.min(axis=0)).astype(int), 0, ct.shape)
+        stop = np.clip(np.ceil(index.max(axis=0)).astype(int) + 1, 0, ct.shape)
+        mask[tuple(slice(a, b) for a, b in zip(start, stop))] = True
+    return mask
+
+
 def series_name(ct: Volume) -> str:
     """A short subject name for a real CT: its source folder's name, else its series UID."""
     if ct.metadata.source_path:

@@ -269,7 +269,7 @@ def _make_case(source, case_id, seed, chosen, shape, spacing, cts, lungs_of_seri
 
         return make_phantom_case(case_id, seed=seed, shape=tuple(shape), spacing=spacing, shapes=chosen,
                                  placements=placements)
-    from wsnodule_core.data.hybrid import lesion_mask, make_hybrid_case
+    from wsnodule_core.data.hybrid import box_mask, known_lesion_boxes, lesion_mask, make_hybrid_case, series_name
 
     series = i % len(cts)
     if series not in lungs_of_series:
@@ -279,6 +279,8 @@ def _make_case(source, case_id, seed, chosen, shape, spacing, cts, lungs_of_seri
     # a background's own nodules (VOIs cut from this series) are known lesions: keep clear of them
     uid = cts[series].metadata.series_uid
     own = [(k.centre_xyz, k.diameter_mm) for k in known if uid and k.series_uid == uid and k.centre_xyz]
-    extra = {"avoid": lesion_mask(cts[series], own)} if own else {}
+    masks = [m for m in (lesion_mask(cts[series], own), box_mask(cts[series], known_lesion_boxes(
+        series_name(cts[series])))) if m is not None]
+    extra = {"avoid": np.logical_or.reduce(masks)} if masks else {}
     return make_hybrid_case(cts[series], case_id, seed=seed, shapes=chosen, lungs=lungs_of_series[series],
                             subject=subject, placements=placements, **extra)
