@@ -170,8 +170,8 @@ def sample_centres(loaded: LoadedSource, n: int, shape: Sequence[int], spacing: 
                    max_tries: int = 200) -> np.ndarray:
     """Up to ``n`` world centres ``(n, 3)`` of crops of ``shape`` and ``spacing`` that lie in the scan,
     centred on lung, and clear of every lesion by ``clearance_mm`` plus the crop's half-diagonal.
-    Crops of one call do not overlap, nor do they come nearer ``avoid_xyz`` (earlier crops' centres)
-    than their own diagonal."""
+    No crop holds the centre of another of this call or of ``avoid_xyz`` (earlier crops' centres):
+    crops may overlap by less than half (a lung holds only some 50 disjoint VOI-sized crops)."""
     from scipy.spatial import cKDTree
 
     volume = loaded.volume
@@ -190,8 +190,8 @@ def sample_centres(loaded: LoadedSource, n: int, shape: Sequence[int], spacing: 
             continue
         if not _inside(volume, crop_grid(volume, centre, shape, spacing)):
             continue
-        if any(np.linalg.norm(centre - p) < 2 * (reach - clearance_mm) for p in picked + earlier):
-            continue  # crops of one scan do not overlap
+        if any(np.linalg.norm(centre - p) < reach - clearance_mm for p in picked + earlier):
+            continue  # no crop holds another's centre
         picked.append(centre)
         if len(picked) == n:
             break
