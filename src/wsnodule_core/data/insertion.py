@@ -138,9 +138,9 @@ class ResampledShape:
         fine_voxel = float(np.prod(spacing)) / float(np.prod(factors))
         n_fine = int(np.clip(round(volume_mm3 / fine_voxel), 1, fine.size))
         threshold = float(np.partition(fine.ravel(), n_fine - 1)[n_fine - 1])
-        occupancy = _block_mean(fine <= threshold, factors)
+        occupancy = block_mean(fine <= threshold, factors)
         k = int(round(volume_mm3 / float(np.prod(spacing))))
-        coarse_distance = _block_mean(fine, factors)
+        coarse_distance = block_mean(fine, factors)
         order = np.lexsort((coarse_distance.ravel(), -occupancy.ravel()))  # most occupied first
         mask = np.zeros(occupancy.size, bool)
         mask[order[:k]] = True
@@ -151,7 +151,7 @@ class ResampledShape:
         inside = self.fine[self.fine <= self.threshold]
         n = max(1, int(round(fraction * inside.size)))
         core_threshold = float(np.partition(inside, n - 1)[n - 1])
-        return _block_mean(self.fine <= core_threshold, self.factors)
+        return block_mean(self.fine <= core_threshold, self.factors)
 
 
 @dataclass(frozen=True, eq=False)
@@ -180,7 +180,7 @@ class TexturedSource(Protocol):
                  min_voxels: int = MIN_VOXELS) -> TexturedShape: ...
 
 
-def _block_mean(array: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+def block_mean(array: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     fz, fy, fx = factors
     z, y, x = (n // f for n, f in zip(array.shape, factors))
     blocks = np.asarray(array, np.float32).reshape(z, fz, y, fy, x, fx)
@@ -197,7 +197,7 @@ def is_resolvable(shape: NoduleShape, spacing: Sequence[float], min_voxels: int 
     return target_voxels(shape, spacing) >= min_voxels
 
 
-def _signed_distance(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+def signed_distance(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     inside = ndimage.distance_transform_edt(mask, sampling=spacing)
     outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
     return (outside - inside).astype(np.float32)
@@ -228,7 +228,7 @@ def resample_shape(
         )
     src_spacing = tuple(float(s) for s in shape.spacing)
     mask = np.pad(np.asarray(shape.mask, bool), 3)
-    sdf = _signed_distance(mask, src_spacing)
+    sdf = signed_distance(mask, src_spacing)
     frame = nodule_frame(mask.shape, src_spacing, spacing, angle_deg=angle_deg, flip_x=flip_x)
     fine = resample_to_grid(centred_volume(sdf, src_spacing), frame.fine, fill=float(sdf.max()) + 100.0,
                             transform=frame.matrix).array

@@ -17,8 +17,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from wsnodule_core.data.insertion import (MIN_VOXELS, ResampledShape, TexturedShape, _block_mean,
-                                          _signed_distance, centred_volume, nodule_frame, target_voxels)
+from wsnodule_core.data.insertion import (MIN_VOXELS, ResampledShape, TexturedShape, block_mean,
+                                          signed_distance, centred_volume, nodule_frame, target_voxels)
 from wsnodule_core.data.lidc.vois import LidcVoi, load_voi, read_voi_table
 from wsnodule_core.data.nodule_shape import texture_class
 from wsnodule_core.errors import InsertionParameterError
@@ -115,7 +115,7 @@ def resample_real_nodule(nodule: RealNodule, spacing: Sequence[float], *, angle_
     pad = [(_PAD, _PAD + (n + 1) % 2) for n in nodule.mask.shape]
     mask = np.pad(nodule.mask, pad)
     crop = nodule.spacing
-    sdf = _signed_distance(mask, crop)
+    sdf = signed_distance(mask, crop)
     frame = nodule_frame(mask.shape, crop, spacing, angle_deg=angle_deg, flip_x=flip_x)
 
     def onto(array: np.ndarray, grid, fill: float, **kwargs) -> np.ndarray:
@@ -137,4 +137,4 @@ def blend_weight(fine: np.ndarray, threshold: float, known: np.ndarray, margin_m
     and ``known * (1 - d / margin_mm)`` outside it (``d = fine - threshold``, clipped at 0)."""
     outside = np.zeros_like(fine) if margin_mm <= 0 else \
         np.clip(1.0 - (fine - threshold) / margin_mm, 0.0, 1.0) * np.clip(known, 0.0, 1.0)
-    return _block_mean(np.where(fine <= threshold, 1.0, outside), factors)
+    return block_mean(np.where(fine <= threshold, 1.0, outside), factors)
