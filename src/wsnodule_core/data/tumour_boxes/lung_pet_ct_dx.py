@@ -15,7 +15,6 @@ merge into one box (the collection boxes one tumour per patient).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +22,11 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from wsnodule_core.data.real_data import real_data_path
 from wsnodule_core.data.tumour_boxes.boxes import SeriesBoxes, SliceBox, tumour_boxes
 from wsnodule_core.data.tumour_boxes.voc import read_voc_boxes
 from wsnodule_core.errors import (
     DataLookupError,
-    DataNotAvailableError,
     InputPathNotFoundError,
     UnknownSliceError,
 )
@@ -51,12 +50,8 @@ class SliceRef:
 
 def default_root() -> Path:
     """``$WSNODULE_DATA/lung-pet-ct-dx``; raises when WSNODULE_DATA is not set."""
-    root = os.environ.get("WSNODULE_DATA")
-    if not root:
-        raise DataNotAvailableError(
-            "WSNODULE_DATA is not set: point it at the folder holding lung-pet-ct-dx/, or give the collection "
-            "folder (the one holding Lung-PET-CT-Dx/ and Annotation/) as root (--root DIR).")
-    return Path(root) / "lung-pet-ct-dx"
+    return real_data_path("lung-pet-ct-dx/", instead="give the collection folder (the one holding "
+                          "Lung-PET-CT-Dx/ and Annotation/) as root (--root DIR)")
 
 
 def annotation_id(subject: str) -> str:
