@@ -171,6 +171,14 @@ class BuildCancelled(WsnoduleError):
 # --- models and training ----------------------------------------------------
 
 
+class FoundationModelError(WsnoduleError):
+    """A pretrained model (LiteMedSAM) is not installed, or its checkpoint is not the one expected."""
+
+
+class PromptError(WsnoduleError, ValueError):
+    """A box or point prompt for a promptable model is malformed or lies outside the image."""
+
+
 class ModelConfigError(WsnoduleError, ValueError):
     """A model or training configuration value is out of range or unknown."""
 

@@ -20,13 +20,14 @@ LAYERS = (
     ("metrics", "nodules", "reports"),
     ("data",),
     ("training",),
+    ("foundation",),  # pretrained models (LiteMedSAM): used by the methods, never the other way round
     ("nam", "flow", "pw4medseg", "baselines"),  # the methods: siblings never import each other
     ("segmentation",),
     ("evaluation",),
     ("demo",),
     ("cli",),
 )
-METHODS = set(LAYERS[6])
+METHODS = set(LAYERS[7])
 LAYER_OF = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
 
 
