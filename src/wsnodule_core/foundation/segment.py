@@ -5,7 +5,9 @@ larger side, at least ``min_side_mm``; padding outside the CT is air), so a nodu
 millimetres covers many of the model's 256 input pixels. The crop is encoded (cached), the box
 decoded, and the mask resampled back into the crop's pixels. Boxes given on a few slices only are
 interpolated between them and carried beyond them by the previous slice's mask (its bounding box
-plus ``grow_px``) until the mask vanishes.
+plus ``grow_px``) while the mask stands out from its surroundings: the model fills a box even on a
+slice the nodule has left (on plain lung), so carrying stops once the mask's mean HU is less than
+``min_contrast_hu`` above the median of the rest of its crop.
 """
 
 from __future__ import annotations
@@ -65,14 +67,16 @@ class _SliceSegmenter:
         self.spacing = np.asarray(volume.spacing[1:], float)
         self.model, self.window, self.context, self.min_side_mm, self.cache = model, window, context, min_side_mm, cache
 
-    def __call__(self, z: int, box: BoxYx) -> np.ndarray:
+    def __call__(self, z: int, box: BoxYx) -> tuple[np.ndarray, float]:
+        """The slice's mask and its contrast: mean HU inside minus the median HU of the rest of the crop."""
         start, size = _region(box, self.spacing, self.context, self.min_side_mm)
         crop = _crop(self.array[z], start, size)
         image, letterbox = to_model_image(crop, self.spacing, window=self.window)
         embedding = encode_images(self.model, image[None], cache=self.cache)[0]
         local = np.asarray(box, float) - np.r_[start, start]
-        logits = decode_box(self.model, embedding, letterbox.box_to_input(local))
-        return self._paste(letterbox.mask_from_logits(logits), start)
+        inside = letterbox.mask_from_logits(decode_box(self.model, embedding, letterbox.box_to_input(local)))
+        contrast = float(crop[inside].mean() - np.median(crop[~inside])) if inside.any() and (~inside).any() else 0.0
+        return self._paste(inside, start), contrast
 
     def _paste(self, crop_mask: np.ndarray, start: np.ndarray) -> np.ndarray:
         out = np.zeros(self.array.shape[1:], bool)
@@ -118,13 +122,14 @@ def segment_box(volume: Volume, box_zyx: Sequence[int], *, model: LiteMedSam | N
 def segment_slice_boxes(volume: Volume, boxes: Mapping[int, Sequence[float]], *, model: LiteMedSam | None = None,
                         device: str = "auto", window: Sequence[float] = MEDSAM_WINDOW, context: float = 2.5,
                         min_side_mm: float = 30.0, cache: EmbeddingCache | None = None, propagate: bool = True,
-                        grow_px: int = 2, progress: Callable[[int, int], None] | None = None,
+                        grow_px: int = 1, min_contrast_hu: float = 100.0, progress: Callable[[int, int], None] | None = None,
                         cancel: Callable[[], bool] | None = None) -> Volume:
     """The mask LiteMedSAM draws from 2D boxes ``{z: (y0, x0, y1, x1)}`` (end exclusive) on some slices.
 
     Slices between two boxed slices take the linear interpolation of their boxes; with ``propagate``
     the slices beyond the first and last boxed ones take the previous slice's mask box (grown by
-    ``grow_px``) until a mask comes out empty.
+    ``grow_px``) until a mask comes out empty or less than ``min_contrast_hu`` brighter than its
+    surroundings (that slice is left empty).
     """
     prompts = _checked_boxes(volume, boxes)
     model = model if model is not None else load_lite_medsam(device)
@@ -134,12 +139,12 @@ def segment_slice_boxes(volume: Volume, boxes: Mapping[int, Sequence[float]], *,
     for done, (z, box) in enumerate(sorted(planned.items())):
         if cancel is not None and cancel():
             raise SegmentationCancelled(f"LiteMedSAM box segmentation was cancelled after {done} slice(s).")
-        mask[z] = run(z, box)
+        mask[z] = run(z, box)[0]
         if progress is not None:
             progress(done + 1, len(planned))
     if propagate:
         for step in (-1, 1):
-            _carry(run, mask, min(planned) if step < 0 else max(planned), step, grow_px, cancel)
+            _carry(run, mask, min(planned) if step < 0 else max(planned), step, grow_px, min_contrast_hu, cancel)
     return volume.with_array(mask)
 
 
@@ -163,7 +168,7 @@ def _interpolated(prompts: dict[int, BoxYx]) -> dict[int, BoxYx]:
     return out
 
 
-def _carry(run: _SliceSegmenter, mask: np.ndarray, z: int, step: int, grow_px: int,
+def _carry(run: _SliceSegmenter, mask: np.ndarray, z: int, step: int, grow_px: int, min_contrast_hu: float,
            cancel: Callable[[], bool] | None) -> None:
     while 0 <= z + step < mask.shape[0] and mask[z].any():
         if cancel is not None and cancel():
@@ -172,4 +177,7 @@ def _carry(run: _SliceSegmenter, mask: np.ndarray, z: int, step: int, grow_px: i
         box = (max(rows.min() - grow_px, 0), max(cols.min() - grow_px, 0),
                min(rows.max() + 1 + grow_px, mask.shape[1]), min(cols.max() + 1 + grow_px, mask.shape[2]))
         z += step
-        mask[z] = run(z, box)
+        carried, contrast = run(z, box)
+        if contrast < min_contrast_hu:
+            return
+        mask[z] = carried
