@@ -161,3 +161,18 @@ def test_old_vgg_checkpoint_without_backbone_loads(tmp_path):
     assert isinstance(loaded, MultiGapClassifier) and loaded.config.backbone == "vgg16"
     x = torch.rand(1, 1, 32, 32)
     assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_command_line_options():
+    import argparse
+
+    from wsnodule_core.cli.train_nam import add_train_arguments, config_from_args
+
+    parser = add_train_arguments(argparse.ArgumentParser())
+    argv = ["data", "out", "--backbone", "lite_medsam", "--fine-tune-encoder", "--embedding-cache",
+            "/tmp/emb"]
+    config = config_from_args(parser.parse_args(argv))
+    assert (config.backbone, config.fine_tune_encoder) == ("lite_medsam", True)
+    assert config.embedding_cache == "/tmp/emb"
+    assert config.model_config().backbone == "lite_medsam" and not config.uses_cached_embeddings
+    assert config_from_args(parser.parse_args(["data", "out"])).backbone == "vgg16"
