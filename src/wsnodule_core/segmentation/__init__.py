@@ -26,6 +26,7 @@ _EXPORTS = {
     "UnetBaselineSegmenter": "unet",
     "BlobSegmenter": "blob",
     "FlowSegmenter": "flow",
+    "RefinedSegmenter": "refined",
 }
 __all__ = sorted(_EXPORTS)
 
