@@ -1,9 +1,11 @@
-"""Any method's candidates redrawn by LiteMedSAM: each candidate's 3D box -> the decoder's mask.
+"""Any method's candidates redrawn by LiteMedSAM: each candidate's boxes -> the decoder's mask.
 
-Each label of a label map (a binary mask: each 26-connected component) gives its bounding box, grown
-by ``margin_mm`` per axis (whole voxels, rounded); :func:`~wsnodule_core.foundation.segment.segment_box`
-segments that box, and the refined mask, cut to the grown box, replaces the candidate under the same
-label. A voxel two refined candidates claim keeps the lower label.
+Each label of a label map (a binary mask: each 26-connected component) gives, on every slice it
+reaches, its own in-plane box grown by ``margin_mm`` (whole voxels, rounded): per-slice boxes, because
+LiteMedSAM fills a loose box and the 3D box is loose on a round nodule's end slices.
+:func:`~wsnodule_core.foundation.segment.segment_slice_boxes` segments them and carries the mask to
+the slices within ``margin_mm`` beyond; the refined mask, cut to the grown 3D box, replaces the
+candidate under the same label. A voxel two refined candidates claim keeps the lower label.
 
 A candidate whose refined mask is empty is kept as the method drew it (``drop_empty=False``, the
 default): refining changes a candidate's shape, not whether it was found, so it never costs a
@@ -22,7 +24,7 @@ from wsnodule_core.errors import GeometryMismatchError, SegmentationCancelled
 from wsnodule_core.foundation.embeddings import EmbeddingCache
 from wsnodule_core.foundation.image import MEDSAM_WINDOW
 from wsnodule_core.foundation.lite_medsam import LiteMedSam, load_lite_medsam
-from wsnodule_core.foundation.segment import segment_box
+from wsnodule_core.foundation.segment import segment_slice_boxes
 from wsnodule_core.io.volume import Volume
 
 _CONNECTIVITY_26 = np.ones((3, 3, 3), bool)
@@ -43,6 +45,20 @@ def grown_box(region: Sequence[slice], spacing: Sequence[float], margin_mm: floa
     lo = [max(r.start - p, 0) for r, p in zip(region, pad)]
     hi = [min(r.stop + p, n) for r, p, n in zip(region, pad, shape)]
     return (*lo, *hi)  # type: ignore[return-value]
+
+
+def _slice_boxes(candidate: np.ndarray, region: Sequence[slice], box: Sequence[int]
+                 ) -> dict[int, tuple[int, int, int, int]]:
+    """Per slice of ``region``: the candidate's in-plane box, grown as ``box`` grows ``region``."""
+    pad = (region[1].start - box[1], region[2].start - box[2], box[4] - region[1].stop, box[5] - region[2].stop)
+    out = {}
+    for z in range(region[0].start, region[0].stop):
+        rows, cols = np.nonzero(candidate[z])
+        if rows.size:
+            out[z] = (max(int(rows.min()) - pad[0], 0), max(int(cols.min()) - pad[1], 0),
+                      min(int(rows.max()) + 1 + pad[2], candidate.shape[1]),
+                      min(int(cols.max()) + 1 + pad[3], candidate.shape[2]))
+    return out
 
 
 def refine_candidates(volume: Volume, labels: np.ndarray | Volume, *, model: LiteMedSam | None = None,
@@ -73,8 +89,9 @@ def refine_candidates(volume: Volume, labels: np.ndarray | Volume, *, model: Lit
         box = grown_box(region, volume.spacing, margin_mm, volume.shape)
         inside = tuple(slice(box[i], box[i + 3]) for i in range(3))
         refined = np.zeros(volume.shape, bool)
-        refined[inside] = np.asarray(segment_box(volume, box, model=model, window=window, context=context,
-                                                 min_side_mm=min_side_mm, cache=cache).array)[inside] > 0
+        drawn = segment_slice_boxes(volume, _slice_boxes(candidates == label, region, box), model=model,
+                                    window=window, context=context, min_side_mm=min_side_mm, cache=cache)
+        refined[inside] = np.asarray(drawn.array)[inside] > 0
         if not refined.any() and not drop_empty:
             refined = candidates == label
         out[refined & (out == 0)] = label
