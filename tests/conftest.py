@@ -44,3 +44,38 @@ def chest_ct_series(wsnodule_data: Path) -> list[Path]:
     if not folders:
         pytest.skip(f"no DICOM series folders under {wsnodule_data / 'chest-ct'}")
     return folders
+
+
+@pytest.fixture(scope="session")
+def lite_medsam():
+    """LiteMedSAM on the CPU, loaded once, or a skip saying how to install it."""
+    from wsnodule_core.errors import FoundationModelError
+    from wsnodule_core.foundation import checkpoint_path, load_lite_medsam
+
+    try:
+        checkpoint_path()
+    except FoundationModelError as error:
+        pytest.skip(f"LiteMedSAM unavailable: {error}")
+    return load_lite_medsam("cpu")
+
+
+@pytest.fixture
+def smooth_sphere_ct():
+    """A factory: a 50 HU sphere in the middle of -850 HU lung with a smooth (correlated, as CT noise is)
+    60 HU texture, spacing (2.5, 0.7, 0.7) mm -> (Volume, sphere mask). Per-voxel white noise would make
+    LiteMedSAM fill loose boxes."""
+    import numpy as np
+    from scipy import ndimage
+
+    from wsnodule_core.io.volume import Volume
+
+    def make(radius_mm: float = 6.0, shape: tuple[int, int, int] = (9, 64, 64),
+             origin: tuple[float, float, float] = (-20.0, 30.0, -100.0)):
+        spacing = (2.5, 0.7, 0.7)
+        grids = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)], indexing="ij")
+        sphere = sum(g ** 2 for g in grids) <= radius_mm ** 2
+        texture = ndimage.gaussian_filter(np.random.default_rng(1).normal(0, 1, shape), (0, 2, 2))
+        image = np.where(sphere, 50.0, -850.0 + 60.0 * texture / texture.std())
+        return Volume(image.astype(np.float32), spacing, origin=origin), sphere
+
+    return make

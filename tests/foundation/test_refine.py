@@ -1,4 +1,4 @@
-"""refine_candidates and RefinedSegmenter on a synthetic anisotropic CT (a bright sphere in lung-like air)."""
+"""refine_candidates and RefinedSegmenter on a synthetic anisotropic CT (``smooth_sphere_ct`` of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,34 +8,8 @@ import pytest
 from wsnodule_core.errors import FoundationModelError, GeometryMismatchError
 from wsnodule_core.foundation import checkpoint_path
 from wsnodule_core.foundation.refine import candidate_labels, grown_box, refine_candidates
-from wsnodule_core.io.volume import Volume
 
 SPACING = (2.5, 0.7, 0.7)
-
-
-def _medsam_missing() -> str | None:
-    try:
-        checkpoint_path()
-    except FoundationModelError as error:
-        return str(error)
-    return None
-
-
-MISSING = _medsam_missing()
-needs_medsam = pytest.mark.skipif(MISSING is not None, reason=f"LiteMedSAM not installed: {MISSING}")
-
-
-def sphere_ct(radius_mm: float = 6.0, shape: tuple[int, int, int] = (9, 64, 64)
-              ) -> tuple[Volume, np.ndarray]:
-    """A 50 HU sphere at the centre of a -850 HU volume with a smooth (correlated, as CT noise is)
-    60 HU texture, spacing (2.5, 0.7, 0.7) mm. (White per-voxel noise makes LiteMedSAM fill loose boxes.)"""
-    from scipy import ndimage
-
-    grids = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, SPACING)], indexing="ij")
-    sphere = sum(g ** 2 for g in grids) <= radius_mm ** 2
-    texture = ndimage.gaussian_filter(np.random.default_rng(1).normal(0, 1, shape), (0, 2, 2))
-    image = np.where(sphere, 50.0, -850.0 + 60.0 * texture / texture.std())
-    return Volume(image.astype(np.float32), SPACING, origin=(-20.0, 30.0, -100.0)), sphere
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -51,18 +25,9 @@ def too_large_box(sphere: np.ndarray, pad_px: int = 3) -> np.ndarray:
     return box
 
 
-@pytest.fixture(scope="module")
-def model():
-    import torch
-
-    from wsnodule_core.foundation import load_lite_medsam
-
-    if MISSING is not None:
-        pytest.skip(f"LiteMedSAM not installed: {MISSING}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_lite_medsam("cpu")
-    torch.set_num_threads(previous)
+@pytest.fixture
+def model(lite_medsam, one_torch_thread):
+    return lite_medsam
 
 
 def test_candidate_labels_keeps_a_label_map_and_labels_a_binary_mask():
@@ -78,14 +43,14 @@ def test_grown_box_rounds_the_margin_per_axis_and_clips():
     assert grown_box(region, SPACING, 2.0, (5, 30, 30)) == (1, 7, 0, 5, 23, 8)
 
 
-def test_refine_refuses_a_mask_off_the_grid():
-    volume, _ = sphere_ct()
+def test_refine_refuses_a_mask_off_the_grid(smooth_sphere_ct):
+    volume, _ = smooth_sphere_ct()
     with pytest.raises(GeometryMismatchError):
         refine_candidates(volume, np.zeros((2, 2, 2), np.int32), model=object())
 
 
-def test_refine_without_candidates_loads_nothing():
-    volume, _ = sphere_ct()
+def test_refine_without_candidates_loads_nothing(smooth_sphere_ct):
+    volume, _ = smooth_sphere_ct()
     out = refine_candidates(volume, np.zeros(volume.shape, bool), model=None, device="cpu")
     assert out.array.dtype == np.int32 and not out.array.any() and out.spacing == volume.spacing
 
@@ -98,11 +63,10 @@ def test_checkpoint_path_says_how_to_install_when_missing(monkeypatch):
         checkpoint_path()
 
 
-@needs_medsam
-def test_refine_shrinks_a_too_large_box_to_the_sphere_on_the_ct_grid(model, tmp_path):
+def test_refine_shrinks_a_too_large_box_to_the_sphere_on_the_ct_grid(model, tmp_path, smooth_sphere_ct):
     from wsnodule_core.foundation import EmbeddingCache
 
-    volume, sphere = sphere_ct()
+    volume, sphere = smooth_sphere_ct()
     candidate = too_large_box(sphere)
     assert dice(candidate > 0, sphere) < 0.65
     refined = refine_candidates(volume, candidate, model=model, margin_mm=0.0, cache=EmbeddingCache(tmp_path))
@@ -113,12 +77,11 @@ def test_refine_shrinks_a_too_large_box_to_the_sphere_on_the_ct_grid(model, tmp_
     assert not (refined.array[candidate == 0]).any()  # cut to the candidate's (un-grown) box
 
 
-@needs_medsam
-def test_refined_segmenter_refines_the_inner_mask(model, tmp_path):
+def test_refined_segmenter_refines_the_inner_mask(model, tmp_path, smooth_sphere_ct):
     from wsnodule_core.foundation import EmbeddingCache
     from wsnodule_core.segmentation import FunctionSegmenter, RefinedSegmenter
 
-    volume, sphere = sphere_ct()
+    volume, sphere = smooth_sphere_ct()
     inner = FunctionSegmenter("box", lambda v, lungs: too_large_box(sphere) > 0)
     segmenter = RefinedSegmenter(inner, model, (("margin_mm", 0.0), ("cache", EmbeddingCache(tmp_path))))
     result = segmenter.segment(volume, lungs=None)
