@@ -17,6 +17,12 @@ Two architectures (:class:`PredictorConfig`):
   lifted volume equals concatenating the pooled plane features, so the model is a plain 2.5D
   classifier, while CAM on the lifted layer gives a 3D map on the patch grid: a voxel scores what
   its three projections onto the central planes score.
+* ``"tinyvit25d"`` (:class:`TinyVitSlices`, the rectified-flow paper's choice): the ``slab`` central
+  axial slices of the patch, each through LiteMedSAM's TinyViT encoder (:mod:`wsnodule_core.foundation`;
+  frozen unless ``fine_tune_encoder``), a 1x1 convolution of each 64 x 64 embedding, the slices'
+  maps stacked into a 3D feature volume (the CAM layer), global average pooling and a linear layer.
+  The input conversion is differentiable, so guidance's gradient reaches every voxel of those
+  slices (``slab`` = the patch depth: the whole patch). A frozen encoder stays out of checkpoints.
 
 Training (:func:`train_predictor`) follows the NAM 3D trainer: class-balanced batches, exact
 flips/axial rot90 augmentation, AdamW with exponential decay, ``best.pt`` (validation accuracy,
@@ -39,6 +45,7 @@ from torch import nn
 
 from wsnodule_core.errors import CheckpointError, ModelConfigError, TrainingDataError
 from wsnodule_core.flow.patches import PatchConfig, PatchSet, patches_from_dataset
+from wsnodule_core.image.window import FLOW_WINDOW
 from wsnodule_core.training.augment import augment_patches
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
 from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_model,
@@ -50,7 +57,7 @@ from wsnodule_core.training.sampler import BalancedBatchSampler
 from wsnodule_core.training.setup import start_run
 
 KIND = "flow-predictor"
-ARCHITECTURES = ("cnn3d", "ortho25d")
+ARCHITECTURES = ("cnn3d", "ortho25d", "tinyvit25d")
 NORMS = ("group", "batch", "none")
 
 
@@ -79,7 +86,8 @@ class PredictorConfig:
     slices for ``ortho25d``, except the first), ``convs_per_block``, ``norm``, ``dropout`` before the
     linear layer, an optional local ``pretrained_path`` (a state dict or a wsnodule checkpoint), and for
     ``ortho25d`` the ``slab``: how many adjacent slices around each central plane the 2D CNN sees as
-    input channels (1: the three central slices only)."""
+    input channels (1: the three central slices only); for ``tinyvit25d`` how many central axial slices
+    go through the encoder (``channels[-1]``: the head's width; ``fine_tune_encoder``: train it too)."""
 
     architecture: str = "cnn3d"
     channels: tuple[int, ...] = (16, 32, 64)
@@ -88,6 +96,7 @@ class PredictorConfig:
     dropout: float = 0.0
     pretrained_path: str | None = None
     slab: int = 1
+    fine_tune_encoder: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -207,6 +216,55 @@ class Orthogonal25D(nn.Module):
         return self.fc(self.dropout(volume.mean(dim=(2, 3, 4))))
 
 
+class StackSlices(nn.Module):
+    """``[B * S, C, h, w]`` slice maps -> ``[B, C, S, h, w]`` (no parameters; the CAM layer)."""
+
+    def forward(self, maps: torch.Tensor, slices: int) -> torch.Tensor:
+        return maps.reshape(-1, slices, *maps.shape[1:]).transpose(1, 2)
+
+
+class TinyVitSlices(nn.Module):
+    """The central ``slab`` axial slices through LiteMedSAM's encoder, a 1x1 head, stacked, pooled, ``fc``."""
+
+    cam_layer = "lift"
+    fc_layer = "fc"
+
+    def __init__(self, config: PredictorConfig, encoder: nn.Module | None = None) -> None:
+        from wsnodule_core.foundation import load_lite_medsam
+        from wsnodule_core.foundation.frozen import keep_frozen_encoder_out
+        from wsnodule_core.foundation.lite_medsam import EMBEDDING_SHAPE
+
+        super().__init__()
+        self.config = config
+        self.encoder = encoder if encoder is not None else load_lite_medsam("cpu").image_encoder
+        self.frozen = not config.fine_tune_encoder
+        self.encoder.requires_grad_(not self.frozen)
+        self.head = nn.Sequential(nn.Conv2d(EMBEDDING_SHAPE[0], config.channels[-1], 1), nn.ReLU())
+        self.lift = StackSlices()
+        self.dropout = nn.Dropout(config.dropout)
+        self.fc = nn.Linear(config.channels[-1], 2)
+        keep_frozen_encoder_out(self)
+
+    def train(self, mode: bool = True) -> "TinyVitSlices":
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()  # its batch norms keep the wheel's statistics
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from wsnodule_core.foundation.image import to_model_input
+
+        d, h, w = x.shape[2:]
+        slab = int(self.config.slab)
+        if slab > d or h != w:
+            raise ModelConfigError(f"tinyvit25d takes cubes with at least {slab} slices, got a patch of {(d, h, w)}.")
+        lo, hi = FLOW_WINDOW
+        hu = x[:, 0, d // 2 - slab // 2:d // 2 + slab // 2 + 1] * (hi - lo) + lo
+        maps = self.head(self.encoder(to_model_input(hu.reshape(-1, h, w))))
+        volume = self.lift(maps, slab)
+        return self.fc(self.dropout(volume.mean(dim=(2, 3, 4))))
+
+
 class PredictorModule(nn.Module):
     """Any predictor ``net`` with two-class logits ``[B, 2]`` and the CAM layer names prefixed "net.".
 
@@ -265,7 +323,8 @@ def build_predictor(config: PredictorConfig = PredictorConfig(), seed: int | Non
     local pretrained weights of ``config.pretrained_path`` loaded when set."""
     if seed is not None:
         torch.manual_seed(seed)
-    net = CompactCNN3D(config) if config.architecture == "cnn3d" else Orthogonal25D(config)
+    nets = {"cnn3d": CompactCNN3D, "ortho25d": Orthogonal25D, "tinyvit25d": TinyVitSlices}
+    net = nets[config.architecture](config)
     module = PredictorModule(net, config=config)
     if config.pretrained_path:
         load_pretrained(module, config.pretrained_path)
@@ -340,6 +399,7 @@ class PredictorTrainConfig:
     dropout: float = 0.0
     pretrained_path: str | None = None
     slab: int = 1
+    fine_tune_encoder: bool = False
     lr: float = 1e-3
     weight_decay: float = 1e-4
     lr_decay: float = 0.98

@@ -82,3 +82,19 @@ def to_model_image(slice_hu: np.ndarray, spacing_yx: Sequence[float] = (1.0, 1.0
     image = torch.zeros((size, size), dtype=torch.float32)
     image[: resized.shape[0], : resized.shape[1]] = resized
     return image.expand(3, size, size).contiguous(), letterbox
+
+
+def to_model_input(hu: torch.Tensor, *, window: Sequence[float] = MEDSAM_WINDOW,
+                   size: int = IMAGE_SIZE) -> torch.Tensor:
+    """Square slices ``(N, H, H)`` of HU as the model's ``(N, 3, size, size)``, differentiable end to end
+    (for guidance: a gradient on the input reaches every voxel of the slices). The same conversion as
+    :func:`to_model_image` for square slices of square pixels, batched on the tensor's device."""
+    if hu.ndim != 3 or hu.shape[1] != hu.shape[2]:
+        raise InvalidVolumeError(f"to_model_input takes square slices (N, H, H), got {tuple(hu.shape)}.")
+    lo, hi = (float(w) for w in window)
+    windowed = torch.clamp((hu.float() - lo) / (hi - lo), 0.0, 1.0)[:, None]
+    resized = F.interpolate(windowed, size=(size, size), mode="bilinear", align_corners=False,
+                            antialias=hu.shape[1] > size)
+    low = resized.amin(dim=(2, 3), keepdim=True)
+    high = resized.amax(dim=(2, 3), keepdim=True)
+    return ((resized - low) / torch.clamp(high - low, min=1e-8)).expand(-1, 3, -1, -1)
