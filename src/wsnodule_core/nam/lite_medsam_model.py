@@ -30,6 +30,7 @@ from wsnodule_core.foundation import (
     load_lite_medsam,
     to_model_image,
 )
+from wsnodule_core.foundation.frozen import keep_frozen_encoder_out
 from wsnodule_core.foundation.lite_medsam import EMBEDDING_SHAPE
 from wsnodule_core.image.window import NAM_WINDOW
 from wsnodule_core.nam.heads import MultiGapConfig, MultiGapOutput, gap_output, pooled_logits
@@ -66,8 +67,7 @@ class LiteMedSamClassifier(nn.Module):
         nn.init.zeros_(self.heads[0].bias)
         nn.init.normal_(self.fc.weight, 0.0, 0.01)
         nn.init.zeros_(self.fc.bias)
-        self.register_state_dict_post_hook(_drop_frozen_encoder)
-        self.register_load_state_dict_post_hook(_check_loaded_keys)
+        keep_frozen_encoder_out(self)
         self.train()
 
     def train(self, mode: bool = True) -> "LiteMedSamClassifier":
@@ -154,16 +154,3 @@ class EmbeddingHead(nn.Module):
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
         return self.classifier.forward_embedding(embedding)
-
-
-def _drop_frozen_encoder(module: LiteMedSamClassifier, state: dict, prefix: str, local_metadata) -> None:
-    if module.frozen:
-        for key in [k for k in state if k.startswith(prefix + _ENCODER)]:
-            del state[key]
-
-
-def _check_loaded_keys(module: LiteMedSamClassifier, incompatible) -> None:
-    """A frozen model's encoder is not in its weights (a fine-tuned one's must be: strict loading)."""
-    if module.frozen:
-        for key in [k for k in incompatible.missing_keys if k.startswith(_ENCODER)]:
-            incompatible.missing_keys.remove(key)
