@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -58,6 +59,18 @@ class LoadedSource:
     volume: Volume
     lungs: np.ndarray
     lesion_points_xyz: np.ndarray
+
+    @cached_property
+    def lung_voxels(self) -> np.ndarray:
+        """The flat indices of the lung voxels (found once: a scan gives many crops)."""
+        return np.flatnonzero(self.lungs)
+
+    @cached_property
+    def lesion_tree(self):
+        """A k-d tree of the lesion points (None without any), built once."""
+        from scipy.spatial import cKDTree
+
+        return cKDTree(self.lesion_points_xyz) if len(self.lesion_points_xyz) else None
 
 
 def default_sources(data_root: str | os.PathLike | None = None) -> list[NoduleFreeSource]:
@@ -163,14 +176,10 @@ def sample_centres(loaded: LoadedSource, n: int, shape: Sequence[int], spacing: 
     centred on lung, and clear of every lesion by ``clearance_mm`` plus the crop's half-diagonal.
     No crop holds the centre of another of this call or of ``avoid_xyz`` (earlier crops' centres):
     crops may overlap by less than half (a lung holds only some 50 disjoint VOI-sized crops)."""
-    from scipy.spatial import cKDTree
-
-    volume = loaded.volume
-    candidates = np.flatnonzero(loaded.lungs)
+    volume, candidates, tree = loaded.volume, loaded.lung_voxels, loaded.lesion_tree
     if n <= 0 or candidates.size == 0:
         return np.zeros((0, 3))
     reach = float(np.linalg.norm((np.asarray(shape) - 1) / 2.0 * np.asarray(spacing))) + clearance_mm
-    tree = cKDTree(loaded.lesion_points_xyz) if len(loaded.lesion_points_xyz) else None
     picked: list[np.ndarray] = []
     earlier = [np.asarray(p, float) for p in avoid_xyz]
     for flat in candidates[rng.integers(candidates.size, size=max_tries * n)]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from wsnodule_core.data.insertion import (MIN_VOXELS, ResampledShape, TexturedShape, block_mean,
                                           signed_distance, centred_volume, nodule_frame, target_voxels)
-from wsnodule_core.data.lidc.vois import LidcVoi, load_voi, read_voi_table
+from wsnodule_core.data.lidc.vois import LidcVoi, load_voi, read_voi_table, touches_in_plane_border
 from wsnodule_core.data.nodule_shape import texture_class
 from wsnodule_core.errors import InsertionParameterError
 from wsnodule_core.image.resample import resample_to_grid
@@ -75,18 +75,13 @@ def real_nodule(voi: LidcVoi, image: Volume, mask: Volume) -> RealNodule:
     """A :class:`RealNodule` from a VOI and its loaded image and mask (:func:`load_voi`)."""
     array = np.asarray(mask.array) > 0
     notes = ()
-    if _touches_in_plane(array):
-        # the crops hold all of a nodule's slices, so z is always touched; in-plane it may be cut
+    if touches_in_plane_border(array):
         note = (f"VOI {voi.name}: its mask touches the crop's in-plane border, so the nodule may be cut "
                 "there; it is inserted as cropped.")
         notes = (note,)
     return RealNodule(np.asarray(image.array, np.float32), array, tuple(float(s) for s in image.spacing),
                       float(voi.diameter_mm), float(voi.texture or 0.0), voi.name, voi.patient_id,
                       voi.series_uid, dict(voi.ratings), notes, centre_xyz=tuple(voi.centre_xyz))
-
-
-def _touches_in_plane(mask: np.ndarray) -> bool:
-    return bool(mask[:, 0].any() or mask[:, -1].any() or mask[:, :, 0].any() or mask[:, :, -1].any())
 
 
 def load_real_nodules(vois: str | os.PathLike | Sequence[LidcVoi] | None = None) -> list[RealNodule]:

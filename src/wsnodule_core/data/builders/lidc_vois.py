@@ -22,12 +22,13 @@ from wsnodule_core.data.builders.splits import patient_split
 from wsnodule_core.data.cases import Case
 from wsnodule_core.data.dataset import SPLITS, case_entry
 from wsnodule_core.data.insertion import NoduleRecord
-from wsnodule_core.data.lidc.vois import LidcVoi, load_voi, read_voi_table
+from wsnodule_core.data.lidc.vois import LidcVoi, load_voi, read_voi_table, touches_in_plane_border
 from wsnodule_core.data.nodule_free import NoduleFreeSource, check_sources, cut_crop, load_source, sample_centres
 from wsnodule_core.data.nodule_shape import texture_class
 from wsnodule_core.errors import BuildCancelled, DatasetBuildError
 
 SOURCE = "lidc-voi"
+CropGrid = tuple[tuple[int, ...], tuple[float, ...]]  # a crop's (shape, spacing), (z, y, x)
 
 
 def build_lidc_voi_dataset(
@@ -82,16 +83,18 @@ def build_lidc_voi_dataset(
     rng = np.random.default_rng(seed)
     total = len(table) + len(sources)
     entries = []
+    grids: dict[str, list[CropGrid]] = {split: [] for split in SPLITS}  # the nodule crops' grids, per split
     for done, voi in enumerate(table):
         _check_cancel(cancel, out, done)
         case = _positive_case(voi)
+        grids[splits[voi.name]].append((case.image.shape, tuple(float(v) for v in case.image.spacing)))
         entries.append(_write_case(out, case, splits[voi.name], voi.patient_id,
                                    extra=_voi_facts(voi)))
         if progress is not None:
             progress(done + 1, total)
     for k, source in enumerate(sources):
         _check_cancel(cancel, out, len(table) + k)
-        templates = [v for v in table if splits[v.name] == source.split]
+        templates = grids[source.split]
         n = _share(int(round(negatives_per_nodule * len(templates))), sources, k)
         for case in _negative_cases(source, templates, n, rng, clearance_mm):
             entries.append(_write_case(out, case, source.split, source.subject,
@@ -163,13 +166,9 @@ def _positive_case(voi: LidcVoi) -> Case:
         texture=texture_class(texture) if texture is not None else "unknown",
         texture_rating=float(texture or 0.0), placement="real", lidc_annotation_ids=(), shape_id=voi.name,
         patient_id=voi.patient_id, slice_range=measured.slice_range)
-    notes = ("the nodule touches the crop's border",) if _touches_border(np.asarray(mask.array)) else ()
+    notes = ("the nodule touches the crop's border",) if touches_in_plane_border(np.asarray(mask.array)) else ()
     return Case(voi.name, image, mask.with_array(np.asarray(mask.array).astype(np.uint16)),
                 np.ones(image.shape, bool), [record], SOURCE, negatives_ok=False, notes=notes)
-
-
-def _touches_border(mask: np.ndarray) -> bool:
-    return bool(mask[:, 0].any() or mask[:, -1].any() or mask[:, :, 0].any() or mask[:, :, -1].any())
 
 
 def _voi_facts(voi: LidcVoi) -> dict:
@@ -177,14 +176,15 @@ def _voi_facts(voi: LidcVoi) -> dict:
             "ratings": voi.ratings, "diagnosis": voi.diagnosis}
 
 
-def _negative_cases(source: NoduleFreeSource, templates: list[LidcVoi], n: int, rng: np.random.Generator,
+def _negative_cases(source: NoduleFreeSource, templates: list[CropGrid], n: int, rng: np.random.Generator,
                     clearance_mm: float) -> list[Case]:
+    """Up to ``n`` nodule-free crops of ``source``, each on the grid of a nodule crop drawn from ``templates``."""
     if n <= 0 or not templates:
         return []
     loaded = load_source(source)
-    grids = [_grid_of(templates[i]) for i in rng.integers(len(templates), size=n)]
     cases = []
-    for k, (shape, spacing) in enumerate(grids):
+    for k, i in enumerate(rng.integers(len(templates), size=n)):
+        shape, spacing = templates[i]
         centres = sample_centres(loaded, 1, shape, spacing, rng, clearance_mm=clearance_mm,
                                  avoid_xyz=[c.negative_sites_xyz[0] for c in cases])
         if not len(centres):
@@ -194,13 +194,6 @@ def _negative_cases(source: NoduleFreeSource, templates: list[LidcVoi], n: int, 
                           np.ones(shape, bool), [], f"nodule-free:{source.subject}", negatives_ok=True,
                           negative_sites_xyz=(tuple(float(v) for v in centres[0]),)))
     return cases
-
-
-def _grid_of(voi: LidcVoi) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    from wsnodule_core.io.readers import read_volume
-
-    image = read_volume(voi.image_path)
-    return image.shape, tuple(float(s) for s in image.spacing)
 
 
 def _write_case(out: Path, case: Case, split: str, subject: str, extra: dict) -> dict:

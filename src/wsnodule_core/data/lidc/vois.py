@@ -139,3 +139,9 @@ def load_voi(voi: LidcVoi) -> tuple[Volume, Volume]:
         raise EmptyVoiError(f"{voi.mask_path}: the nodule mask of VOI {voi.name} is empty; a VOI needs its "
                             "nodule's voxels (remove the row or restore the mask).")
     return image, mask.with_array(array.astype(np.uint8))
+
+
+def touches_in_plane_border(mask: np.ndarray) -> bool:
+    """True when a VOI mask ``(z, y, x)`` reaches its crop's in-plane edge (the nodule may be cut there;
+    every crop holds all of its nodule's slices, so z is always reached)."""
+    return bool(mask[:, 0].any() or mask[:, -1].any() or mask[:, :, 0].any() or mask[:, :, -1].any())
