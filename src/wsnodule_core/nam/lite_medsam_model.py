@@ -28,9 +28,9 @@ from wsnodule_core.foundation import (
     EmbeddingCache,
     encode_images,
     load_lite_medsam,
-    to_model_image,
 )
 from wsnodule_core.foundation.frozen import keep_frozen_encoder_out
+from wsnodule_core.foundation.image import to_model_input
 from wsnodule_core.foundation.lite_medsam import EMBEDDING_SHAPE
 from wsnodule_core.image.window import NAM_WINDOW
 from wsnodule_core.nam.heads import MultiGapConfig, MultiGapOutput, gap_output, pooled_logits
@@ -39,11 +39,12 @@ _ENCODER = "encoder."
 
 
 def slices_to_model_input(x: torch.Tensor, window: tuple[float, float] = NAM_WINDOW) -> torch.Tensor:
-    """``(B, 1, H, W)`` slices in [0, 1] (windowed with ``window``) as LiteMedSAM's ``(B, 3, 256, 256)``."""
+    """``(B, 1, H, H)`` slices in [0, 1] (windowed with ``window``) as LiteMedSAM's ``(B, 3, 256, 256)``,
+    batched on their device (:func:`~wsnodule_core.foundation.image.to_model_input`)."""
+    if not len(x):
+        return torch.zeros((0, 3, 256, 256), device=x.device)
     lo, hi = (float(v) for v in window)
-    hu = x.detach().float()[:, 0].cpu().numpy() * (hi - lo) + lo
-    images = [to_model_image(plane, (1.0, 1.0), window=MEDSAM_WINDOW)[0] for plane in hu]
-    return torch.stack(images).to(x.device) if images else torch.zeros((0, 3, 256, 256), device=x.device)
+    return to_model_input(x.detach().float()[:, 0] * (hi - lo) + lo, window=MEDSAM_WINDOW)
 
 
 class LiteMedSamClassifier(nn.Module):
