@@ -28,10 +28,10 @@ KNOWN_UNLABELLED_LESIONS = {
 
 def known_lesion_boxes(name: str) -> tuple:
     """World boxes ``((x, y, z) lo, (x, y, z) hi)`` that inserted nodules keep clear of in the real
-    series ``name`` (TCGA-34-2605: its diseased right upper lung, see :mod:`~wsnodule_core.data.nodule_free`)."""
-    from wsnodule_core.data.nodule_free import TCGA_34_2605_EXCLUDED
+    series ``name`` (:data:`~wsnodule_core.data.nodule_free.KNOWN_LESION_BOXES`)."""
+    from wsnodule_core.data.nodule_free import KNOWN_LESION_BOXES
 
-    return (TCGA_34_2605_EXCLUDED,) if name == "tcga-34-2605" else ()
+    return KNOWN_LESION_BOXES.get(name, ())
 
 
 def box_mask(ct: Volume, boxes) -> np.ndarray | None:

@@ -30,6 +30,8 @@ BoxXyz = tuple[tuple[float, float, float], tuple[float, float, float]]
 #: TCGA-34-2605's right lung from the hilum up (a mass and patchy disease, seen on its slices at
 #: z >= -152 mm; the collection gives no annotation): no negatives from there.
 TCGA_34_2605_EXCLUDED: BoxXyz = ((-200.0, -200.0, -152.25), (0.0, 200.0, 60.0))
+#: World boxes of known, unannotated lesions, by real series name: nothing is cut or inserted there.
+KNOWN_LESION_BOXES: dict[str, tuple[BoxXyz, ...]] = {"tcga-34-2605": (TCGA_34_2605_EXCLUDED,)}
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ def default_sources(data_root: str | os.PathLike | None = None) -> list[NoduleFr
                                       note="no annotations"))
     if (chest / "tcga-34-2605").is_dir():
         found.append(NoduleFreeSource("tcga-34-2605", chest / "tcga-34-2605", "train",
-                                      lesion_boxes_xyz=(TCGA_34_2605_EXCLUDED,),
+                                      lesion_boxes_xyz=KNOWN_LESION_BOXES["tcga-34-2605"],
                                       note="its right lung above the hilum (mass) avoided"))
     if (root / "lung-pet-ct-dx").is_dir():
         found.extend(_tumour_box_sources(root / "lung-pet-ct-dx"))
