@@ -251,7 +251,9 @@ class TinyVitSlices(nn.Module):
             self.encoder.eval()  # its batch norms keep the wheel's statistics
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def model_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The slab's slices of patches ``[B, 1, D, H, H]`` as the encoder's ``[B * slab, 3, 256, 256]``
+        (differentiable: guidance's gradient goes through it)."""
         from wsnodule_core.foundation.image import to_model_input
 
         d, h, w = x.shape[2:]
@@ -260,9 +262,54 @@ class TinyVitSlices(nn.Module):
             raise ModelConfigError(f"tinyvit25d takes cubes with at least {slab} slices, got a patch of {(d, h, w)}.")
         lo, hi = FLOW_WINDOW
         hu = x[:, 0, d // 2 - slab // 2:d // 2 + slab // 2 + 1] * (hi - lo) + lo
-        maps = self.head(self.encoder(to_model_input(hu.reshape(-1, h, w))))
-        volume = self.lift(maps, slab)
+        return to_model_input(hu.reshape(-1, h, w))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_embedding(self.encoder(self.model_input(x)))
+
+    def forward_embedding(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Logits from the slab's embeddings ``[B * slab, 256, 64, 64]`` (or ``[B, slab, 256, 64, 64]``)."""
+        embedding = embedding.reshape(-1, *embedding.shape[-3:]).to(self.fc.weight.dtype)  # cached: float16
+        volume = self.lift(self.head(embedding), int(self.config.slab))
         return self.fc(self.dropout(volume.mean(dim=(2, 3, 4))))
+
+    @torch.no_grad()
+    def embed_patches(self, images: np.ndarray, *, cache=None, chunk: int = 8,
+                      progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """The frozen encoder's embeddings (float16, CPU) ``[n, slab, 256, 64, 64]`` of patches ``(n, D, H, H)``
+        in [0, 1], read from / written to ``cache`` (a :class:`~wsnodule_core.foundation.EmbeddingCache`)."""
+        import types
+
+        from wsnodule_core.foundation import encode_images
+        from wsnodule_core.foundation.lite_medsam import EMBEDDING_SHAPE
+
+        device = self.fc.weight.device
+        model = types.SimpleNamespace(image_encoder=self.encoder, device=device)  # what encode_images uses
+        was_training = self.encoder.training
+        self.encoder.eval()
+        out = []
+        try:
+            for start in range(0, len(images), chunk):
+                x = torch.from_numpy(np.asarray(images[start:start + chunk], np.float32))[:, None].to(device)
+                embedded = encode_images(model, self.model_input(x), cache=cache)
+                out.append(embedded.to("cpu", torch.float16).reshape(len(x), -1, *EMBEDDING_SHAPE))
+                if progress is not None:
+                    progress(min(start + chunk, len(images)), len(images))
+        finally:
+            self.encoder.train(was_training)
+        return torch.cat(out) if out else torch.zeros((0, int(self.config.slab), *EMBEDDING_SHAPE),
+                                                      dtype=torch.float16)
+
+
+class EmbeddingPredictor(nn.Module):
+    """A :class:`TinyVitSlices` whose input is the slab's cached embeddings (training a frozen-encoder head)."""
+
+    def __init__(self, net: TinyVitSlices) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_embedding(embedding)
 
 
 class PredictorModule(nn.Module):
@@ -412,6 +459,7 @@ class PredictorTrainConfig:
     device: str = "auto"
     amp: bool = True
     eval_batch_size: int = 32
+    embedding_cache: str | None = None  # tinyvit25d, frozen: its folder; None: foundation.default_cache_dir()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -425,9 +473,15 @@ class PredictorTrainConfig:
             raise ModelConfigError(f"epoch_size must be 'balanced' or 'all', got {self.epoch_size!r}.")
         self.model_config()
 
+    @property
+    def uses_cached_embeddings(self) -> bool:
+        """A frozen LiteMedSAM encoder: its slab embeddings are computed once (cached on disk) and the
+        head trains on them, without augmentation (an augmented slice would need a new encoder pass)."""
+        return self.architecture == "tinyvit25d" and not self.fine_tune_encoder
+
     def model_config(self) -> PredictorConfig:
         return PredictorConfig(self.architecture, self.channels, self.convs_per_block, self.norm,
-                               self.dropout, self.pretrained_path, self.slab)
+                               self.dropout, self.pretrained_path, self.slab, self.fine_tune_encoder)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -459,8 +513,15 @@ def predict_patches(model: nn.Module, images: np.ndarray, device: torch.device |
 
 def evaluate_predictor(model: nn.Module, patches: PatchSet, device: torch.device | str = "cpu", *,
                        batch_size: int = 32, use_amp: bool = False) -> dict:
-    """Cross-entropy, accuracy, sensitivity and specificity (threshold 0.5) on ``patches``."""
+    """Cross-entropy, accuracy, sensitivity and specificity (threshold 0.5) and ROC AUC on ``patches``."""
     p = predict_patches(model, patches.images, device, batch_size=batch_size, use_amp=use_amp)
+    return probability_metrics(p, patches)
+
+
+def probability_metrics(p: np.ndarray, patches: PatchSet) -> dict:
+    """:func:`evaluate_predictor`'s figures from the probabilities ``p`` of ``patches``."""
+    from wsnodule_core.metrics.classification import roc_auc
+
     p = np.clip(p, 1e-7, 1 - 1e-7)
     y = patches.labels.astype(int)
     pred = (p >= 0.5).astype(int)
@@ -470,7 +531,8 @@ def evaluate_predictor(model: nn.Module, patches: PatchSet, device: torch.device
             "sensitivity": float(np.sum((pred == 1) & (y == 1)) / patches.n_positive) if patches.n_positive
             else float("nan"),
             "specificity": float(np.sum((pred == 0) & (y == 0)) / patches.n_negative) if patches.n_negative
-            else float("nan")}
+            else float("nan"),
+            "auc": roc_auc(p, y)}
 
 
 def _resolve(data, patch_config: PatchConfig | None) -> tuple[PatchSet, PatchSet | None]:
@@ -549,14 +611,20 @@ def train_predictor(patches, out_dir: str | os.PathLike, config: PredictorTrainC
     if checkpoint is not None:  # the checkpoint holds the weights; do not reload pretrained ones
         model_config = PredictorConfig.from_dict({**model_config.to_dict(), "pretrained_path": None})
     model = build_predictor(model_config, seed=config.seed).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_decay)
     scaler = grad_scaler(device, use_amp)
     state = RunState.resumed(restore_training_state(checkpoint, model, optimizer, scheduler, scaler), checkpoint)
     aug_state = checkpoint.raw.get("augment_rng") if checkpoint is not None else None
     if checkpoint is not None:
         say(f"resuming from {out / LAST} after epoch {state.epoch}, step {state.global_step}")
-    images = torch.from_numpy(np.ascontiguousarray(train_set.images))
+    net, val_inputs = model, None
+    if config.uses_cached_embeddings:
+        net = EmbeddingPredictor(model.net)
+        images, val_inputs = _embeddings(model.net, train_set, val_set, config, say)
+    else:
+        images = torch.from_numpy(np.ascontiguousarray(train_set.images))
     labels = torch.from_numpy(train_set.labels.astype(np.int64))
     sampler = BalancedBatchSampler(train_set.labels, config.batch_size, config.seed,
                                    epoch_size=config.epoch_size)
@@ -571,8 +639,11 @@ def train_predictor(patches, out_dir: str | os.PathLike, config: PredictorTrainC
 
     def train_step(batch, generator: torch.Generator) -> tuple[float, torch.Tensor]:
         index = torch.as_tensor(batch)
-        x = images[index].to(device).float()[:, None]
         y = labels[index].to(device)
+        if config.uses_cached_embeddings:  # the slab's embeddings, not augmented
+            return classify_step(net, images[index].to(device).float(), y, optimizer, scaler, use_amp=use_amp,
+                                 step=state.global_step + 1, lr=config.lr)
+        x = images[index].to(device).float()[:, None]
         if config.augment:
             x = augment_patches(x, generator)
         return classify_step(model, x, y, optimizer, scaler, use_amp=use_amp, step=state.global_step + 1,
@@ -582,8 +653,13 @@ def train_predictor(patches, out_dir: str | os.PathLike, config: PredictorTrainC
         scheduler.step()
         metrics = classify_metrics(epoch, sums, optimizer)
         if val_set is not None:
-            metrics.update({f"val_{k}": v for k, v in evaluate_predictor(
-                model, val_set, device, batch_size=config.eval_batch_size, use_amp=use_amp).items()})
+            if val_inputs is not None:
+                val = probability_metrics(_embedding_probabilities(net, val_inputs, device,
+                                                                   config.eval_batch_size), val_set)
+            else:
+                val = evaluate_predictor(model, val_set, device, batch_size=config.eval_batch_size,
+                                         use_amp=use_amp)
+            metrics.update({f"val_{k}": v for k, v in val.items()})
             model.train()
         return metrics, metrics.get("val_accuracy", metrics["train_accuracy"])
 
@@ -601,3 +677,29 @@ def train_predictor(patches, out_dir: str | os.PathLike, config: PredictorTrainC
     model.train()
     epochs_done, cancelled = loop.run(state, aug_state)
     return state.result(out, epochs_done, cancelled, device, model)
+
+
+def _embeddings(net: TinyVitSlices, train_set: PatchSet, val_set: PatchSet | None, config: PredictorTrainConfig,
+                say) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The frozen encoder's slab embeddings (float16, CPU) of the training and validation patches, each
+    computed once and kept in the embedding cache."""
+    from wsnodule_core.foundation import EmbeddingCache
+
+    cache = EmbeddingCache(config.embedding_cache)
+    say(f"embedding the {config.slab}-slice slabs of {len(train_set)} training and "
+        f"{len(val_set) if val_set is not None else 0} validation patches with the frozen LiteMedSAM encoder "
+        f"(cache: {cache.folder}; augmentation off)")
+    train = net.embed_patches(train_set.images, cache=cache)
+    val = net.embed_patches(val_set.images, cache=cache) if val_set is not None else None
+    return train, val
+
+
+@torch.no_grad()
+def _embedding_probabilities(net: nn.Module, embeddings: torch.Tensor, device: torch.device,
+                             batch_size: int) -> np.ndarray:
+    was_training = net.training
+    net.eval()
+    out = [torch.softmax(net(embeddings[i:i + batch_size].to(device).float()).float(), dim=1)[:, 1].cpu()
+           for i in range(0, len(embeddings), batch_size)]
+    net.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)

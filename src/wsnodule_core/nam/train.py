@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from wsnodule_core.errors import CheckpointError, TrainingDataError
+from wsnodule_core.metrics.classification import roc_auc
 from wsnodule_core.nam.model import KIND, MultiGapClassifier, build_classifier
 from wsnodule_core.data.slices import SliceSet, slices_from_dataset
 from wsnodule_core.nam.train_config import TrainConfig
@@ -101,19 +102,6 @@ def best_threshold(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float
     best = np.flatnonzero(np.isclose(bal, bal.max()))
     pick = best[np.argmin(np.abs(thresholds[best] - 0.5))]
     return float(thresholds[pick]), float(bal[pick])
-
-
-def roc_auc(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties counted half); nan when a class is missing."""
-    from scipy.stats import rankdata
-
-    p = np.asarray(probabilities, np.float64).ravel()
-    y = np.asarray(labels).ravel() > 0
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(p)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def checkpoint_threshold(path: str | os.PathLike) -> float | None:

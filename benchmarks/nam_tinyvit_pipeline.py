@@ -1,0 +1,126 @@
+"""The NAM on LiteMedSAM's encoder over a whole CT (issue 15, item 6): the pipeline's time against its bare
+encoder passes, and its peak resident memory on a 512 x 512 x 300 CT.
+
+    WSNODULE_DATA=/work/shared/data python benchmarks/nam_tinyvit_pipeline.py [--slices 40] [--full]
+
+The CT is LIDC-IDRI-0002 (512 x 512 x 261), mirrored at its caudal end to 300 slices (a memory and speed
+test: what the slices hold does not change the work, except how many are nodule slices). The head is
+untrained, so the nodule slices are chosen by the threshold: none (classification and assembly only), or
+every slice (each one through scope, ICM and R-NAM screening: the worst case). Ratio = pipeline seconds /
+seconds of the encoder alone on the same slices' model inputs. ``--full``: also ``segment_volume`` on all
+300 slices in a fresh process (its peak RSS, with a tenth of the slices as nodule slices). Lungs come from
+``segment_lungs`` (timed apart). Results: docs/foundation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
+
+
+def ct_300():
+    from wsnodule_core.io import read_volume
+
+    root = Path(os.environ["WSNODULE_DATA"]) / "lidc-idri" / "LIDC-IDRI-0002"
+    series = next(p for p in root.rglob("*") if p.is_dir() and any(f.suffix == ".dcm" for f in p.iterdir()))
+    ct = read_volume(series)
+    array = np.asarray(ct.array)
+    return replace(ct, array=np.concatenate([array, array[-(300 - len(array)):][::-1]]))
+
+
+def model():
+    from wsnodule_core.nam.heads import MultiGapConfig
+    from wsnodule_core.nam.lite_medsam_model import LiteMedSamClassifier
+
+    import torch
+    torch.manual_seed(0)
+    return LiteMedSamClassifier(MultiGapConfig(backbone="lite_medsam")).eval()
+
+
+def run_full(threshold: float) -> None:
+    """Child process: the whole 300-slice pipeline, its time and peak RSS."""
+    import torch
+
+    from wsnodule_core.data.lung import segment_lungs
+    from wsnodule_core.nam.pipeline import segment_volume
+    from wsnodule_core.nam.segment_config import NamConfig
+
+    torch.set_num_threads(1)
+    ct = ct_300()
+    lungs = segment_lungs(ct).lungs
+    rss_before = _rss_mb()
+    net = model()
+    t = time.perf_counter()
+    result = segment_volume(net, ct, lungs=lungs, config=NamConfig(input_size=256, probability_threshold=threshold))
+    print(f"FULL {ct.shape} nodule slices {int(result.is_nodule.sum())}: {time.perf_counter() - t:.0f} s, "
+          f"peak RSS {_rss_mb():.0f} MB (after reading the CT and its lungs: {rss_before:.0f} MB)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from wsnodule_core.data.lung import segment_lungs
+    from wsnodule_core.nam.assembly import network_grid
+    from wsnodule_core.nam.lite_medsam_model import slices_to_model_input
+    from wsnodule_core.image.window import apply_window
+    from wsnodule_core.nam.pipeline import segment_volume
+    from wsnodule_core.nam.segment_config import NamConfig
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slices", type=int, default=40)
+    parser.add_argument("--full", action="store_true")
+    parser.add_argument("--child-threshold", type=float, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child_threshold is not None:
+        run_full(args.child_threshold)
+        return 0
+    torch.set_num_threads(1)
+    ct = ct_300()
+    t = time.perf_counter()
+    lungs = segment_lungs(ct).lungs
+    print(f"CT {ct.shape}, lungs {time.perf_counter() - t:.0f} s, peak RSS {_rss_mb():.0f} MB", flush=True)
+    z0 = ct.shape[0] // 2 - args.slices // 2
+    part = replace(ct, array=np.asarray(ct.array)[z0:z0 + args.slices], origin=tuple(ct.index_to_world((z0, 0, 0))))
+    part_lungs = lungs[z0:z0 + args.slices]
+    net = model()
+    config = NamConfig(input_size=256)
+    grid = network_grid(part, part_lungs, config.input_size, config.crop_pixel_spacing_mm)
+    x = apply_window(torch.as_tensor(np.asarray(grid.source, np.float32))[:, None], config.window)
+    inputs = slices_to_model_input(x)
+    with torch.no_grad():
+        t = time.perf_counter()
+        for start in range(0, len(inputs), 8):
+            net.encoder(inputs[start:start + 8])
+        bare = time.perf_counter() - t
+    rows = [f"| bare encoder | {bare:.1f} s | {1000 * bare / args.slices:.0f} ms | 1.00 |"]
+    for label, threshold in (("pipeline, no nodule slice", 1.0), ("pipeline, every slice a nodule slice", 0.0)):
+        t = time.perf_counter()
+        result = segment_volume(net, part, lungs=part_lungs,
+                                config=NamConfig(input_size=256, probability_threshold=threshold))
+        took = time.perf_counter() - t
+        rows.append(f"| {label} ({int(result.is_nodule.sum())} segmented) | {took:.1f} s | "
+                    f"{1000 * took / args.slices:.0f} ms | {took / bare:.2f} |")
+        print(rows[-1], flush=True)
+    print(f"\n{args.slices} slices of {ct.shape}, one torch thread:\n\n| run | time | per slice | / encoder |\n"
+          "|---|---|---|---|\n" + "\n".join(rows))
+    if args.full:
+        probabilities = result.probability
+        threshold = float(np.quantile(probabilities, 0.9))
+        subprocess.run([sys.executable, __file__, "--child-threshold", str(threshold)], check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
