@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 
 from wsnodule_core.errors import ShippedModelError, UnknownShippedModelError, WsnoduleError
-from wsnodule_core.shipped import (SHIPPED, Companion, Registry, ShippedModel, default_method, shipped_checkpoint,
-                                   shipped_model, shipped_models)
+from wsnodule_core.shipped import (
+    SHIPPED,
+    Companion,
+    Registry,
+    ShippedModel,
+    default_method,
+    shipped_checkpoint,
+    shipped_model,
+    shipped_models,
+)
 from wsnodule_core.shipped.registry import MAX_FILE_BYTES, MODELS, TRAINED, TRAINING_FREE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,3 +127,11 @@ def test_wsnodule_models_lists_the_table(tmp_path, capsys):
     assert line.split()[:4] == ["nam", "nam", "2.0", "MB"]
     assert run(None, Registry(MODELS + (trained_entry(),), folder=tmp_path / "none")) == 0
     assert "missing" in capsys.readouterr().out
+
+
+def test_the_package_exports_what_it_lists():
+    from wsnodule_core import shipped
+
+    assert sorted(shipped.__all__) == sorted(shipped._EXPORTS)
+    for name in shipped.__all__:
+        assert getattr(shipped, name) is not None

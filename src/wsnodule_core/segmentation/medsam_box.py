@@ -10,8 +10,9 @@ lower label, and a box drawn empty leaves its label unused.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

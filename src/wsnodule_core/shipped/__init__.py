@@ -25,7 +25,8 @@ _EXPORTS = {
     "check_method_kind": "load",
     "load_shipped": "load",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["SHIPPED", "Companion", "Registry", "ShippedModel", "check_method_kind", "default_method",
+           "load_shipped", "shipped_checkpoint", "shipped_model", "shipped_models"]
 
 
 def __getattr__(name: str):
