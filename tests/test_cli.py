@@ -6,7 +6,7 @@ import pytest
 from wsnodule_core import __version__
 from wsnodule_core.cli.main import main
 
-SUBCOMMANDS = ("demo", "data", "train", "segment", "evaluate")
+SUBCOMMANDS = ("demo", "data", "train", "segment", "evaluate", "models")
 
 
 def test_help_lists_every_subcommand(capsys):
@@ -38,12 +38,13 @@ def test_model_subcommands_describe_their_options(name, needs, capsys):
     assert needs in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [["segment", "ct.nii.gz"], ["evaluate", "data"]])
-def test_model_subcommands_without_a_checkpoint_fail_with_usage(argv, capsys):
+@pytest.mark.parametrize("argv, needs", [(["segment", "ct.nii.gz"], "--output"), (["evaluate", "data"], "--checkpoint")])
+def test_model_subcommands_without_a_required_option_fail_with_usage(argv, needs, capsys):
+    """segment's --checkpoint is optional (a shipped model segments without one); --output is not."""
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
-    assert "--checkpoint" in capsys.readouterr().err
+    assert needs in capsys.readouterr().err
 
 
 def test_console_script_is_installed():
@@ -52,7 +53,8 @@ def test_console_script_is_installed():
     assert result.returncode == 0 and __version__ in result.stdout
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["data", "phantom", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["data", "phantom", "--help"],
+                                  ["segment", "--help"], ["models"]])
 def test_help_does_not_load_torch_or_the_imaging_stack(argv):
     """Help comes in well under a second: torch, scipy and highdicom load only when a command runs."""
     code = ("import sys\nfrom wsnodule_core.cli.main import main\n"

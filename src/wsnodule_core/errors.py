@@ -191,6 +191,15 @@ class TrainingDataError(WsnoduleError, ValueError):
     """The training data cannot train a classifier (no slices, only one class, ...)."""
 
 
+class ShippedModelError(WsnoduleError):
+    """A model shipped in the package cannot be used: its file is missing or altered, or it does not
+    fit the checkpoint or options given with it."""
+
+
+class UnknownShippedModelError(ShippedModelError, LookupError):
+    """No shipped model has the name asked for."""
+
+
 # --- NAM / R-NAM segmentation ------------------------------------------------
 
 

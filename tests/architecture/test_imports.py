@@ -23,6 +23,7 @@ LAYERS = (
     ("foundation",),  # pretrained models (LiteMedSAM): used by the methods, never the other way round
     ("nam", "flow", "pw4medseg", "baselines"),  # the methods: siblings never import each other
     ("segmentation",),
+    ("shipped",),  # the models shipped in the package, loaded through segmentation's front door
     ("evaluation",),
     ("demo",),
     ("cli",),

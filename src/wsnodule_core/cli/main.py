@@ -7,10 +7,10 @@ import sys
 from typing import Sequence
 
 from wsnodule_core import __version__
-from wsnodule_core.cli import data, demo, evaluate, segment, train
+from wsnodule_core.cli import data, demo, evaluate, models, segment, train
 from wsnodule_core.errors import WsnoduleError
 
-SUBCOMMANDS = (demo, data, train, segment, evaluate)
+SUBCOMMANDS = (demo, data, train, segment, evaluate, models)
 
 
 def build_parser() -> argparse.ArgumentParser:

