@@ -60,6 +60,14 @@ class SeriesNotFoundError(VolumeReadError):
     """The DICOM series asked for (by SeriesInstanceUID) is not in the folder."""
 
 
+class TruncatedImageError(VolumeReadError):
+    """A volume file holds fewer bytes of voxel data than its header promises (cut short)."""
+
+
+class DamagedImageError(VolumeReadError):
+    """A volume file is not what its name says (a .nii.gz that is neither gzip nor NIfTI, bad gzip data)."""
+
+
 # --- invalid volumes -------------------------------------------------------
 
 
