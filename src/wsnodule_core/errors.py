@@ -102,6 +102,14 @@ class OutputExistsError(WsnoduleError, FileExistsError):
     """Writing would overwrite an existing file; pass overwrite=True to allow it."""
 
 
+class UnwritableOutputError(WsnoduleError, PermissionError):
+    """An output folder cannot be created or written to (permissions, read-only disk, a file in the way)."""
+
+
+class OutputIsInputError(WsnoduleError, ValueError):
+    """An output path is an input file (or lies inside the input DICOM series folder)."""
+
+
 class NotDicomReferenceError(WsnoduleError, ValueError):
     """A DICOM output (DICOM-SEG) needs a reference volume read from DICOM files."""
 

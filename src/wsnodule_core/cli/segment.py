@@ -62,13 +62,17 @@ def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse existing outputs (and a DICOM-SEG for a non-DICOM image) before any work is done."""
     from wsnodule_core.errors import OutputExistsError
     from wsnodule_core.io.formats import require_format
-    from wsnodule_core.io.writers import check_output_path
+    from wsnodule_core.io.writers import check_not_input, check_output_path, check_writable_folder
 
+    check_not_input(args.output, [args.image])
     output = check_output_path(args.output, args.overwrite)
     if output.suffix.lower() != ".dcm":
         require_format(output, "write")
     if args.maps is not None:
+        check_writable_folder(args.maps, "--maps")
         existing = [args.maps / f"{n}.nii.gz" for n in (*MAP_NAMES, "uncertainty")] + [args.maps / "rnam_scores.json"]
+        for path in existing:
+            check_not_input(path, [args.image])
         taken = [p for p in existing if p.exists()]
         if taken and not args.overwrite:
             raise OutputExistsError(f"{taken[0]} already exists; choose another --maps folder or pass "

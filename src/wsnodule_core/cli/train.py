@@ -100,9 +100,12 @@ def _check_method_options(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from wsnodule_core.io.writers import check_writable_folder
+
     args.out = _out(args)
     _check_data(args.data)
     _check_method_options(args)
+    check_writable_folder(args.out, "--out")
     if args.method == "nam":
         from wsnodule_core.cli.train_nam import run_train
 

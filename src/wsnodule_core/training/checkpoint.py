@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from wsnodule_core.errors import CheckpointError, OutputExistsError
+from wsnodule_core.io.writers import check_writable_folder
 
 FORMAT = "wsnodule-checkpoint"
 FORMAT_VERSION = 1
@@ -133,6 +134,7 @@ def prepare_run_dir(out_dir: str | os.PathLike, *, resume: bool = False, overwri
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} is a file; give a folder for the training run.")
+    check_writable_folder(out, "the run folder")
     existing = [p.name for p in (out / BEST, out / LAST) if p.exists()]
     if resume:
         if not (out / LAST).exists():
