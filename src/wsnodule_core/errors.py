@@ -91,6 +91,10 @@ class GeometryMismatchError(InvalidVolumeError):
     """A mask does not have the shape or geometry of its reference volume."""
 
 
+class UnsuitableVolumeError(InvalidVolumeError):
+    """A valid volume a method cannot segment (e.g. a single 2D slice)."""
+
+
 class MetricInputError(WsnoduleError, ValueError):
     """Masks, labels or parameters given to a metric are inconsistent (shapes, bins, labels)."""
 
@@ -257,3 +261,7 @@ class WsnoduleWarning(UserWarning):
 
 class NonCTModalityWarning(WsnoduleWarning):
     """The volume is not CT: its values are not taken to be Hounsfield units."""
+
+
+class SpacingWarning(WsnoduleWarning):
+    """A volume's voxel spacing is far from what the model was trained at (e.g. 10 mm slices)."""

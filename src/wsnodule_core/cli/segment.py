@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path, metavar="CKPT",
                         help="a checkpoint (best.pt/last.pt of `wsnodule train`, or its run folder)")
     parser.add_argument("--output", required=True, type=Path, metavar="MASK", help="mask file to write")
+    parser.add_argument("--series-uid", metavar="UID", default=None,
+                        help="the SeriesInstanceUID to read when the DICOM folder IMAGE holds several series")
     parser.add_argument("--multi-gap-checkpoint", type=Path, metavar="CKPT2",
                         help="a 2-/3-GAP checkpoint whose NAM narrows the screening scope (the paper's "
                              "multi-GAP segmentation; CKPT should then be a 1-GAP model)")
@@ -186,6 +188,7 @@ def segmenter_options(kind: str, args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from wsnodule_core.io import read_volume
     from wsnodule_core.segmentation import checkpoint_kind, load_segmenter
+    from wsnodule_core.segmentation.spacing import check_segmentation_spacing, training_spacing
     from wsnodule_core.training.device import choose_device
 
     _check_outputs(args)
@@ -195,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
     bar = (lambda label: None) if args.quiet else TextProgress
     segmenter = load_segmenter(args.checkpoint, str(choice.device), multi_gap_checkpoint=args.multi_gap_checkpoint,
                                prior_checkpoint=args.flow_prior, **options)
-    volume = read_volume(args.image)
+    volume = read_volume(args.image, series_uid=args.series_uid)
+    check_segmentation_spacing(volume, training_spacing(args.checkpoint))
     _check_dicom_seg(args.output, volume)
     lungs = None
     if segmenter.needs_lungs:
