@@ -177,7 +177,7 @@ DIRECTION_TOLERANCE = 1e-3
 """Largest difference of direction cosines taken as the same orientation."""
 
 
-def geometry_differences(volume: "Volume", reference: "Volume") -> list[str]:
+def geometry_differences(volume: Volume, reference: Volume) -> list[str]:
     """How ``volume``'s grid differs from ``reference``'s (shape, spacing, origin, direction), in words;
     empty when they are one grid within the tolerances above."""
     found = []
@@ -199,7 +199,7 @@ def _mm(values: Sequence[float]) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
-def check_same_grid(volume: "Volume", reference: "Volume", what: str) -> None:
+def check_same_grid(volume: Volume, reference: Volume, what: str) -> None:
     """Raise :class:`GeometryMismatchError` naming each difference when ``volume`` (a mask, named
     ``what``) is not on ``reference``'s voxel grid."""
     found = geometry_differences(volume, reference)

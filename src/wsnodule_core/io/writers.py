@@ -14,10 +14,14 @@ from typing import Callable, Iterable
 
 import numpy as np
 import SimpleITK as sitk
-
 from pydicom.misc import is_dicom
 
-from wsnodule_core.errors import InvalidVolumeError, OutputExistsError, OutputIsInputError, UnwritableOutputError
+from wsnodule_core.errors import (
+    InvalidVolumeError,
+    OutputExistsError,
+    OutputIsInputError,
+    UnwritableOutputError,
+)
 from wsnodule_core.io.formats import format_of, require_format
 from wsnodule_core.io.sitk_bridge import to_sitk
 from wsnodule_core.io.volume import Volume, check_mask_matches

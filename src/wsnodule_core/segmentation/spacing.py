@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from wsnodule_core.errors import SpacingWarning, UnsuitableVolumeError
 from wsnodule_core.io.volume import Volume
