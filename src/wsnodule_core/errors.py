@@ -60,6 +60,14 @@ class SeriesNotFoundError(VolumeReadError):
     """The DICOM series asked for (by SeriesInstanceUID) is not in the folder."""
 
 
+class TruncatedImageError(VolumeReadError):
+    """A volume file holds fewer bytes of voxel data than its header promises (cut short)."""
+
+
+class DamagedImageError(VolumeReadError):
+    """A volume file is not what its name says (a .nii.gz that is neither gzip nor NIfTI, bad gzip data)."""
+
+
 # --- invalid volumes -------------------------------------------------------
 
 
@@ -83,6 +91,10 @@ class GeometryMismatchError(InvalidVolumeError):
     """A mask does not have the shape or geometry of its reference volume."""
 
 
+class UnsuitableVolumeError(InvalidVolumeError):
+    """A valid volume a method cannot segment (e.g. a single 2D slice)."""
+
+
 class MetricInputError(WsnoduleError, ValueError):
     """Masks, labels or parameters given to a metric are inconsistent (shapes, bins, labels)."""
 
@@ -92,6 +104,14 @@ class MetricInputError(WsnoduleError, ValueError):
 
 class OutputExistsError(WsnoduleError, FileExistsError):
     """Writing would overwrite an existing file; pass overwrite=True to allow it."""
+
+
+class UnwritableOutputError(WsnoduleError, PermissionError):
+    """An output folder cannot be created or written to (permissions, read-only disk, a file in the way)."""
+
+
+class OutputIsInputError(WsnoduleError, ValueError):
+    """An output path is an input file (or lies inside the input DICOM series folder)."""
 
 
 class NotDicomReferenceError(WsnoduleError, ValueError):
@@ -250,3 +270,7 @@ class WsnoduleWarning(UserWarning):
 
 class NonCTModalityWarning(WsnoduleWarning):
     """The volume is not CT: its values are not taken to be Hounsfield units."""
+
+
+class SpacingWarning(WsnoduleWarning):
+    """A volume's voxel spacing is far from what the model was trained at (e.g. 10 mm slices)."""

@@ -50,12 +50,14 @@ def run(args: argparse.Namespace) -> int:
     from wsnodule_core.data.dataset import load_dataset
     from wsnodule_core.errors import InvalidDatasetError
     from wsnodule_core.evaluation import evaluate_dataset, load_segmenters
+    from wsnodule_core.io.writers import check_writable_folder
     from wsnodule_core.training.device import choose_device
 
     if not args.data.exists():
         raise InvalidDatasetError(f"{args.data}: no such data set folder; build one with "
                                   "`wsnodule data ...`.")
     load_dataset(args.data)  # a bad folder fails before the models load
+    check_writable_folder(args.out, "--out")
     if bool(args.checkpoint) == bool(args.predictor):
         from wsnodule_core.errors import ModelConfigError
 

@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"),
                         help="medsam-box: a nodule's box by two opposite corners in world mm (patient LPS, as "
                              "--centre); every voxel it overlaps, clipped to the image (repeatable)")
+    parser.add_argument("--series-uid", metavar="UID", default=None,
+                        help="the SeriesInstanceUID to read when the DICOM folder IMAGE holds several series")
     parser.add_argument("--multi-gap-checkpoint", type=Path, metavar="CKPT2",
                         help="a 2-/3-GAP checkpoint whose NAM narrows the screening scope (the paper's "
                              "multi-GAP segmentation; CKPT should then be a 1-GAP model)")
@@ -129,13 +131,17 @@ def _check_outputs(args: argparse.Namespace) -> None:
     """Refuse existing outputs (and a DICOM-SEG for a non-DICOM image) before any work is done."""
     from wsnodule_core.errors import OutputExistsError
     from wsnodule_core.io.formats import require_format
-    from wsnodule_core.io.writers import check_output_path
+    from wsnodule_core.io.writers import check_not_input, check_output_path, check_writable_folder
 
+    check_not_input(args.output, [args.image])
     output = check_output_path(args.output, args.overwrite)
     if output.suffix.lower() != ".dcm":
         require_format(output, "write")
     if args.maps is not None:
+        check_writable_folder(args.maps, "--maps")
         existing = [args.maps / f"{n}.nii.gz" for n in (*MAP_NAMES, "uncertainty")] + [args.maps / "rnam_scores.json"]
+        for path in existing:
+            check_not_input(path, [args.image])
         taken = [p for p in existing if p.exists()]
         if taken and not args.overwrite:
             raise OutputExistsError(f"{taken[0]} already exists; choose another --maps folder or pass "
@@ -281,6 +287,7 @@ def run(args: argparse.Namespace, registry: Registry = SHIPPED, lite_medsam: Any
     """``wsnodule segment``; ``registry``: the shipped models' table, ``lite_medsam``: a loaded LiteMedSAM
     (tests pass their own; the command line uses the package's and loads the model)."""
     from wsnodule_core.io import read_volume
+    from wsnodule_core.segmentation.spacing import check_segmentation_spacing, training_spacing
     from wsnodule_core.training.device import choose_device
 
     _check_outputs(args)
@@ -290,7 +297,11 @@ def run(args: argparse.Namespace, registry: Registry = SHIPPED, lite_medsam: Any
     device = choose_device(args.device)
     print(device.describe())
     bar = (lambda label: None) if args.quiet else TextProgress
-    volume = read_volume(args.image)
+    volume = read_volume(args.image, series_uid=args.series_uid)
+    checkpoint = choice.checkpoint
+    if checkpoint is None and choice.shipped is not None and choice.shipped.trained:
+        checkpoint = registry.checkpoint(choice.shipped.name)
+    check_segmentation_spacing(volume, training_spacing(checkpoint) if checkpoint is not None else None)
     _check_dicom_seg(args.output, volume)
     if choice.kind == "medsam-box":
         from wsnodule_core.segmentation.medsam_box import prompt_boxes

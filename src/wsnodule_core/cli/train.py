@@ -99,10 +99,48 @@ def _check_method_options(args: argparse.Namespace) -> None:
         raise ModelConfigError(f"{flags}: not options of --method {args.method}; drop them.")
 
 
+#: The grid options a resumed run must keep: flag, argument, the saved configs' key.
+_FIXED_ON_RESUME = (("--image-size", "image_size", ("image_size", "input_size")),
+                    ("--pixel-spacing", "pixel_spacing", ("pixel_spacing_mm",)))
+
+
+def _saved_value(config: dict, keys: tuple[str, ...]):
+    for key, value in config.items():
+        if key in keys:
+            return value
+        if isinstance(value, dict) and (found := _saved_value(value, keys)) is not None:
+            return found
+    return None
+
+
+def _check_resume_matches(args: argparse.Namespace) -> None:
+    """With --resume, refuse an --image-size or --pixel-spacing other than the run's own."""
+    from pathlib import Path
+
+    from wsnodule_core.errors import ModelConfigError
+    from wsnodule_core.training.checkpoint import LAST, load_checkpoint
+
+    if not (Path(args.out) / LAST).exists():
+        return  # the trainer says there is nothing to resume
+    saved = load_checkpoint(Path(args.out) / LAST, mmap=True).train_config
+    for flag, name, keys in _FIXED_ON_RESUME:
+        given, before = getattr(args, name, None), _saved_value(saved, keys)
+        if given is not None and (before is None or float(given) != float(before)):
+            raise ModelConfigError(
+                f"{args.out} was trained with {flag} {before if before is not None else '(not set)'}, not "
+                f"{given}; a resumed run keeps its own: drop {flag}, or start a new run with another --out "
+                "(or --overwrite).")
+
+
 def run(args: argparse.Namespace) -> int:
+    from wsnodule_core.io.writers import check_writable_folder
+
     args.out = _out(args)
     _check_data(args.data)
     _check_method_options(args)
+    check_writable_folder(args.out, "--out")
+    if args.resume:
+        _check_resume_matches(args)
     if args.method == "nam":
         from wsnodule_core.cli.train_nam import run_train
 

@@ -19,6 +19,7 @@ import numpy as np
 from wsnodule_core.data.cases import Case
 from wsnodule_core.data.insertion import NoduleRecord
 from wsnodule_core.errors import InvalidDatasetError, UnknownSplitError
+from wsnodule_core.io.volume import check_same_grid
 
 FORMAT = "wsnodule-dataset"
 FORMAT_VERSION = 1
@@ -127,8 +128,9 @@ class Dataset:
                 )
         image = read_volume(self.root / entry["image"])
         mask = read_volume(self.root / entry["mask"])
-        lungs = (np.asarray(read_volume(self.root / entry["lungs"]).array) > 0 if entry.get("lungs")
-                 else np.zeros(image.shape, bool))
+        check_same_grid(mask, image, f"{self.root / entry['mask']} (label mask of case {entry['case_id']})")
+        lungs = (np.asarray(_lungs_on(image, self.root / entry["lungs"], entry['case_id']).array) > 0
+                 if entry.get("lungs") else np.zeros(image.shape, bool))
         mask = image.with_array(np.asarray(mask.array).astype(np.uint16))
         return Case(entry["case_id"], image, mask, lungs, [NoduleRecord.from_dict(n) for n in entry["nodules"]],
                     entry.get("source", ""), bool(entry.get("negatives_ok", True)), tuple(entry.get("notes", ())),
@@ -147,6 +149,14 @@ class Dataset:
         """The cases of ``split`` (all when None), each read from disk when the iterator reaches it."""
         for entry in self.entries(split):
             yield self.load_case(entry)
+
+
+def _lungs_on(image, path: Path, case_id: str):
+    from wsnodule_core.io.readers import read_volume
+
+    lungs = read_volume(path)
+    check_same_grid(lungs, image, f"{path} (lung mask of case {case_id})")
+    return lungs
 
 
 def load_dataset(folder: str | os.PathLike) -> Dataset:

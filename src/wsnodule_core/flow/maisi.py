@@ -413,9 +413,10 @@ def _read(path, what: str, argument: str, default_name: str, weights_only: bool)
     try:
         data = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as error:  # pickle, zip and torch errors alike
-        hint = (" If it holds other Python objects and you trust the file, pass weights_only=False."
-                if weights_only else "")
-        raise CheckpointError(f"{path}: cannot read it as a PyTorch weights file ({error}).{hint}") from error
+        from wsnodule_core.training.checkpoint import load_error_text
+
+        raise CheckpointError(f"{path}: cannot read it as a PyTorch weights file ({load_error_text(error)}).") \
+            from error
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: holds a {type(data).__name__}, not a state dict; give the {what} "
                               f"weights ({default_name}).")

@@ -48,7 +48,7 @@ from wsnodule_core.flow.patches import PatchConfig, PatchSet, patches_from_datas
 from wsnodule_core.image.window import FLOW_WINDOW
 from wsnodule_core.training.augment import augment_patches
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
-from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_model,
+from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_error_text, load_model,
                                                restore_training_state, save_checkpoint)
 from wsnodule_core.training.device import amp_enabled, autocast, grad_scaler
 from wsnodule_core.training.loop import CLASSIFY_SUMS, EpochLoop, RunState, classify_metrics, classify_step
@@ -392,7 +392,7 @@ def load_pretrained(module: nn.Module, path: str | os.PathLike) -> list[str]:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - every unreadable file gets the same advice
-        raise CheckpointError(f"{path}: cannot read it as torch weights ({error}).") from error
+        raise CheckpointError(f"{path}: cannot read it as torch weights ({load_error_text(error)}).") from error
     state = raw.get("model_state", raw.get("state_dict", raw)) if isinstance(raw, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds no state dict.")

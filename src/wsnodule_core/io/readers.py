@@ -16,7 +16,7 @@ from wsnodule_core.errors import (
     VolumeReadError,
 )
 from wsnodule_core.io.dicom_series import ProgressCallback, read_dicom_series
-from wsnodule_core.io.formats import FORMATS, check_header_spacing, format_of, nifti_non_finite_count
+from wsnodule_core.io.formats import FORMATS, check_header_spacing, format_of, scan_nifti
 from wsnodule_core.io.sitk_bridge import from_sitk
 from wsnodule_core.io.volume import Volume, VolumeMetadata
 
@@ -36,7 +36,8 @@ def read_image_file(path: str | os.PathLike) -> Volume:
             f"{path}: not a volume format wsnodule reads. Use {', '.join(FORMATS)} or a DICOM series folder."
         )
     check_header_spacing(path, fmt)
-    if fmt == "nifti" and (bad := nifti_non_finite_count(path)):
+    scan = scan_nifti(path) if fmt == "nifti" else None
+    if scan is not None and (bad := scan.non_finite):
         raise NonFiniteValuesError(
             f"{path}: {bad} voxel(s) are NaN or infinite. Replace them (for CT, with -1024 HU outside the "
             "body) and save the file again."

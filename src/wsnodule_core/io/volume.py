@@ -169,6 +169,47 @@ class Volume:
         )
 
 
+ORIGIN_TOLERANCE_MM = 1e-3
+"""Origins closer than this (or 1 % of the finest spacing, if larger) are one grid (NIfTI keeps float32)."""
+SPACING_TOLERANCE = 1e-4
+"""Relative spacing difference below which two spacings are equal."""
+DIRECTION_TOLERANCE = 1e-3
+"""Largest difference of direction cosines taken as the same orientation."""
+
+
+def geometry_differences(volume: Volume, reference: Volume) -> list[str]:
+    """How ``volume``'s grid differs from ``reference``'s (shape, spacing, origin, direction), in words;
+    empty when they are one grid within the tolerances above."""
+    found = []
+    if volume.shape != reference.shape:
+        found.append(f"shape {volume.shape} instead of {reference.shape} (z, y, x)")
+    if not np.allclose(volume.spacing, reference.spacing, rtol=SPACING_TOLERANCE, atol=0):
+        found.append(f"spacing {_mm(volume.spacing)} instead of {_mm(reference.spacing)} mm (z, y, x)")
+    shift = np.asarray(volume.origin) - np.asarray(reference.origin)
+    if np.abs(shift).max() > max(ORIGIN_TOLERANCE_MM, 0.01 * min(reference.spacing)):
+        found.append(f"origin {_mm(volume.origin)} instead of {_mm(reference.origin)} mm (x, y, z): "
+                     f"shifted by {float(np.linalg.norm(shift)):.1f} mm")
+    if np.abs(volume.direction - reference.direction).max() > DIRECTION_TOLERANCE:
+        found.append(f"direction {np.round(volume.direction, 4).tolist()} instead of "
+                     f"{np.round(reference.direction, 4).tolist()}")
+    return found
+
+
+def _mm(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def check_same_grid(volume: Volume, reference: Volume, what: str) -> None:
+    """Raise :class:`GeometryMismatchError` naming each difference when ``volume`` (a mask, named
+    ``what``) is not on ``reference``'s voxel grid."""
+    found = geometry_differences(volume, reference)
+    if found:
+        raise GeometryMismatchError(
+            f"{what} is not on its image's voxel grid: {'; '.join(found)}. Resample it onto the image's "
+            "grid (or export it again from the image it was drawn on)."
+        )
+
+
 def check_mask_matches(mask: np.ndarray | Volume, reference: Volume) -> np.ndarray:
     """Return the mask's array after checking that it lies on ``reference``'s voxel grid."""
     if isinstance(mask, Volume):

@@ -10,13 +10,19 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import SimpleITK as sitk
+from pydicom.misc import is_dicom
 
-from wsnodule_core.errors import InvalidVolumeError, OutputExistsError
-from wsnodule_core.io.formats import require_format
+from wsnodule_core.errors import (
+    InvalidVolumeError,
+    OutputExistsError,
+    OutputIsInputError,
+    UnwritableOutputError,
+)
+from wsnodule_core.io.formats import format_of, require_format
 from wsnodule_core.io.sitk_bridge import to_sitk
 from wsnodule_core.io.volume import Volume, check_mask_matches
 
@@ -29,13 +35,71 @@ def _refuse_existing(path: Path) -> OutputExistsError:
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
-    """The output path as a Path, after refusing an existing file unless ``overwrite``."""
+    """The output path as a Path, after refusing an existing file unless ``overwrite`` and a folder
+    that cannot be written to (:func:`check_writable_folder`)."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise OutputExistsError(f"{path} is a folder; give a file name to write to.")
     if path.exists() and not overwrite:
         raise _refuse_existing(path)
+    check_writable_folder(path.parent, str(path))
     return path
+
+
+def check_writable_folder(folder: str | os.PathLike, what: str) -> Path:
+    """Refuse, before any work, a folder that cannot be created or written to.
+
+    The deepest existing folder on the way to ``folder`` must be a folder in which a file can be
+    created (tried with a hidden file, removed at once: permissions, ACLs and read-only disks all
+    count). Nothing is created. ``what`` names the output in the message (e.g. ``"--maps"``).
+    """
+    folder = Path(folder).expanduser()
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UnwritableOutputError(
+            f"{what}: cannot write to {folder}, because {existing} is a file, not a folder. Choose another "
+            "output location."
+        )
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".wsnodule-write-test-", dir=existing)
+    except OSError as error:
+        raise UnwritableOutputError(
+            f"{what}: cannot write to {folder} ({error.strerror or error} in {existing}). Choose a folder you "
+            "can write to, or fix its permissions."
+        ) from error
+    os.close(fd)
+    os.unlink(probe)
+    return folder
+
+
+def _series_folder(source: Path) -> Path | None:
+    """The folder a DICOM input is read from (the folder itself, or a DICOM file's folder)."""
+    if source.is_dir():
+        return source
+    if source.is_file() and format_of(source) is None and is_dicom(source):
+        return source.parent
+    return None
+
+
+def check_not_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike]) -> None:
+    """Refuse an output that is one of the ``inputs`` (also through a symbolic or hard link), or lies
+    inside an input DICOM series folder: writing it would replace or change what the user gave."""
+    out = Path(output).expanduser().resolve()
+    for given in inputs:
+        source = Path(given).expanduser().resolve()
+        if out == source or (out.exists() and source.exists() and os.path.samefile(out, source)):
+            raise OutputIsInputError(
+                f"{output} is the input {given}; wsnodule never writes over its input, even with --overwrite. "
+                "Give another output path."
+            )
+        series = _series_folder(source)
+        if series is not None and out.is_relative_to(series):
+            raise OutputIsInputError(
+                f"{output} lies inside the input DICOM series folder {series}; write outputs outside the "
+                "series, so it stays as it was exported (e.g. beside the folder)."
+            )
 
 
 def write_atomically(path: Path, overwrite: bool, write: Callable[[Path], None]) -> Path:

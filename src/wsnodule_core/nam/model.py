@@ -149,7 +149,10 @@ def _read_state_dict(path: str | os.PathLike | dict) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise CheckpointError(f"{path}: cannot read it as a PyTorch state dict ({error}).") from error
+        from wsnodule_core.training.checkpoint import load_error_text
+
+        raise CheckpointError(f"{path}: cannot read it as a PyTorch state dict ({load_error_text(error)}).") \
+            from error
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -21,6 +21,10 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SELECT_METRICS = ("balanced_accuracy", "tuned_balanced_accuracy", "auc")
 
 
+MIN_IMAGE_SIZE = 32
+"""Smallest slice crop (px) the multi-GAP classifier trains on: conv5_3 sees it at 1/16."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a NAM training run (saved in every checkpoint)."""
@@ -77,6 +81,10 @@ class TrainConfig:
         for name in ("batch_size", "epochs", "image_size", "eval_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ModelConfigError(f"{name} must be at least 1, got {getattr(self, name)!r}.")
+        if int(self.image_size) < MIN_IMAGE_SIZE:
+            raise ModelConfigError(
+                f"image size {self.image_size} px (--image-size) is too small: the classifier's deepest "
+                f"features see 1/16 of it, so give at least {MIN_IMAGE_SIZE} (the paper: 384).")
         if self.lr is not None and not self.lr > 0:
             raise ModelConfigError(f"lr must be positive, got {self.lr!r}.")
         if self.optimizer not in OPTIMIZERS:

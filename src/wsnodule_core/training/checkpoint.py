@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from wsnodule_core.errors import CheckpointError, OutputExistsError
+from wsnodule_core.io.writers import check_writable_folder
 
 FORMAT = "wsnodule-checkpoint"
 FORMAT_VERSION = 1
@@ -61,6 +62,21 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     return path
 
 
+def load_error_text(error: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` failed, in words for the user, without PyTorch's
+    advice to retry with ``weights_only=False`` (unpickling an untrusted file can run any code)."""
+    text = str(error)
+    if "Weights only load failed" in text or "WeightsUnpickler" in text:
+        detail = next((line.strip() for line in text.splitlines() if "WeightsUnpickler error" in line), "")
+        detail = detail.split("error:", 1)[-1].strip().rstrip(".")
+        return ("the file holds Python objects other than tensors and plain containers"
+                + (f" ({detail})" if detail else "")
+                + "; wsnodule never unpickles such objects, as that could run any code. Give a file "
+                  "written by wsnodule (or a plain state dict of tensors)")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    return lines[0] if lines else type(error).__name__
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu", *,
                     mmap: bool = False) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint` (tensors mapped to ``map_location``).
@@ -77,7 +93,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:  # noqa: BLE001 - every unreadable file gets the same advice
-        raise CheckpointError(f"{path}: cannot read it as a wsnodule checkpoint ({error}).") from error
+        raise CheckpointError(f"{path}: cannot read it as a wsnodule checkpoint ({load_error_text(error)}).") from error
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a wsnodule checkpoint (no format {FORMAT!r}); give a file "
                               "written by `wsnodule train`.")
@@ -133,6 +149,7 @@ def prepare_run_dir(out_dir: str | os.PathLike, *, resume: bool = False, overwri
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} is a file; give a folder for the training run.")
+    check_writable_folder(out, "the run folder")
     existing = [p.name for p in (out / BEST, out / LAST) if p.exists()]
     if resume:
         if not (out / LAST).exists():
