@@ -61,7 +61,7 @@ def test_the_label_is_one_solid_nodule_as_sample_json_says(sample):
     label, info = sample.label.array, sample.info
     nodule = info["nodule"]
     assert set(np.unique(label)) == {0, 1}
-    components, count = ndimage.label(label)
+    _, count = ndimage.label(label)
     assert count == 1 == nodule["n_components"]
     assert int(label.sum()) == nodule["label_voxels"]
     centre = np.argwhere(label).mean(axis=0)

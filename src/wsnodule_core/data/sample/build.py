@@ -190,7 +190,7 @@ def nodule_record(nodule, label: np.ndarray, crop: Volume, patient_id: str) -> d
         "n_readers": int(nodule.n_readers),
         "reader_diameters_mm": [round(float(d), 3) for d in nodule.reader_diameters_mm],
         "equivalent_diameter_mm": round(equivalent_diameter_mm(volume), 3),
-        "label_voxels": int(len(voxels)),
+        "label_voxels": len(voxels),
         "n_components": int(ndimage.label(label)[1]),
         "malignancy": round(float(nodule.ratings["malignancy"]), 3),
     }

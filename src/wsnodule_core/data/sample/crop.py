@@ -76,7 +76,7 @@ def crop_volume(volume: Volume, box: CropBox) -> Volume:
 def z_window(centre: float, n_slices: int, n_total: int) -> tuple[int, int]:
     """``[start, stop)`` of ``n_slices`` slices centred on slice ``centre``, shifted to fit ``n_total``."""
     n = min(int(n_slices), int(n_total))
-    start = int(round(float(centre))) - n // 2
+    start = round(float(centre)) - n // 2
     start = min(max(start, 0), n_total - n)
     return start, start + n
 
