@@ -141,3 +141,12 @@ def test_luna16_patches_from_an_mhd_scan(tmp_path, capsys):
     np.testing.assert_allclose(arrays["centres_xyz"][0], (x, y, z))
     # negatives lie farther than the patch half-diagonal + radius from the nodule
     assert all(np.linalg.norm(c - (x, y, z)) > 16 * np.sqrt(3) / 2 + 3 for c in arrays["centres_xyz"][1:])
+
+
+def test_sample_command_without_data_says_what_to_do(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("WSNODULE_DATA", raising=False)
+    assert main(["data", "sample", "--out", str(tmp_path / "s")]) == 1
+    assert "--lidc-root" in capsys.readouterr().err
+    assert main(["data", "sample", "--out", str(tmp_path / "s"), "--lidc-root", str(tmp_path / "nowhere")]) == 1
+    assert "no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # nothing written before the input is checked

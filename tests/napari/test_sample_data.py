@@ -58,3 +58,17 @@ def test_hybrid_sample_is_a_real_ct_with_inserted_nodules(chest_ct_series, make_
     ct = image.metadata[VOLUME_KEY]
     assert ct.metadata.dicom_files == ()  # resampled: no DICOM-SEG may reference the original slices
     assert ct.metadata.patient_id  # but it is still the real patient's CT
+
+
+@pytest.mark.gui
+def test_lidc_sample_opens_the_shipped_real_crop(make_napari_viewer):
+    from wsnodule_core.data.sample import load_lidc_sample
+
+    sample = load_lidc_sample()
+    viewer = make_napari_viewer()
+    image, labels = viewer.open_sample("napari-wsnodule", "lidc")
+    assert image.name == "LIDC-IDRI-0001 CT (crop)" and labels.name == "LIDC-IDRI-0001 nodule (reader consensus)"
+    assert image.data.shape == sample.ct.shape and image.data.dtype == np.int16
+    _check_case_layers(image, labels, sample.ct.spacing)
+    np.testing.assert_array_equal(labels.data, sample.label.array)
+    assert labels.metadata["wsnodule_nodules"][0]["patient_id"] == "LIDC-IDRI-0001"

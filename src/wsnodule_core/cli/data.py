@@ -1,5 +1,6 @@
 """``wsnodule data``: build nodule data sets (phantom, hybrid, lidc, lidc-vois, luna16) with a dataset.json;
-read Lung-PET-CT-Dx tumour boxes into a JSON of world boxes (tumour-boxes)."""
+read Lung-PET-CT-Dx tumour boxes into a JSON of world boxes (tumour-boxes); rebuild the shipped real sample
+(sample)."""
 
 from __future__ import annotations
 
@@ -117,6 +118,19 @@ def _run_tumour_boxes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_sample(args: argparse.Namespace) -> int:
+    from wsnodule_core.data.sample import build_lidc_sample
+
+    built = build_lidc_sample(args.out, lidc_root=args.lidc_root, overwrite=args.overwrite,
+                              progress=TextProgress("LIDC sample"))
+    info, nodule = built.info, built.info["nodule"]
+    print(f"wrote {info['name']} ({info['crop_box']['kind']}): {' x '.join(map(str, info['shape_zyx']))} voxels "
+          f"at {' x '.join(f'{s:g}' for s in info['spacing_zyx'])} mm, nodule {nodule['diameter_mm']:.1f} mm "
+          f"({nodule['n_readers']} readers, {nodule['label_voxels']} label voxels), {built.total_bytes} bytes "
+          f"in {built.out}")
+    return 0
+
+
 def _common(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int]) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder to write (must be empty or new)")
     parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed builds the same files")
@@ -159,7 +173,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from wsnodule_core.data.presets import SIZE_PRESETS
 
     parser = subparsers.add_parser(
-        "data", help="Build nodule data sets (phantom, hybrid, lidc, lidc-vois, luna16); read tumour boxes.",
+        "data", help="Build nodule data sets (phantom, hybrid, lidc, lidc-vois, luna16); read tumour boxes; "
+             "rebuild the shipped sample.",
         description="Build nodule data set folders (NIfTI images, label maps, lung masks) with a dataset.json.",
     )
     sub = parser.add_subparsers(dest="data_command", metavar="SOURCE")
@@ -210,6 +225,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     luna.add_argument("--scans", required=True, type=Path, help="folder with the LUNA16 .mhd/.raw scans")
     luna.add_argument("--patch-mm", type=float, default=32.0, help="patch edge in mm (default 32)")
     luna.add_argument("--negatives", type=int, default=4, help="negative patches per scan (default 4)")
+
+    sample = sub.add_parser(
+        "sample", help="rebuild the shipped real sample: a crop of LIDC-IDRI-0001 around its nodule",
+        description="Cut LIDC-IDRI-0001 around its nodule (the lungs in-plane, slices around the nodule, HU and "
+                    "world geometry unchanged, at most 5 MB) and write ct.nii.gz, label.nii.gz (50 % reader "
+                    "consensus), sample.json and ATTRIBUTION.txt (LIDC-IDRI, CC BY 3.0); docs/data.md.")
+    sample.add_argument("--out", required=True, type=Path, help="folder to write (must be empty or new)")
+    sample.add_argument("--lidc-root", type=Path, metavar="PATH",
+                        help="the folder holding the LIDC-IDRI patient folders (LIDC-IDRI-0001/...) "
+                             "[$WSNODULE_DATA/lidc-idri]")
+    sample.add_argument("--overwrite", action="store_true", help="replace the sample's files in --out")
+    sample.set_defaults(func=_run_sample)
 
     boxes = sub.add_parser(
         "tumour-boxes", help="Lung-PET-CT-Dx tumour boxes (PASCAL-VOC per slice) as a JSON of world boxes",
