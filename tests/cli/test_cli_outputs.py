@@ -119,7 +119,7 @@ def test_evaluate_and_train_refuse_an_unwritable_out_first(tiny_dataset, unwrita
                  str(unwritable / "eval"), "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert "cannot write" in err and "no such checkpoint" not in err
-    for method in ("nam", "unet", "nam3d", "flow-prior", "pw4medseg"):
+    for method in ("nam", "unet", "nam3d", "flow-prior", "flow-predictor", "pw4medseg"):
         assert main(["train", "--method", method, str(tiny_dataset), "--out", str(unwritable / "run"),
                      "--device", "cpu", "--quiet"]) == 1
         assert "cannot write" in capsys.readouterr().err, method

@@ -1,5 +1,6 @@
 """``wsnodule train``: the NAM multi-GAP classifier (weak slice labels) or its 3D variant (patch labels),
-the U-Net baseline, the rectified-flow prior (no labels), or PW4MedSeg (sparse annotations).
+the U-Net baseline, the rectified-flow prior (no labels), the flow method's patch predictor (patch
+labels), or PW4MedSeg (sparse annotations).
 
 Several GPUs (NAM and the flow prior): ``torchrun --nproc_per_node=N -m wsnodule_core.cli.main train ...``.
 """
@@ -10,25 +11,28 @@ import argparse
 
 from wsnodule_core.cli.progress import print_run, training_hooks
 
-METHODS = ("nam", "nam3d", "unet", "flow-prior", "pw4medseg")
+METHODS = ("nam", "nam3d", "unet", "flow-prior", "flow-predictor", "pw4medseg")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from wsnodule_core.cli.train_flow_predictor import add_predictor_arguments
     from wsnodule_core.cli.train_flow_prior import add_prior_arguments
     from wsnodule_core.cli.train_nam import add_train_arguments
     from wsnodule_core.cli.train_pw4medseg import add_pw_arguments
 
     parser = subparsers.add_parser(
-        "train", help="Train a model on a data set folder (NAM classifier, U-Net baseline, flow prior).",
+        "train", help="Train a model on a data set folder (NAM classifier, U-Net baseline, flow prior and "
+                      "predictor, PW4MedSeg).",
         description=(
             "Train on the train split of a data set folder (validation: its val split) and write best.pt and "
             "last.pt into the run folder. --method nam (default) trains the multi-GAP classifier from slice "
             "labels only (weak supervision); --method nam3d the 3D multi-GAP classifier from patch labels; "
             "--method unet the fully supervised U-Net baseline from the "
             "nodule masks; --method flow-prior the 3D rectified-flow prior on unlabelled CT patches of the "
-            "train split (last.pt with EMA weights); --method pw4medseg the probabilistic transformer from "
-            "simulated sparse annotations (--annotation). An existing run is refused unless --resume or "
-            "--overwrite."
+            "train split (last.pt with EMA weights); --method flow-predictor the flow method's patch "
+            "predictor (nodule present or not) on patches cut from the train and val splits; --method "
+            "pw4medseg the probabilistic transformer from simulated sparse annotations (--annotation). An "
+            "existing run is refused unless --resume or --overwrite."
         ),
     )
     parser.add_argument("--method", choices=METHODS, default="nam", help="what to train (default nam)")
@@ -57,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="patches per nodule (one centred, the rest jittered) [4]")
     nam3d.add_argument("--negatives-per-case", type=int, default=None, help="nodule-free lung patches per case [8]")
     add_prior_arguments(parser)
+    add_predictor_arguments(parser)
     add_pw_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -84,9 +89,11 @@ def _check_data(path: str) -> None:
 
 
 #: Options that only some methods take, and those methods.
-_ONLY_FOR = {"epoch_size": ("nam", "unet"), "nam3d_width": ("nam3d",), "nam3d_norm": ("nam3d",),
-             "nam3d_optimizer": ("nam3d",), "weight_decay": ("nam3d",), "positives_per_nodule": ("nam3d",),
-             "negatives_per_case": ("nam3d",)}
+_ONLY_FOR = {"epoch_size": ("nam", "unet", "flow-predictor"), "nam3d_width": ("nam3d",),
+             "nam3d_norm": ("nam3d",), "nam3d_optimizer": ("nam3d",), "weight_decay": ("nam3d", "flow-predictor"),
+             "positives_per_nodule": ("nam3d",), "negatives_per_case": ("nam3d",),
+             **dict.fromkeys(("architecture", "channels", "norm", "dropout", "slab", "patch_spacing", "pretrained"),
+                             ("flow-predictor",))}
 
 
 def _check_method_options(args: argparse.Namespace) -> None:
@@ -138,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
     args.out = _out(args)
     _check_data(args.data)
     _check_method_options(args)
+    if args.method == "flow-predictor":
+        from wsnodule_core.cli.train_flow_predictor import check_predictor_options
+
+        check_predictor_options(args)
     check_writable_folder(args.out, "--out")
     if args.resume:
         _check_resume_matches(args)
@@ -149,6 +160,10 @@ def run(args: argparse.Namespace) -> int:
         from wsnodule_core.cli.train_flow_prior import run_train_prior
 
         return run_train_prior(args)
+    if args.method == "flow-predictor":
+        from wsnodule_core.cli.train_flow_predictor import run_train_predictor
+
+        return run_train_predictor(args)
     if args.method == "pw4medseg":
         from wsnodule_core.cli.train_pw4medseg import run_train_pw
 

@@ -18,7 +18,8 @@ def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--steps", type=int, default=None, help="optimiser steps in all [preset]")
     group.add_argument("--steps-per-epoch", type=int, default=None,
                        help="steps between checkpoints and reports (also pw4medseg: steps per epoch) [preset]")
-    group.add_argument("--patch-size", type=int, default=None, help="patch edge in voxels [preset]")
+    group.add_argument("--patch-size", type=int, default=None,
+                       help="patch edge in voxels (also nam3d, flow-predictor) [preset; flow-predictor: 32]")
     group.add_argument("--ema-decay", type=float, default=None, help="EMA decay of the saved weights [preset]")
     group.add_argument("--t-sampling", choices=("uniform", "logit-normal"), default=None,
                        help="how training times are drawn [uniform]")
