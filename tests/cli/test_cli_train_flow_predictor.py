@@ -79,6 +79,16 @@ def test_train_cnn3d_then_resume_it(dataset, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "--resume" in captured.err and "patches of" not in captured.out
 
+    # --pretrained starts a new run from a local checkpoint's weights
+    fine = tmp_path / "fine"
+    assert _train(dataset, fine, *QUICK, "--epochs", "1", "--max-steps-per-epoch", "1", "--lr", "1e-9",
+                  "--pretrained", str(run / "last.pt")) == 0
+    assert load_checkpoint(fine / "last.pt").train_config["pretrained_path"] == str(run / "last.pt")
+    started, _ = load_predictor(run / "last.pt")
+    tuned, _ = load_predictor(fine / "last.pt")
+    weight = "net.features.0.weight"
+    assert torch.allclose(started.state_dict()[weight], tuned.state_dict()[weight], atol=1e-6)
+
 
 def test_options_of_other_methods_are_refused_with_one_line_and_nothing_written(dataset, tmp_path, capsys):
     run = tmp_path / "refused"
