@@ -11,16 +11,23 @@ is the "blob-classify-refine" pipeline (:func:`load_blob_classify_refine`).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
 from wsnodule_core.errors import ModelConfigError, SegmentationCancelled
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
-                                             check_options)
+from wsnodule_core.segmentation.base import (
+    LUNGS_AUTO,
+    Cancel,
+    Lungs,
+    Progress,
+    SegmentationResult,
+    check_options,
+)
 
 CLASSIFIED_KIND = "patch-classified"
 #: The map of each candidate's P(nodule) (0 where no candidate or one not scored).
