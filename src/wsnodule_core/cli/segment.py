@@ -18,7 +18,7 @@ from wsnodule_core.shipped.registry import SHIPPED, Registry, ShippedModel
 # every map any segmenter may write with --maps (NAM: nam, multi_nam, scope, candidates and the slice
 # probability; PW4MedSeg: probability, uncertainty; U-Net: probability), plus the masks
 MAP_NAMES = ("nam", "multi_nam", "probability", "uncertainty", "scope", "candidates", "response", "difference",
-             "coarse", "fine")
+             "candidate_probability", "coarse", "fine")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,7 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="also write the method's maps here (NIfTI, image geometry): NAM: nam, multi_nam, "
                              "probability, scope, candidates, coarse, fine and rnam_scores.json; PW4MedSeg: "
                              "probability, uncertainty; U-Net: probability; flow guidance: difference; "
-                             "blob-refine: response")
+                             "blob-refine: response; blob-classify-refine: response, candidates, "
+                             "candidate_probability")
     parser.add_argument("--passes", type=int, default=None,
                         help="PW4MedSeg: stochastic passes averaged (default 6, the paper's K)")
     parser.add_argument("--flow-prior", type=Path, metavar="PRIOR",
@@ -112,6 +113,9 @@ def choose_model(args: argparse.Namespace, registry: Registry = SHIPPED) -> Mode
 
     shipped = registry.get(args.method) if args.method is not None else None
     if args.checkpoint is not None:
+        if shipped is not None and shipped.pipeline:  # the pipeline on this file
+            check_method_kind(shipped, args.checkpoint)
+            return ModelChoice(shipped.method, args.checkpoint, shipped)
         if shipped is not None:
             return ModelChoice(check_method_kind(shipped, args.checkpoint), args.checkpoint, shipped)
         from wsnodule_core.segmentation import checkpoint_kind
@@ -123,7 +127,8 @@ def choose_model(args: argparse.Namespace, registry: Registry = SHIPPED) -> Mode
 
         registry.checkpoint(model.name)  # a missing or altered file is refused before any work
 
-        return ModelChoice(method_kinds()[model.method], shipped=model, default=shipped is None)
+        kind = model.method if model.pipeline else method_kinds()[model.method]
+        return ModelChoice(kind, shipped=model, default=shipped is None)
     return ModelChoice(model.method, shipped=model, default=shipped is None)
 
 
@@ -265,6 +270,12 @@ def segmenter_options(kind: str, args: argparse.Namespace, what: str | None = No
 def load_chosen(choice: ModelChoice, args: argparse.Namespace, device: str, options: dict[str, Any],
                 registry: Registry = SHIPPED, lite_medsam: Any = None) -> Any:
     """The segmenter of ``choice`` with the command line's ``options`` (boxes already checked)."""
+    if choice.shipped is not None and choice.shipped.pipeline:
+        from wsnodule_core.foundation import EmbeddingCache
+        from wsnodule_core.shipped.load import load_shipped
+
+        return load_shipped(choice.shipped.name, device, registry=registry, lite_medsam=lite_medsam,
+                            checkpoint=choice.checkpoint, cache=EmbeddingCache(), **options)
     if choice.checkpoint is not None:
         from wsnodule_core.segmentation import load_segmenter
 

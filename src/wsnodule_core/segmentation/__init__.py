@@ -27,6 +27,8 @@ _EXPORTS = {
     "BlobSegmenter": "blob",
     "FlowSegmenter": "flow",
     "RefinedSegmenter": "refined",
+    "ClassifiedSegmenter": "classified",
+    "load_blob_classify_refine": "classified",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -23,6 +23,10 @@ from wsnodule_core.errors import ShippedModelError, UnknownShippedModelError
 TRAINING_FREE = ("medsam-box", "blob-refine")
 #: Methods of trained entries: the short names of ``segmentation.load.method_kinds()`` that segment.
 TRAINED = ("nam", "nam3d", "unet", "pw4medseg", "flow_predictor")
+#: Trained methods whose file is another method's checkpoint, by the short name of that file's kind: they
+#: segment through their own pipeline on LiteMedSAM (``blob-classify-refine``: blob candidates, a flow patch
+#: predictor keeps the nodules, LiteMedSAM redraws them), not through ``load_segmenter``.
+PIPELINES = {"blob-classify-refine": "flow_predictor"}
 #: Keyword arguments of ``load_segmenter`` a companion file may fill.
 COMPANION_ARGUMENTS = ("multi_gap_checkpoint", "prior_checkpoint")
 #: The largest file the package ships (issue 16: each model <= 20 MB).
@@ -54,7 +58,8 @@ class ShippedModel:
         What ``--method`` takes (e.g. ``"blob-refine"``, ``"nam"``).
     method
         One of :data:`TRAINING_FREE`, or for a trained model the method short name of its checkpoint
-        kind (:data:`TRAINED`; the file's kind must be ``method_kinds()[method]``).
+        kind (:data:`TRAINED`; the file's kind must be ``method_kinds()[method]``), or a pipeline of
+        :data:`PIPELINES` (the file's kind must be that of its method short name there).
     file
         The checkpoint's file name under ``wsnodule_core/shipped/models/``; None for a training-free model.
     card
@@ -86,17 +91,27 @@ class ShippedModel:
             if self.file is not None or self.sha256 is not None or self.companions:
                 raise ShippedModelError(f"shipped model {self.name!r}: the training-free method {self.method!r} "
                                         "takes no file, SHA-256 or companion.")
-        elif self.method in TRAINED:
+        elif self.method in TRAINED or self.method in PIPELINES:
             if not (self.file and self.sha256 and self.rebuild):
                 raise ShippedModelError(f"shipped model {self.name!r}: a trained model needs its file, SHA-256 "
                                         "and rebuild command.")
         else:
             raise ShippedModelError(f"shipped model {self.name!r}: method {self.method!r} is not one of "
-                                    f"{TRAINING_FREE + TRAINED}.")
+                                    f"{TRAINING_FREE + TRAINED + tuple(PIPELINES)}.")
 
     @property
     def trained(self) -> bool:
         return self.file is not None
+
+    @property
+    def file_method(self) -> str | None:
+        """The method short name of the kind its file must have (None for a training-free model)."""
+        return PIPELINES.get(self.method, self.method) if self.trained else None
+
+    @property
+    def pipeline(self) -> bool:
+        """True for a method of :data:`PIPELINES` (its file is another method's checkpoint)."""
+        return self.method in PIPELINES
 
     @property
     def files(self) -> tuple[tuple[str, str], ...]:
