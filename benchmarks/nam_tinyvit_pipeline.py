@@ -9,7 +9,8 @@ untrained, so the nodule slices are chosen by the threshold: none (classificatio
 every slice (each one through scope, ICM and R-NAM screening: the worst case). Ratio = the pipeline's
 seconds / the seconds spent inside the encoder's forward passes in the same run (timed around them, so a
 loaded machine slows both alike). ``--full``: also ``segment_volume`` on all
-300 slices in a fresh process (its peak RSS, with a tenth of the slices as nodule slices). Lungs come from
+300 slices in a fresh process (its peak RSS, with a tenth of the slices as nodule slices; with
+``--stub-encoder`` the encoder returns zeros there, which leaves the memory of everything else). Lungs come from
 ``segment_lungs`` (timed apart). Results: docs/foundation.md.
 """
 
@@ -28,6 +29,12 @@ import numpy as np
 
 
 def _rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM: unlike ru_maxrss, not inherited from a forking parent)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) / 1024.0  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
 
 
@@ -68,8 +75,9 @@ def model():
     return net, EncoderTimer(net)
 
 
-def run_full(threshold: float) -> None:
-    """Child process: the whole 300-slice pipeline, its time and peak RSS."""
+def run_full(threshold: float, stub: bool) -> None:
+    """Child process: the whole 300-slice pipeline, its time and peak RSS (``stub``: the encoder's arithmetic
+    replaced by zeros of its output's shape, so the rest of the pipeline's memory is measured in minutes)."""
     import torch
 
     from wsnodule_core.data.lung import segment_lungs
@@ -81,6 +89,16 @@ def run_full(threshold: float) -> None:
     lungs = segment_lungs(ct).lungs
     rss_before = _rss_mb()
     net, timer = model()
+    if stub:
+        generator = torch.Generator().manual_seed(0)  # varied slice probabilities: a tenth pass the threshold
+        net.encoder.forward = lambda x: torch.randn((len(x), 256, 64, 64), generator=generator)
+        timer.seconds = float("nan")
+    if stub:  # its own probabilities: a tenth of the slices above the threshold
+        generator.manual_seed(0)
+        first = segment_volume(net, ct, lungs=lungs, config=NamConfig(input_size=256, probability_threshold=1.0))
+        threshold = float(np.quantile(first.probability, 0.9))
+        del first
+        generator.manual_seed(0)
     t = time.perf_counter()
     result = segment_volume(net, ct, lungs=lungs, config=NamConfig(input_size=256, probability_threshold=threshold))
     took = time.perf_counter() - t
@@ -99,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=40)
     parser.add_argument("--full", action="store_true")
+    parser.add_argument("--stub-encoder", action="store_true",
+                        help="--full: zeros instead of the encoder's arithmetic (memory of the rest, in minutes)")
     parser.add_argument("--child-threshold", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_threshold is not None:
-        run_full(args.child_threshold)
+        run_full(args.child_threshold, args.stub_encoder)
         return 0
     torch.set_num_threads(1)
     ct = ct_300()
@@ -125,10 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-1], flush=True)
     print(f"\n{args.slices} slices of {ct.shape}, one torch thread:\n\n| pipeline run | time | of it in the "
           "encoder | encoder per slice | pipeline / encoder |\n|---|---|---|---|---|\n" + "\n".join(rows))
+    print(f"peak RSS with the {ct.shape} CT, its lungs and the real encoder: {_rss_mb():.0f} MB", flush=True)
     if args.full:
         probabilities = result.probability
         threshold = float(np.quantile(probabilities, 0.9))
-        subprocess.run([sys.executable, __file__, "--child-threshold", str(threshold)], check=True)
+        command = [sys.executable, __file__, "--child-threshold", str(threshold)]
+        subprocess.run(command + (["--stub-encoder"] if args.stub_encoder else []), check=True)
     return 0
 
 

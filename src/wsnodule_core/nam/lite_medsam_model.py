@@ -31,7 +31,7 @@ from wsnodule_core.foundation import (
 )
 from wsnodule_core.foundation.frozen import keep_frozen_encoder_out
 from wsnodule_core.foundation.image import to_model_input
-from wsnodule_core.foundation.lite_medsam import EMBEDDING_SHAPE
+from wsnodule_core.foundation.lite_medsam import EMBEDDING_SHAPE, ENCODER_BATCH
 from wsnodule_core.image.window import NAM_WINDOW
 from wsnodule_core.nam.heads import MultiGapConfig, MultiGapOutput, gap_output, pooled_logits
 
@@ -100,9 +100,11 @@ class LiteMedSamClassifier(nn.Module):
                                    "H, W), "
                                    f"got {tuple(x.shape)}.")
         images = slices_to_model_input(x)
-        if self.frozen:
+        if self.frozen:  # no gradient kept: a few slices at a time bound the activations' memory
             with torch.no_grad():
-                return self.encoder(images)
+                return torch.cat([self.encoder(images[i:i + ENCODER_BATCH])
+                                  for i in range(0, len(images), ENCODER_BATCH)]) if len(images) else \
+                    torch.zeros((0, *EMBEDDING_SHAPE), device=images.device)
         return self.encoder(images)
 
     def activations(self, embedding: torch.Tensor) -> tuple[torch.Tensor]:
