@@ -7,7 +7,7 @@ how to train (:class:`~wsnodule_core.nam.train.TrainConfig`, which also fixes th
 with the crop matching the training crop). Measured numbers: ``docs/nam_results.md``.
 
 * ``cpu_demo``: a narrow 1-GAP model from scratch (BatchNorm) on 2.5 mm phantom slices, lung crops
-  of 128 px at 2.2 mm; sized to train in about 5 minutes on a 2-core CPU (one torch thread:
+  of 128 px at 2.2 mm; sized to train in about 3.5 minutes on a 2-core CPU (one torch thread:
   3-4x faster than two on the shared machine).
 * ``gpu_paper``: the paper's values (VGG16 from ImageNet weights, 384 crops at the scan's spacing,
   SGD at 1e-2 for 1-GAP, batch 30) on a paper-sized phantom grid; GPU only.
@@ -93,7 +93,7 @@ def _cpu_demo() -> NamRecipe:
     size, spacing = 128, 2.2  # 128 px x 2.2 mm = 282 mm: the phantom's lungs (~270 x 185 mm) fit
     train = TrainConfig(
         n_gap=1, width="narrow", batch_norm=True, lr=0.01, new_layer_lr_factor=10.0,
-        momentum=0.9, weight_decay=5e-4, lr_decay=0.97, batch_size=16, epochs=40,
+        momentum=0.9, weight_decay=5e-4, lr_decay=0.97, batch_size=16, epochs=30,
         epoch_size="balanced", max_steps_per_epoch=None, image_size=size, pixel_spacing_mm=spacing,
         min_nodule_area_mm2=30.0, device="cpu", augment=True)
     # Network pixels are 2.2 mm here, about 3x the paper's 0.7 mm: scale the pixel parameters down.
@@ -105,8 +105,8 @@ def _cpu_demo() -> NamRecipe:
         description=("Narrow 1-GAP NAM from scratch (BatchNorm) on 24 phantom cases of 96 x 192 x 192 "
                      "at 2.5 x 1.8 x 1.8 mm with 2-5 nodules of >= 8 mm each; 128 px lung crops at "
                      "2.2 mm; positives need >= 30 mm2 of nodule (smaller cross-sections look like "
-                     "vessels at this pixel size); 40 epochs of batch 16, one torch thread (~4.5 min "
-                     "on a busy 2-core CPU). Measured: best balanced validation accuracy 0.72, not "
+                     "vessels at this pixel size); 30 epochs of batch 16 (40 before issue 16: the best "
+                     "checkpoint was epoch 30's), one torch thread (~3.5 min on a busy 2-core CPU). Measured: best balanced validation accuracy 0.72, not "
                      "yet a useful segmenter (docs/nam_results.md)."),
         data=DataParams(n_cases=24, shape=(96, 192, 192), spacing=(2.5, 1.8, 1.8),
                         nodules_per_case=(2, 5), n_shapes=120, min_diameter_mm=8.0, seed=1),
