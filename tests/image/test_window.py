@@ -49,3 +49,16 @@ def test_dot_enhancement_prefers_a_blob_to_a_tube():
     blob = np.exp(-((z - 10) ** 2 + (y - 10) ** 2 + (x - 10) ** 2) / 8.0).astype(np.float32)
     tube = np.exp(-((y - 10) ** 2 + (x - 10) ** 2) / 8.0).astype(np.float32)
     assert dot_enhancement(blob, (1.0, 1.0, 1.0), 2.0)[10, 10, 10] > 10 * dot_enhancement(tube, (1.0, 1.0, 1.0), 2.0)[10, 10, 10]
+
+
+def test_dot_enhancement_by_slabs_and_in_a_region_equals_the_whole_volume_response():
+    rng = np.random.default_rng(0)
+    image = (rng.standard_normal((30, 24, 20)) * 200 - 600).astype(np.int16)
+    spacing = (1.0, 0.8, 0.8)
+    whole = dot_enhancement(image, spacing, 2.5, slab=image.shape[0])
+    assert np.abs(whole).max() > 0
+    for slab in (1, 4, 11):  # slabs thinner than the kernel's reach (10 slices) and thicker
+        assert np.array_equal(dot_enhancement(image, spacing, 2.5, slab=slab), whole)
+    region = rng.random(image.shape) > 0.6
+    inside = dot_enhancement(image, spacing, 2.5, region=region, slab=7)
+    assert np.array_equal(inside[region], whole[region]) and not inside[~region].any()

@@ -36,7 +36,8 @@ class BlobFilterConfig:
 
 @dataclass(frozen=True, eq=False)
 class BlobSegmentation:
-    """Result: ``mask`` (uint16 label per detected nodule) and the filter ``response`` map."""
+    """Result: ``mask`` (uint16 label per detected nodule) and the filter ``response`` map (computed in
+    the search region, the lungs grown by two voxels; 0 elsewhere)."""
 
     mask: np.ndarray
     response: np.ndarray
@@ -57,13 +58,13 @@ def segment_blobs(
             "segment the lungs of this volume first (wsnodule_core.data.lung.segment_lungs)."
         )
     total = len(config.sigmas_mm) + 1
-    response = np.zeros(volume.shape, dtype=np.float32)
-    for step, sigma in enumerate(config.sigmas_mm):
-        np.maximum(response, dot_enhancement(volume.array, volume.spacing, sigma), out=response)
-        if progress:
-            progress(step + 1, total)
     # juxtapleural blobs sit on the lung border: accept seeds within a dilated lung
     search = ndimage.binary_dilation(lungs, iterations=2)
+    response = np.zeros(volume.shape, dtype=np.float32)
+    for step, sigma in enumerate(config.sigmas_mm):
+        np.maximum(response, dot_enhancement(volume.array, volume.spacing, sigma, region=search), out=response)
+        if progress:
+            progress(step + 1, total)
     seeds = (response > config.response_threshold) & search
     grown = (volume.array > config.grow_threshold_hu) & search
     labels, n = ndimage.label(grown)

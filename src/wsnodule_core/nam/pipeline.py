@@ -172,15 +172,20 @@ def segment_volume(
             slices.append(SliceCandidates(z, float(probability[z]), tuple(infos), result.chosen_labels))
         report(nz + z + 1, 2 * nz)
 
-    coarse, fine, scope, c1 = (grid.mask_to_source(stack, volume) for stack in (coarse, fine, scope, c1))
+    # one full-size array at a time: a 512 x 512 x 300 CT's int32 labels are 315 MB each
+    fine_labels = link_slices(grid.mask_to_source(fine, volume), config.bridge_gap)
+    coarse_labels = link_slices(grid.mask_to_source(coarse, volume), config.bridge_gap)
+    scope_labels = np.zeros(volume.shape, np.uint8)
+    scope_labels[grid.mask_to_source(c1, volume)] = 2
+    scope_labels[grid.mask_to_source(scope, volume)] = 1
     return NamSegmentation(
-        fine=volume.with_array(link_slices(fine, config.bridge_gap)),
-        coarse=volume.with_array(link_slices(coarse, config.bridge_gap)),
+        fine=volume.with_array(fine_labels),
+        coarse=volume.with_array(coarse_labels),
         probability=probability,
         is_nodule=probability >= config.probability_threshold,
         nam=volume.with_array(nam_vol),
         multi_nam=None if multi_vol is None else volume.with_array(multi_vol),
-        scope=volume.with_array(np.where(scope, 1, np.where(c1, 2, 0)).astype(np.uint8)),
+        scope=volume.with_array(scope_labels),
         candidates=volume.with_array(cand_vol),
         slices=tuple(slices),
         config=config,
