@@ -291,3 +291,28 @@ def test_default_sources_on_the_real_data_avoid_the_tumour_boxes(wsnodule_data):
     assert {s.split for s in found.values()} == {"train", "val", "test"}
     assert found["Lung_Dx-A0001"].split == "val" and len(found["Lung_Dx-A0001"].lesion_boxes_xyz) == 1
     assert len(found["Lung_Dx-A0002"].lesion_boxes_xyz) == 2  # both reconstructions' boxes
+
+
+def test_hard_negatives_are_centred_on_blob_like_lung_away_from_lesions(voi_set, tmp_path):
+    from wsnodule_core.data.nodule_free import load_source
+
+    _, _, train, test, sources, box = voi_set
+    vois = Path(voi_set[0]).parent / "vois"
+    info = build_lidc_voi_dataset(tmp_path / "set", vois=vois, sources=sources, negatives_per_nodule=1.0,
+                                  hard_negatives_per_nodule=1.0, clearance_mm=5.0)
+    data = load_dataset(info.path)
+    hard = [e for e in data.entries() if e.get("hard_negative")]
+    plain = [e for e in data.entries() if not e["nodules"] and not e.get("hard_negative")]
+    assert len(plain) == 10 and hard and all("_hard_" in e["case_id"] for e in hard)
+    assert json.loads((info.path / "dataset.json").read_text())["parameters"]["hard_negatives_per_nodule"] == 1.0
+    for source in sources:
+        loaded = load_source(source)
+        blob = set(loaded.blob_voxels.tolist())
+        sites = [data.load_case(e).negative_sites_xyz[0] for e in hard if e["subject"] == source.subject]
+        for site in sites:
+            voxel = tuple(np.round(loaded.volume.world_to_index(site)).astype(int))
+            assert np.ravel_multi_index(voxel, loaded.volume.shape) in blob
+        assert all(np.linalg.norm(np.subtract(a, b)) >= 8.0 for i, a in enumerate(sites) for b in sites[:i])
+        if source.lesion_boxes_xyz:
+            lo, hi = np.asarray(box[0]), np.asarray(box[1])
+            assert all(np.linalg.norm(np.maximum(np.maximum(lo - s, s - hi), 0)) > 5.0 for s in sites)

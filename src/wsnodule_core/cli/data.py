@@ -84,8 +84,9 @@ def _run_lidc_vois(args: argparse.Namespace) -> int:
     from wsnodule_core.data.builders import build_lidc_voi_dataset
     from wsnodule_core.data.nodule_free import default_sources
 
-    sources = default_sources(args.data_root) if args.negatives > 0 else []
+    sources = default_sources(args.data_root) if args.negatives > 0 or args.hard_negatives > 0 else []
     info = build_lidc_voi_dataset(args.out, vois=args.vois, sources=sources, negatives_per_nodule=args.negatives,
+                                  hard_negatives_per_nodule=args.hard_negatives,
                                   n_patients=args.patients, patient_ids=args.patient_ids, seed=args.seed,
                                   overwrite=args.overwrite, progress=TextProgress("VOIs and nodule-free scans"))
     _report(info, sys.stdout)
@@ -215,6 +216,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     vois.add_argument("--patient-ids", nargs="+", metavar="ID", help="a subset: only these LIDC patient ids")
     vois.add_argument("--negatives", type=float, default=1.0, metavar="F",
                       help="nodule-free crops per nodule crop, per split (default 1; 0: none)")
+    vois.add_argument("--hard-negatives", type=float, default=0.0, metavar="F",
+                      help="further nodule-free crops per nodule crop centred on blob-like lung (vessel "
+                           "crossings, bronchial walls: where the blob filter seeds), for classifiers that "
+                           "must reject its false positives (default 0)")
     vois.add_argument("--data-root", type=Path, metavar="DIR",
                       help="where the whole scans for the nodule-free crops are (lidc-idri/, chest-ct/, "
                            "lung-pet-ct-dx/); default $WSNODULE_DATA")

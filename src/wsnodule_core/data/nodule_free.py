@@ -68,11 +68,30 @@ class LoadedSource:
         return np.flatnonzero(self.lungs)
 
     @cached_property
+    def blob_voxels(self) -> np.ndarray:
+        """The flat indices of the lung voxels the Hessian dot filter calls blob-like (the blob filter's
+        seeds: vessel crossings, bronchial walls, bright spots): hard negatives' centres."""
+        from wsnodule_core.image.filters import dot_enhancement
+
+        response = np.zeros(self.volume.shape, np.float32)
+        for sigma in BLOB_SIGMAS_MM:
+            np.maximum(response, dot_enhancement(self.volume.array, self.volume.spacing, sigma, region=self.lungs),
+                       out=response)
+        return np.flatnonzero(response > BLOB_RESPONSE)
+
+    @cached_property
     def lesion_tree(self):
         """A k-d tree of the lesion points (None without any), built once."""
         from scipy.spatial import cKDTree
 
         return cKDTree(self.lesion_points_xyz) if len(self.lesion_points_xyz) else None
+
+
+#: The blob filter's defaults (baselines.blob_filter.BlobFilterConfig): where hard negatives are centred.
+BLOB_SIGMAS_MM = (1.5, 2.5, 4.0)
+BLOB_RESPONSE = 40.0
+#: Least distance between two hard negatives' centres.
+HARD_SEPARATION_MM = 8.0
 
 
 def default_sources(data_root: str | os.PathLike | None = None) -> list[NoduleFreeSource]:
@@ -173,12 +192,15 @@ def crop_grid(volume: Volume, centre_xyz: Sequence[float], shape: Sequence[int],
 
 def sample_centres(loaded: LoadedSource, n: int, shape: Sequence[int], spacing: Sequence[float],
                    rng: np.random.Generator, *, clearance_mm: float = 10.0, avoid_xyz: Sequence = (),
-                   max_tries: int = 200) -> np.ndarray:
+                   max_tries: int = 200, hard: bool = False) -> np.ndarray:
     """Up to ``n`` world centres ``(n, 3)`` of crops of ``shape`` and ``spacing`` that lie in the scan,
     centred on lung, and clear of every lesion by ``clearance_mm`` plus the crop's half-diagonal.
     No crop holds the centre of another of this call or of ``avoid_xyz`` (earlier crops' centres):
-    crops may overlap by less than half (a lung holds only some 50 disjoint VOI-sized crops)."""
-    volume, candidates, tree = loaded.volume, loaded.lung_voxels, loaded.lesion_tree
+    crops may overlap by less than half (a lung holds only some 50 disjoint VOI-sized crops).
+    ``hard``: centred on blob-like lung voxels (:attr:`LoadedSource.blob_voxels`), at least
+    :data:`HARD_SEPARATION_MM` apart (they are few: their crops may overlap more)."""
+    volume, tree = loaded.volume, loaded.lesion_tree
+    candidates = loaded.blob_voxels if hard else loaded.lung_voxels
     if n <= 0 or candidates.size == 0:
         return np.zeros((0, 3))
     reach = float(np.linalg.norm((np.asarray(shape) - 1) / 2.0 * np.asarray(spacing))) + clearance_mm
@@ -192,7 +214,8 @@ def sample_centres(loaded: LoadedSource, n: int, shape: Sequence[int], spacing: 
             continue
         if not _inside(volume, crop_grid(volume, centre, shape, spacing)):
             continue
-        if any(np.linalg.norm(centre - p) < reach - clearance_mm for p in picked + earlier):
+        apart = HARD_SEPARATION_MM if hard else reach - clearance_mm
+        if any(np.linalg.norm(centre - p) < apart for p in picked + earlier):
             continue  # no crop holds another's centre
         picked.append(centre)
         if len(picked) == n:

@@ -37,6 +37,7 @@ def build_lidc_voi_dataset(
     vois: str | os.PathLike | Sequence[LidcVoi] | None = None,
     sources: Sequence[NoduleFreeSource] | None = None,
     negatives_per_nodule: float = 1.0,
+    hard_negatives_per_nodule: float = 0.0,
     n_patients: int | None = None,
     patient_ids: Sequence[str] | None = None,
     split_ratio: tuple[float, float, float] = (4, 1, 1),
@@ -57,6 +58,10 @@ def build_lidc_voi_dataset(
         of ``$WSNODULE_DATA``); each gives negatives to its own split only.
     negatives_per_nodule
         Negative crops per positive, per split, spread evenly over that split's sources (0: none).
+    hard_negatives_per_nodule
+        Further negative crops per positive centred on blob-like lung (where the Hessian blob filter
+        seeds: vessel crossings, bronchial walls), the false positives a nodule classifier must learn to
+        reject (0: none, the default).
     n_patients, patient_ids
         A subset: these patients, or ``n_patients`` drawn at random (in every split's proportion,
         the held-out LIDC-IDRI-0001/0002 kept when present).
@@ -67,15 +72,17 @@ def build_lidc_voi_dataset(
     """
     from wsnodule_core.data.builders.splits import HELD_OUT_PATIENTS
     out = Path(out_dir)
-    if not negatives_per_nodule >= 0:
-        raise DatasetBuildError(f"negatives_per_nodule must be >= 0, got {negatives_per_nodule}.")
+    if not negatives_per_nodule >= 0 or not hard_negatives_per_nodule >= 0:
+        raise DatasetBuildError(f"negatives_per_nodule and hard_negatives_per_nodule must be >= 0, got "
+                                f"{negatives_per_nodule} and {hard_negatives_per_nodule}.")
+    any_negatives = negatives_per_nodule > 0 or hard_negatives_per_nodule > 0
     table = list(vois) if isinstance(vois, (list, tuple)) else read_voi_table(vois)
     table = _subset(table, n_patients, patient_ids, np.random.default_rng(seed), HELD_OUT_PATIENTS)
-    if sources is None and negatives_per_nodule > 0:
+    if sources is None and any_negatives:
         from wsnodule_core.data.nodule_free import default_sources
 
         sources = default_sources()
-    sources = list(sources or []) if negatives_per_nodule > 0 else []
+    sources = list(sources or []) if any_negatives else []
     check_sources(sources)
     splits = {v.name: patient_split(v.patient_id, split_ratio) for v in table}
     _check_negative_splits(splits, sources)
@@ -96,15 +103,18 @@ def build_lidc_voi_dataset(
         _check_cancel(cancel, out, len(table) + k)
         templates = grids[source.split]
         n = _share(int(round(negatives_per_nodule * len(templates))), sources, k)
-        for case in _negative_cases(source, templates, n, rng, clearance_mm):
+        n_hard = _share(int(round(hard_negatives_per_nodule * len(templates))), sources, k)
+        for case in _negative_cases(source, templates, n, rng, clearance_mm, n_hard=n_hard):
+            hard = "_hard_" in case.case_id
             entries.append(_write_case(out, case, source.split, source.subject,
-                                       extra={"note": source.note}))
+                                       extra={"note": source.note, **({"hard_negative": True} if hard else {})}))
         if progress is not None:
             progress(len(table) + k + 1, total)
     parameters = {"source": SOURCE, "vois": None if vois is None or isinstance(vois, (list, tuple)) else str(vois),
                   "negative_sources": [{"subject": s.subject, "path": str(s.path), "split": s.split,
                                         "kind": s.kind, "note": s.note} for s in sources],
                   "negatives_per_nodule": negatives_per_nodule, "n_patients": n_patients,
+                  **({"hard_negatives_per_nodule": hard_negatives_per_nodule} if hard_negatives_per_nodule else {}),
                   "patient_ids": list(patient_ids) if patient_ids else None, "split_ratio": list(split_ratio),
                   "clearance_mm": clearance_mm, "seed": seed, "split": "patient_split (hash of the patient id)",
                   "lungs": "the whole crop (crops have no lung segmentation)"}
@@ -177,22 +187,26 @@ def _voi_facts(voi: LidcVoi) -> dict:
 
 
 def _negative_cases(source: NoduleFreeSource, templates: list[CropGrid], n: int, rng: np.random.Generator,
-                    clearance_mm: float) -> list[Case]:
-    """Up to ``n`` nodule-free crops of ``source``, each on the grid of a nodule crop drawn from ``templates``."""
-    if n <= 0 or not templates:
+                    clearance_mm: float, n_hard: int = 0) -> list[Case]:
+    """Up to ``n`` nodule-free crops of ``source`` centred on lung, then up to ``n_hard`` centred on blob-like
+    lung (``<subject>_hard_<k>``), each on the grid of a nodule crop drawn from ``templates``."""
+    if n + n_hard <= 0 or not templates:
         return []
     loaded = load_source(source)
-    cases = []
-    for k, i in enumerate(rng.integers(len(templates), size=n)):
-        shape, spacing = templates[i]
-        centres = sample_centres(loaded, 1, shape, spacing, rng, clearance_mm=clearance_mm,
-                                 avoid_xyz=[c.negative_sites_xyz[0] for c in cases])
-        if not len(centres):
-            continue
-        crop = cut_crop(loaded.volume, centres[0], shape, spacing)
-        cases.append(Case(f"{source.subject}_free_{k + 1}", crop, crop.with_array(np.zeros(shape, np.uint16)),
-                          np.ones(shape, bool), [], f"nodule-free:{source.subject}", negatives_ok=True,
-                          negative_sites_xyz=(tuple(float(v) for v in centres[0]),)))
+    cases: list[Case] = []
+    for hard, count, name in ((False, n, "free"), (True, n_hard, "hard")):
+        placed: list[Case] = []
+        for k, i in enumerate(rng.integers(len(templates), size=count) if count > 0 else []):
+            shape, spacing = templates[i]
+            centres = sample_centres(loaded, 1, shape, spacing, rng, clearance_mm=clearance_mm,
+                                     avoid_xyz=[c.negative_sites_xyz[0] for c in placed], hard=hard)
+            if not len(centres):
+                continue
+            crop = cut_crop(loaded.volume, centres[0], shape, spacing)
+            placed.append(Case(f"{source.subject}_{name}_{k + 1}", crop, crop.with_array(np.zeros(shape, np.uint16)),
+                               np.ones(shape, bool), [], f"nodule-free:{source.subject}", negatives_ok=True,
+                               negative_sites_xyz=(tuple(float(v) for v in centres[0]),)))
+        cases += placed
     return cases
 
 
