@@ -10,7 +10,7 @@ from torch import nn
 
 from wsnodule_core.errors import CheckpointError, ModelConfigError, OutputExistsError
 from wsnodule_core.flow.patches import PatchConfig, PatchSet
-from wsnodule_core.flow.predictors import (Orthogonal25D, Predictor, PredictorConfig,
+from wsnodule_core.flow.predictors import (Orthogonal25D, Predictor, PredictorConfig, two_class_logits,
                                            PredictorModule, PredictorTrainConfig, build_predictor,
                                            evaluate_predictor, load_predictor, predict_patches,
                                            train_predictor)
@@ -202,3 +202,25 @@ def test_config_validation():
     with pytest.raises(ModelConfigError, match="too small"):
         train_predictor(sphere_patches(8, size=8), "unused",
                         PredictorTrainConfig(channels=(4, 8, 16, 32), device="cpu"))
+
+
+def test_z_smoothing_is_part_of_the_model_and_survives_its_checkpoint(tmp_path, spheres):
+    from wsnodule_core.flow.predictors import smooth_along_z
+
+    x = torch.zeros(2, 1, 21, 4, 4)
+    x[:, :, 10] = 1.0
+    smooth = smooth_along_z(x, 2.0)
+    assert torch.allclose(smooth.sum(dim=2), x.sum(dim=2), atol=1e-5)  # mass kept along z
+    assert torch.allclose(smooth[:, :, :, 0, 0, None, None].expand_as(smooth), smooth)  # nothing mixes in-plane
+    assert float(smooth[0, 0, 10, 0, 0]) < 0.25 and float(smooth[0, 0, 12, 0, 0]) > 0.1
+    train, val = spheres
+    config = PredictorTrainConfig("cnn3d", epochs=1, z_smooth=1.5, **SMALL)
+    result = train_predictor((train, val), tmp_path / "run", config)
+    model, _ = load_predictor(tmp_path / "run" / "last.pt", "cpu")
+    assert model.config.z_smooth == 1.5
+    patch = torch.from_numpy(val.images[:2].astype(np.float32))[:, None]
+    with torch.no_grad():
+        assert torch.allclose(model(patch), two_class_logits(model.net(smooth_along_z(patch, 1.5))), atol=1e-5)
+        assert torch.allclose(model(patch), result.model.eval()(patch), atol=1e-5)
+    with pytest.raises(ModelConfigError, match="z_smooth"):
+        PredictorConfig(z_smooth=-1)

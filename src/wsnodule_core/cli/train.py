@@ -92,7 +92,8 @@ def _check_data(path: str) -> None:
 _ONLY_FOR = {"epoch_size": ("nam", "unet", "flow-predictor"), "nam3d_width": ("nam3d",),
              "nam3d_norm": ("nam3d",), "nam3d_optimizer": ("nam3d",), "weight_decay": ("nam3d", "flow-predictor"),
              "positives_per_nodule": ("nam3d",), "negatives_per_case": ("nam3d",),
-             **dict.fromkeys(("architecture", "channels", "norm", "dropout", "slab", "patch_spacing", "pretrained"),
+             **dict.fromkeys(("architecture", "channels", "norm", "dropout", "slab", "patch_spacing", "pretrained",
+                              "z_smooth"),
                              ("flow-predictor",))}
 
 

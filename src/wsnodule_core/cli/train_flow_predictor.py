@@ -26,7 +26,7 @@ _FIELDS = {"architecture": "architecture", "channels": "channels", "norm": "norm
            "slab": "slab", "pretrained": "pretrained_path", "embedding_cache": "embedding_cache", "lr": "lr",
            "lr_decay": "lr_decay", "weight_decay": "weight_decay", "batch_size": "batch_size", "epochs": "epochs",
            "max_steps_per_epoch": "max_steps_per_epoch", "epoch_size": "epoch_size", "seed": "seed",
-           "device": "device"}
+           "device": "device", "z_smooth": "z_smooth"}
 #: Flags -> (field, the value the flag sets).
 _FLAGS = {"fine_tune_encoder": ("fine_tune_encoder", True), "no_augment": ("augment", False),
           "no_amp": ("amp", False)}
@@ -50,6 +50,9 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
                        help="ortho25d, tinyvit25d: odd number of slices around each central plane [1]")
     group.add_argument("--patch-spacing", type=float, default=None, metavar="MM",
                        help=f"isotropic patch spacing [{PATCH_SPACING_MM}]")
+    group.add_argument("--z-smooth", type=float, default=None, metavar="SIGMA",
+                       help="a fixed Gaussian along z of SIGMA voxels on every input (training and use), so thin- "
+                            "and thick-slice scans look alike to the network [0: none]")
     group.add_argument("--pretrained", default=None, metavar="PATH",
                        help="local weights (a state dict or a wsnodule checkpoint) to start from; nothing is "
                             "downloaded")

@@ -87,7 +87,9 @@ class PredictorConfig:
     linear layer, an optional local ``pretrained_path`` (a state dict or a wsnodule checkpoint), and for
     ``ortho25d`` the ``slab``: how many adjacent slices around each central plane the 2D CNN sees as
     input channels (1: the three central slices only); for ``tinyvit25d`` how many central axial slices
-    go through the encoder (``channels[-1]``: the head's width; ``fine_tune_encoder``: train it too)."""
+    go through the encoder (``channels[-1]``: the head's width; ``fine_tune_encoder``: train it too).
+    ``z_smooth``: a fixed Gaussian along z of this sigma (voxels) applied to every input, in training and
+    in use, so that thin- and thick-slice scans look alike to the network (0: none)."""
 
     architecture: str = "cnn3d"
     channels: tuple[int, ...] = (16, 32, 64)
@@ -97,9 +99,12 @@ class PredictorConfig:
     pretrained_path: str | None = None
     slab: int = 1
     fine_tune_encoder: bool = False
+    z_smooth: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if not float(self.z_smooth) >= 0:
+            raise ModelConfigError(f"z_smooth must be a sigma >= 0 (voxels), got {self.z_smooth}.")
         if int(self.slab) < 1 or int(self.slab) % 2 == 0:
             raise ModelConfigError(f"slab must be an odd number of slices >= 1, got {self.slab}.")
         if self.architecture not in ARCHITECTURES:
@@ -345,7 +350,8 @@ class PredictorModule(nn.Module):
         return self._fc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return two_class_logits(self.net(x))
+        sigma = float(getattr(self.config, "z_smooth", 0.0) or 0.0)
+        return two_class_logits(self.net(smooth_along_z(x, sigma) if sigma > 0 else x))
 
     def nodule_logit(self, x: torch.Tensor) -> torch.Tensor:
         """``[B]``: logit of "nodule present" (class 1 minus class 0), what guidance differentiates."""
@@ -355,6 +361,20 @@ class PredictorModule(nn.Module):
     def probability(self, x: torch.Tensor) -> torch.Tensor:
         """``[B]``: P(nodule present)."""
         return torch.sigmoid(self.nodule_logit(x))
+
+
+def smooth_along_z(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Patches ``[B, C, D, H, W]`` smoothed along z (D) by a Gaussian of ``sigma`` voxels (edges replicated;
+    linear, so a gradient passes through). A scan resampled from thick slices is smooth in z and one from
+    thin slices is not: a network that sees both through this filter cannot tell them apart by that."""
+    radius = max(1, int(3.0 * sigma + 0.5))
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).view(1, 1, -1)
+    b, c, d, h, w = x.shape
+    lines = x.permute(0, 1, 3, 4, 2).reshape(-1, 1, d)
+    smooth = nn.functional.conv1d(nn.functional.pad(lines, (radius, radius), mode="replicate"), kernel)
+    return smooth.reshape(b, c, h, w, d).permute(0, 1, 4, 2, 3)
 
 
 def as_predictor(model: nn.Module, cam_layer: str | None = None,
@@ -447,6 +467,7 @@ class PredictorTrainConfig:
     pretrained_path: str | None = None
     slab: int = 1
     fine_tune_encoder: bool = False
+    z_smooth: float = 0.0
     lr: float = 1e-3
     weight_decay: float = 1e-4
     lr_decay: float = 0.98
@@ -481,7 +502,8 @@ class PredictorTrainConfig:
 
     def model_config(self) -> PredictorConfig:
         return PredictorConfig(self.architecture, self.channels, self.convs_per_block, self.norm,
-                               self.dropout, self.pretrained_path, self.slab, self.fine_tune_encoder)
+                               self.dropout, self.pretrained_path, self.slab, self.fine_tune_encoder,
+                               self.z_smooth)
 
     def to_dict(self) -> dict:
         data = asdict(self)
