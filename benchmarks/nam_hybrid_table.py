@@ -30,13 +30,13 @@ import torch
 
 from wsnodule_core.data.builders import build_dataset
 from wsnodule_core.data.dataset import load_dataset
-from wsnodule_core.evaluation import evaluate_dataset
-from wsnodule_core.segmentation import BlobSegmenter, load_segmenter
-from wsnodule_core.nam.recipes import get_recipe
 from wsnodule_core.data.slices import slices_from_dataset
+from wsnodule_core.evaluation import evaluate_dataset
 from wsnodule_core.metrics.classification import roc_auc
-from wsnodule_core.nam.train import best_threshold, train_classifier
 from wsnodule_core.nam.model import load_classifier
+from wsnodule_core.nam.recipes import get_recipe
+from wsnodule_core.nam.train import best_threshold, train_classifier
+from wsnodule_core.segmentation import BlobSegmenter, load_segmenter
 
 TARGETS = {"tp_dice": (">=", 0.75), "tpr": (">=", 0.8), "fpr": ("<=", 0.1)}
 

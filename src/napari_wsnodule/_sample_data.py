@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from napari_wsnodule._geometry import VOLUME_KEY, layer_geometry
+from napari_wsnodule._reader import LayerData, volume_layer_data
 from wsnodule_core.data.cases import Case
 from wsnodule_core.errors import DataNotAvailableError
 from wsnodule_core.io.volume import Volume
-from napari_wsnodule._geometry import VOLUME_KEY, layer_geometry
-from napari_wsnodule._reader import LayerData, volume_layer_data
 
 PHANTOM_SHAPE = (40, 160, 160)
 PHANTOM_SPACING = (5.0, 2.2, 2.2)

@@ -17,8 +17,14 @@ from wsnodule_core.data.builders.splits import HELD_OUT_PATIENTS, patient_split
 from wsnodule_core.data.dataset import load_dataset
 from wsnodule_core.data.lidc.vois import load_voi, read_voi_table
 from wsnodule_core.data.nodule_free import NoduleFreeSource, crop_grid
-from wsnodule_core.errors import (AnnotationFileError, DatasetBuildError, EmptyVoiError, GeometryMismatchError,
-                                  InputPathNotFoundError, UnknownSplitError)
+from wsnodule_core.errors import (
+    AnnotationFileError,
+    DatasetBuildError,
+    EmptyVoiError,
+    GeometryMismatchError,
+    InputPathNotFoundError,
+    UnknownSplitError,
+)
 from wsnodule_core.io.readers import read_volume
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.io.writers import write_volume

@@ -10,10 +10,19 @@ from torch import nn
 
 from wsnodule_core.errors import CheckpointError, ModelConfigError, OutputExistsError
 from wsnodule_core.flow.patches import PatchConfig, PatchSet
-from wsnodule_core.flow.predictors import (Orthogonal25D, Predictor, PredictorConfig, two_class_logits,
-                                           PredictorModule, PredictorTrainConfig, build_predictor,
-                                           evaluate_predictor, load_predictor, predict_patches,
-                                           train_predictor)
+from wsnodule_core.flow.predictors import (
+    Orthogonal25D,
+    Predictor,
+    PredictorConfig,
+    PredictorModule,
+    PredictorTrainConfig,
+    build_predictor,
+    evaluate_predictor,
+    load_predictor,
+    predict_patches,
+    train_predictor,
+    two_class_logits,
+)
 from wsnodule_core.training.callbacks import TrainCallbacks
 from wsnodule_core.training.checkpoint import save_checkpoint
 

@@ -72,8 +72,12 @@ def _sphere_patches(n: int, size: int = 16):
 
 
 def test_a_frozen_encoder_head_trains_on_cached_embeddings_equal_to_the_full_forward(tmp_path, lite_medsam):
-    from wsnodule_core.flow.predictors import (EmbeddingPredictor, PredictorTrainConfig, load_predictor,
-                                               train_predictor)
+    from wsnodule_core.flow.predictors import (
+        EmbeddingPredictor,
+        PredictorTrainConfig,
+        load_predictor,
+        train_predictor,
+    )
 
     train, val = _sphere_patches(6), _sphere_patches(2)
     cache = tmp_path / "cache"

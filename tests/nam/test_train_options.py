@@ -9,11 +9,17 @@ import pytest
 import torch
 
 from wsnodule_core.errors import ModelConfigError, NamSegmentationError
+from wsnodule_core.metrics.classification import roc_auc
 from wsnodule_core.nam.model import MultiGapClassifier
 from wsnodule_core.nam.segment_config import NamConfig
-from wsnodule_core.metrics.classification import roc_auc
-from wsnodule_core.nam.train import (TrainConfig, best_threshold, build_model, checkpoint_threshold,
-                                     make_optimizer, train_classifier)
+from wsnodule_core.nam.train import (
+    TrainConfig,
+    best_threshold,
+    build_model,
+    checkpoint_threshold,
+    make_optimizer,
+    train_classifier,
+)
 from wsnodule_core.training.checkpoint import load_checkpoint, save_checkpoint
 
 FAST = TrainConfig(width="narrow", head_channels=16, image_size=32, batch_size=8, epochs=2, lr=1e-2,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsnodule_core.errors import DataNotAvailableError
 from napari_wsnodule._geometry import VOLUME_KEY
 from napari_wsnodule._reader import LUNG_WINDOW
 from napari_wsnodule._sample_data import HYBRID_SPACING, PHANTOM_SHAPE, PHANTOM_SPACING, hybrid_case
+from wsnodule_core.errors import DataNotAvailableError
 
 
 def _check_case_layers(image, labels, spacing):

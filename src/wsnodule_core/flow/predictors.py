@@ -48,8 +48,15 @@ from wsnodule_core.flow.patches import PatchConfig, PatchSet, patches_from_datas
 from wsnodule_core.image.window import FLOW_WINDOW
 from wsnodule_core.training.augment import augment_patches
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
-from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_error_text, load_model,
-                                               restore_training_state, save_checkpoint)
+from wsnodule_core.training.checkpoint import (
+    LAST,
+    Checkpoint,
+    capture_rng_state,
+    load_error_text,
+    load_model,
+    restore_training_state,
+    save_checkpoint,
+)
 from wsnodule_core.training.device import amp_enabled, autocast, grad_scaler
 from wsnodule_core.training.loop import CLASSIFY_SUMS, EpochLoop, RunState, classify_metrics, classify_step
 from wsnodule_core.training.result import RunResult, config_from_dict

@@ -22,8 +22,14 @@ from wsnodule_core.errors import CheckpointError, ModelConfigError
 
 # MultiGapConfig and MultiGapOutput live with the heads (shared with the LiteMedSAM backbone); this
 # module stays their documented import path
-from wsnodule_core.nam.heads import NODULE_CLASS, WIDTHS, MultiGapConfig, MultiGapOutput  # noqa: F401
-from wsnodule_core.nam.heads import gap_output, pooled_logits
+from wsnodule_core.nam.heads import (  # noqa: F401
+    NODULE_CLASS,
+    WIDTHS,
+    MultiGapConfig,
+    MultiGapOutput,
+    gap_output,
+    pooled_logits,
+)
 
 #: VGG16 feature layout (torchvision's ``cfg "D"``): channels of each conv, "M" = 2x2 max pool.
 VGG16_LAYOUT: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",

@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from wsnodule_core.data.slices import SliceConfig
 from wsnodule_core.errors import ModelConfigError
 from wsnodule_core.nam.scope import ScopeParams
 from wsnodule_core.nam.segment_config import NamConfig
-from wsnodule_core.data.slices import SliceConfig
 from wsnodule_core.nam.train import TrainConfig
 
 

@@ -21,22 +21,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsnodule_core.data.slices import SliceSet, slices_from_dataset
 from wsnodule_core.errors import CheckpointError, TrainingDataError
 from wsnodule_core.metrics.classification import roc_auc
 from wsnodule_core.nam.model import KIND, MultiGapClassifier, build_classifier
-from wsnodule_core.data.slices import SliceSet, slices_from_dataset
 from wsnodule_core.nam.train_config import TrainConfig
 from wsnodule_core.training import distributed as ddp
 from wsnodule_core.training.augment import augment_batch
 from wsnodule_core.training.callbacks import TrainCallbacks, as_callbacks
-from wsnodule_core.training.checkpoint import (LAST, Checkpoint, capture_rng_state, load_checkpoint,
-                                               restore_training_state, save_checkpoint)
+from wsnodule_core.training.checkpoint import (
+    LAST,
+    Checkpoint,
+    capture_rng_state,
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+)
 from wsnodule_core.training.device import amp_enabled, autocast, deterministic, grad_scaler
 from wsnodule_core.training.loop import CLASSIFY_SUMS, EpochLoop, RunState, classify_metrics, classify_step
 from wsnodule_core.training.result import RunResult
 from wsnodule_core.training.sampler import BalancedBatchSampler
 from wsnodule_core.training.setup import start_run
-
 
 TrainResult = RunResult  # what train_* returns; the model is a MultiGapClassifier
 

@@ -10,8 +10,8 @@ from wsnodule_core.errors import ModelConfigError
 from wsnodule_core.training.result import config_from_dict
 
 if TYPE_CHECKING:
-    from wsnodule_core.nam.model import MultiGapConfig
     from wsnodule_core.data.slices import SliceConfig
+    from wsnodule_core.nam.model import MultiGapConfig
     from wsnodule_core.training.augment import AugmentConfig
 
 #: The paper's initial learning rates by number of GAP branches.

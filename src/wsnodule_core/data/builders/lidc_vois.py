@@ -23,7 +23,13 @@ from wsnodule_core.data.cases import Case
 from wsnodule_core.data.dataset import SPLITS, case_entry
 from wsnodule_core.data.insertion import NoduleRecord
 from wsnodule_core.data.lidc.vois import LidcVoi, load_voi, read_voi_table, touches_in_plane_border
-from wsnodule_core.data.nodule_free import NoduleFreeSource, check_sources, cut_crop, load_source, sample_centres
+from wsnodule_core.data.nodule_free import (
+    NoduleFreeSource,
+    check_sources,
+    cut_crop,
+    load_source,
+    sample_centres,
+)
 from wsnodule_core.data.nodule_shape import texture_class
 from wsnodule_core.errors import BuildCancelled, DatasetBuildError
 
