@@ -234,9 +234,13 @@ def medsam_segmenters(bench: Bench, blob: object, classified: object | None, who
     except FoundationModelError as error:
         bench.notes.append(f"LiteMedSAM rows not run: {error}")
         return {}
+    from wsnodule_core.shipped import shipped_model
+
     cache = EmbeddingCache(bench.args.out / "medsam_cache")
+    shipped_options = shipped_model("blob-refine").options  # the shipped default's own settings
     out = {} if whole else {MEDSAM_BOX: AnnotationBoxSegmenter(model, cache),
-                            BLOB_REFINED: RefinedSegmenter(blob, model, (("cache", cache),), name=BLOB_REFINED)}
+                            BLOB_REFINED: RefinedSegmenter(blob, model, (("cache", cache), *shipped_options),
+                                                           name=BLOB_REFINED)}
     if classified is not None:
         out[CLASSIFIED_REFINED] = RefinedSegmenter(classified, model, (("cache", cache),), name=CLASSIFIED_REFINED)
     return out

@@ -55,6 +55,22 @@ def test_refine_without_candidates_loads_nothing(smooth_sphere_ct):
     assert out.array.dtype == np.int32 and not out.array.any() and out.spacing == volume.spacing
 
 
+def test_candidates_below_the_minimum_diameter_are_kept_as_drawn_without_the_encoder(smooth_sphere_ct):
+    import wsnodule_core.foundation.refine as refine
+
+    volume, _ = smooth_sphere_ct()
+    labels = np.zeros(volume.shape, np.int32)
+    labels[3, 10:12, 10:12] = 4  # a few voxels: far below 5 mm
+    loaded = []
+    original = refine.load_lite_medsam
+    refine.load_lite_medsam = lambda device: loaded.append(device)  # would be called for any redrawing
+    try:
+        out = refine_candidates(volume, labels, model=None, device="cpu", min_diameter_mm=5.0)
+    finally:
+        refine.load_lite_medsam = original
+    assert np.array_equal(out.array, labels) and not loaded
+
+
 def test_checkpoint_path_says_how_to_install_when_missing(monkeypatch):
     import importlib.util
 

@@ -2,9 +2,9 @@
 readers' label above a floor that a broken model cannot reach.
 
 Models that need user input get it from the label: ``medsam-box`` the label's bounding box plus 2 voxels
-in-plane (as the demo prompts it). Measured here (2-core CPU, 2026-12-07): blob-refine 0.49 (the
-default; LiteMedSAM redraws the blob filter's 43 candidates: about 12 min with a cold embedding
-cache, 40 s warm), medsam-box 0.84 (14 s); the blob filter alone 0.57. Slow: each LiteMedSAM crop costs
+in-plane (as the demo prompts it). Measured here (2-core CPU, 2026-12-07): blob-refine 0.63 (the
+default; LiteMedSAM redraws the blob filter's candidates of 5 mm or more: 329 s with a cold embedding
+cache on a loaded machine), medsam-box 0.84 (14 s); the blob filter alone 0.57. Slow: each LiteMedSAM crop costs
 about 2 s on such a CPU. With ``WSNODULE_CACHE`` set the embeddings are kept in ``$WSNODULE_CACHE/lite_medsam``
 (reruns are fast), else in the test's temporary folder.
 """
@@ -23,7 +23,7 @@ from wsnodule_core.shipped import load_shipped, shipped_models
 FLOORS = {"blob-refine": 0.3, "medsam-box": 0.7}
 DEFAULT_FLOOR = 0.3
 #: Models checked on the nodule's region of the sample (its slices +- 3, 80 px around it in-plane): the
-#: blob filter's 43 candidates on the whole sample cost blob-refine ~12 min of encoder on a 2-core CPU.
+#: blob filter's candidates on the whole sample cost blob-refine ~5 min of encoder on a 2-core CPU.
 REGION_ONLY = ("blob-refine",)
 
 

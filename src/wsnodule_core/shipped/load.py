@@ -52,6 +52,8 @@ def load_shipped(name: str | None = None, device: str = "auto", *, registry: Reg
     model = registry.get(name if name is not None else registry.default)
     if checkpoint is not None:
         check_method_kind(model, checkpoint)  # refuses one for a training-free model
+    if not model.trained:
+        options = {**dict(model.options), **options}  # the entry's own settings, replaced by the call's
     if model.method == "medsam-box":
         from wsnodule_core.segmentation.medsam_box import BoxPromptSegmenter
 

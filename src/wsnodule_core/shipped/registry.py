@@ -126,8 +126,8 @@ class ShippedModel:
 MODELS: tuple[ShippedModel, ...] = (
     ShippedModel(
         "blob-refine", "blob-refine", None, "docs/models/blob-refine.md",
-        "Hessian blob filter candidates in the lungs, each redrawn by LiteMedSAM (no training; "
-        "real VOI test crops: Dice 3D 0.50, 7 of 8 nodules)"),
+        "Hessian blob filter candidates in the lungs, those of 5 mm or more redrawn by LiteMedSAM (no "
+        "training; real VOI test crops: Dice 3D 0.50, 7 of 8 nodules)", options=(("min_diameter_mm", 5.0),)),
     ShippedModel(
         "medsam-box", "medsam-box", None, "docs/models/medsam-box.md",
         "LiteMedSAM draws the nodule inside each box you give (--box / --box-world; no training; "
