@@ -285,32 +285,15 @@ class TinyVitSlices(nn.Module):
         volume = self.lift(self.head(embedding), int(self.config.slab))
         return self.fc(self.dropout(volume.mean(dim=(2, 3, 4))))
 
-    @torch.no_grad()
     def embed_patches(self, images: np.ndarray, *, cache=None, chunk: int = 8,
                       progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """The frozen encoder's embeddings (float16, CPU) ``[n, slab, 256, 64, 64]`` of patches ``(n, D, H, H)``
         in [0, 1], read from / written to ``cache`` (a :class:`~wsnodule_core.foundation.EmbeddingCache`)."""
-        import types
+        from wsnodule_core.foundation.embeddings import embed_arrays
 
-        from wsnodule_core.foundation import encode_images
-        from wsnodule_core.foundation.lite_medsam import EMBEDDING_SHAPE
-
-        device = self.fc.weight.device
-        model = types.SimpleNamespace(image_encoder=self.encoder, device=device)  # what encode_images uses
-        was_training = self.encoder.training
-        self.encoder.eval()
-        out = []
-        try:
-            for start in range(0, len(images), chunk):
-                x = torch.from_numpy(np.asarray(images[start:start + chunk], np.float32))[:, None].to(device)
-                embedded = encode_images(model, self.model_input(x), cache=cache)
-                out.append(embedded.to("cpu", torch.float16).reshape(len(x), -1, *EMBEDDING_SHAPE))
-                if progress is not None:
-                    progress(min(start + chunk, len(images)), len(images))
-        finally:
-            self.encoder.train(was_training)
-        return torch.cat(out) if out else torch.zeros((0, int(self.config.slab), *EMBEDDING_SHAPE),
-                                                      dtype=torch.float16)
+        embedded = embed_arrays(self.encoder, images, lambda x: self.model_input(x[:, None]), cache=cache,
+                                chunk=chunk, progress=progress)
+        return embedded if len(images) else embedded.expand(0, int(self.config.slab), *embedded.shape[2:])
 
 
 class EmbeddingPredictor(nn.Module):

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import types
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
-from wsnodule_core.foundation.lite_medsam import CHECKPOINT_SHA256, ENCODER_BATCH, LiteMedSam
+from wsnodule_core.foundation.lite_medsam import CHECKPOINT_SHA256, EMBEDDING_SHAPE, ENCODER_BATCH, LiteMedSam
 
 
 def default_cache_dir() -> Path:
@@ -75,3 +77,28 @@ def encode_images(model: LiteMedSam, images: torch.Tensor, *, batch_size: int = 
             progress(min(start + batch_size, len(todo)), len(todo))
     return torch.stack([e.to(model.device, torch.float32) for e in out]) if out else \
         torch.zeros((0, 256, 64, 64), device=model.device)
+
+
+@torch.no_grad()
+def embed_arrays(encoder: torch.nn.Module, arrays: np.ndarray, to_input: Callable[[torch.Tensor], torch.Tensor], *,
+                 cache: EmbeddingCache | None = None, chunk: int = 8,
+                 progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Embeddings (float16, CPU) ``(n, k, 256, 64, 64)`` of ``arrays`` ``(n, ...)`` (a model's own inputs,
+    e.g. slices or patches in [0, 1]): ``chunk`` at a time to the encoder's device, ``to_input`` makes each
+    item's ``k`` encoder inputs ``(chunk * k, 3, 256, 256)``, read from / written to ``cache``. The
+    encoder runs in eval mode and gets its training flag back (training heads on cached embeddings)."""
+    device = next(encoder.parameters()).device
+    model = types.SimpleNamespace(image_encoder=encoder, device=device)  # what encode_images uses
+    was_training = encoder.training
+    encoder.eval()
+    out = []
+    try:
+        for start in range(0, len(arrays), chunk):
+            x = torch.from_numpy(np.asarray(arrays[start:start + chunk], np.float32)).to(device)
+            embedded = encode_images(model, to_input(x), cache=cache)
+            out.append(embedded.to("cpu", torch.float16).reshape(len(x), -1, *EMBEDDING_SHAPE))
+            if progress is not None:
+                progress(min(start + chunk, len(arrays)), len(arrays))
+    finally:
+        encoder.train(was_training)
+    return torch.cat(out) if out else torch.zeros((0, 1, *EMBEDDING_SHAPE), dtype=torch.float16)

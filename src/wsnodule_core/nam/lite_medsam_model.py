@@ -15,7 +15,6 @@ installed wheel, SHA-256 checked) and a checkpoint holds the head only.
 
 from __future__ import annotations
 
-import types
 from typing import Callable
 
 import numpy as np
@@ -23,12 +22,8 @@ import torch
 from torch import nn
 
 from wsnodule_core.errors import CheckpointError, ModelConfigError
-from wsnodule_core.foundation import (
-    MEDSAM_WINDOW,
-    EmbeddingCache,
-    encode_images,
-    load_lite_medsam,
-)
+from wsnodule_core.foundation import MEDSAM_WINDOW, EmbeddingCache, load_lite_medsam
+from wsnodule_core.foundation.embeddings import embed_arrays
 from wsnodule_core.foundation.frozen import keep_frozen_encoder_out
 from wsnodule_core.foundation.image import to_model_input
 from wsnodule_core.foundation.lite_medsam import EMBEDDING_SHAPE, ENCODER_BATCH
@@ -127,25 +122,11 @@ class LiteMedSamClassifier(nn.Module):
     def maps_from_embedding(self, embedding: torch.Tensor) -> MultiGapOutput:
         return gap_output(self.activations(embedding), self.fc, self.config.head_channels)
 
-    @torch.no_grad()
     def embed_slices(self, images: np.ndarray, *, cache: EmbeddingCache | None = None, chunk: int = 32,
                      progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Embeddings (float16, CPU) of slices ``(n, H, W)`` in [0, 1], read from / written to ``cache``."""
-        device = next(self.heads.parameters()).device
-        model = types.SimpleNamespace(image_encoder=self.encoder, device=device)  # what encode_images uses
-        was_training = self.encoder.training
-        self.encoder.eval()
-        out = []
-        try:
-            for start in range(0, len(images), chunk):
-                x = torch.from_numpy(np.asarray(images[start:start + chunk], np.float32))[:, None]
-                embedded = encode_images(model, slices_to_model_input(x), cache=cache)
-                out.append(embedded.to("cpu", torch.float16))
-                if progress is not None:
-                    progress(min(start + chunk, len(images)), len(images))
-        finally:
-            self.encoder.train(was_training)
-        return torch.cat(out) if out else torch.zeros((0, *EMBEDDING_SHAPE), dtype=torch.float16)
+        return embed_arrays(self.encoder, images, lambda x: slices_to_model_input(x[:, None]), cache=cache,
+                            chunk=chunk, progress=progress)[:, 0]
 
 
 class EmbeddingHead(nn.Module):
