@@ -87,8 +87,8 @@ def refine_candidates(volume: Volume, labels: np.ndarray | Volume, *, model: Lit
     diameters = 2.0 * (3.0 * voxels * volume.voxel_volume_mm3 / (4.0 * np.pi)) ** (1.0 / 3.0)
     todo = [(label, region) for label, region in enumerate(found, start=1) if region is not None]
     small = [label for label, _ in todo if diameters[label] < min_diameter_mm]
-    for label in small:
-        out[candidates == label] = label
+    kept = np.isin(candidates, small)
+    out[kept] = candidates[kept]
     todo = [(label, region) for label, region in todo if diameters[label] >= min_diameter_mm]
     if todo and model is None:
         model = load_lite_medsam(device)
