@@ -12,7 +12,6 @@ import pytest
 
 from wsnodule_core.errors import ModelConfigError, ShippedModelError
 from wsnodule_core.flow.patches import PatchConfig, PatchSet
-from wsnodule_core.io.volume import Volume
 from wsnodule_core.segmentation import ClassifiedSegmenter, RefinedSegmenter
 from wsnodule_core.segmentation.classified import (
     DEFAULT_THRESHOLD,
@@ -24,8 +23,6 @@ from wsnodule_core.shipped.registry import MODELS, PIPELINES
 from wsnodule_core.training.checkpoint import load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-SPACING = (2.5, 0.9, 0.8)
-SHAPE = (12, 128, 128)
 NAME = "blob-classify-refine"
 OTHERS = tuple(m for m in MODELS if m.name != NAME)  # the test puts its own tiny one in its place
 
@@ -45,22 +42,6 @@ def sphere_patches(n: int, size: int = 16, seed: int = 0) -> PatchSet:
     return PatchSet(images.astype(np.float16), labels, masks, np.ones((n, size, size, size), bool),
                     labels.astype(np.int32), np.array([f"c{i}" for i in range(n)], dtype=object),
                     np.zeros((n, 3)), np.tile(np.eye(3), (n, 1, 1)), np.zeros((n, 3)), PatchConfig(size=size))
-
-
-def chest() -> tuple[Volume, np.ndarray]:
-    """Air outside an elliptic body, two lungs, a 10 mm nodule of 20 HU in the right one; smooth texture."""
-    from scipy import ndimage
-
-    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(SHAPE, SPACING)), indexing="ij")
-    ny, nx = SHAPE[1] * SPACING[1], SHAPE[2] * SPACING[2]
-    hu = np.full(SHAPE, -1000.0, np.float32)
-    hu[((y - ny / 2) / (0.45 * ny)) ** 2 + ((x - nx / 2) / (0.47 * nx)) ** 2 < 1] = 40
-    for cx in (0.3 * nx, 0.7 * nx):
-        hu[((y - ny / 2) / (0.3 * ny)) ** 2 + ((x - cx) / (0.16 * nx)) ** 2 < 1] = -850
-    nodule = (z - 12.5) ** 2 + (y - ny / 2) ** 2 + (x - 0.3 * nx) ** 2 <= 25
-    hu[nodule] = 20
-    texture = ndimage.gaussian_filter(np.random.default_rng(1).normal(0, 1, SHAPE), (0, 2, 2))
-    return Volume(hu + (20 * texture / texture.std()).astype(np.float32), SPACING, (5.0, -10.0, 20.0)), nodule
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +77,9 @@ def test_the_entry_loads_the_pipeline_with_its_threshold(shipped):
     assert registry.get(NAME).file_method == "flow_predictor" == PIPELINES[NAME]
 
 
-def test_the_trained_predictor_keeps_the_nodule_of_a_chest(shipped):
+def test_the_trained_predictor_keeps_the_nodule_of_a_chest(shipped, synthetic_chest):
     _, path = shipped
-    ct, nodule = chest()
+    ct, nodule = synthetic_chest
     classified = load_blob_classify_refine(path, "cpu", refine=False, threshold=0.5)
     lungs = np.asarray(ct.array) < -500
     result = classified.segment(ct, lungs=lungs)
@@ -142,14 +123,14 @@ def test_a_file_of_another_kind_or_no_file_is_refused(shipped, tmp_path):
 
 @pytest.mark.slow
 def test_segment_with_the_pipeline_from_the_table_and_from_a_checkpoint(shipped, lite_medsam, tmp_path,
-                                                                         monkeypatch, capsys):
+                                                                         monkeypatch, capsys, synthetic_chest):
     from wsnodule_core.cli.main import build_parser
     from wsnodule_core.cli.segment import run
     from wsnodule_core.io import read_volume, write_volume
 
     monkeypatch.setenv("WSNODULE_CACHE", str(tmp_path / "cache"))
     registry, path = shipped
-    ct, nodule = chest()
+    ct, nodule = synthetic_chest
     ct_path = write_volume(ct, tmp_path / "ct.nii.gz")
 
     def segment(out, *extra: str) -> np.ndarray:

@@ -9,10 +9,6 @@ import pytest
 
 from wsnodule_core.cli.main import main
 from wsnodule_core.io import read_volume, write_volume
-from wsnodule_core.io.volume import Volume
-
-SPACING = (2.5, 0.9, 0.8)
-SHAPE = (12, 128, 128)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -20,23 +16,10 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def chest(tmp_path_factory):
-    """(CT path, nodule mask): two lungs in a body, a 10 mm sphere of 20 HU in the right lung (3 slices),
-    a smooth 20 HU texture (per-voxel white noise makes LiteMedSAM fill loose boxes)."""
-    from scipy import ndimage
-
-    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(SHAPE, SPACING)), indexing="ij")
-    ny, nx = SHAPE[1] * SPACING[1], SHAPE[2] * SPACING[2]
-    hu = np.full(SHAPE, -1000.0, np.float32)
-    hu[((y - ny / 2) / (0.45 * ny)) ** 2 + ((x - nx / 2) / (0.47 * nx)) ** 2 < 1] = 40
-    for cx in (0.3 * nx, 0.7 * nx):
-        hu[((y - ny / 2) / (0.3 * ny)) ** 2 + ((x - cx) / (0.16 * nx)) ** 2 < 1] = -850
-    nodule = (z - 12.5) ** 2 + (y - ny / 2) ** 2 + (x - 0.3 * nx) ** 2 <= 25
-    hu[nodule] = 20
-    texture = ndimage.gaussian_filter(np.random.default_rng(1).normal(0, 1, SHAPE), (0, 2, 2))
-    ct = Volume(hu + (20 * texture / texture.std()).astype(np.float32), SPACING, (5.0, -10.0, 20.0))
-    path = write_volume(ct, tmp_path_factory.mktemp("ct") / "ct.nii.gz")
-    return path, nodule
+def chest(tmp_path_factory, synthetic_chest):
+    """(CT path, nodule mask) of the synthetic chest (conftest.py), written as NIfTI."""
+    ct, nodule = synthetic_chest
+    return write_volume(ct, tmp_path_factory.mktemp("ct") / "ct.nii.gz"), nodule
 
 
 @pytest.fixture
