@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from wsnodule_core.errors import GeometryMismatchError
-from wsnodule_core.image.filters import dot_enhancement
+from wsnodule_core.image.filters import BLOB_SEED_RESPONSE, BLOB_SIGMAS_MM, blob_response
 from wsnodule_core.io.volume import Volume
 
 ProgressCallback = Callable[[int, int], None]
@@ -27,8 +27,8 @@ ProgressCallback = Callable[[int, int], None]
 class BlobFilterConfig:
     """Parameters of :func:`segment_blobs`; scales are Gaussian sigmas in millimetres."""
 
-    sigmas_mm: Sequence[float] = (1.5, 2.5, 4.0)
-    response_threshold: float = 40.0
+    sigmas_mm: Sequence[float] = BLOB_SIGMAS_MM
+    response_threshold: float = BLOB_SEED_RESPONSE
     grow_threshold_hu: float = -450.0
     min_diameter_mm: float = 3.0
     max_diameter_mm: float = 35.0
@@ -60,11 +60,8 @@ def segment_blobs(
     total = len(config.sigmas_mm) + 1
     # juxtapleural blobs sit on the lung border: accept seeds within a dilated lung
     search = ndimage.binary_dilation(lungs, iterations=2)
-    response = np.zeros(volume.shape, dtype=np.float32)
-    for step, sigma in enumerate(config.sigmas_mm):
-        np.maximum(response, dot_enhancement(volume.array, volume.spacing, sigma, region=search), out=response)
-        if progress:
-            progress(step + 1, total)
+    response = blob_response(volume.array, volume.spacing, config.sigmas_mm, region=search,
+                             progress=(lambda done, _: progress(done, total)) if progress else None)
     seeds = (response > config.response_threshold) & search
     grown = (volume.array > config.grow_threshold_hu) & search
     labels, n = ndimage.label(grown)

@@ -71,13 +71,10 @@ class LoadedSource:
     def blob_voxels(self) -> np.ndarray:
         """The flat indices of the lung voxels the Hessian dot filter calls blob-like (the blob filter's
         seeds: vessel crossings, bronchial walls, bright spots): hard negatives' centres."""
-        from wsnodule_core.image.filters import dot_enhancement
+        from wsnodule_core.image.filters import BLOB_SEED_RESPONSE, blob_response
 
-        response = np.zeros(self.volume.shape, np.float32)
-        for sigma in BLOB_SIGMAS_MM:
-            np.maximum(response, dot_enhancement(self.volume.array, self.volume.spacing, sigma, region=self.lungs),
-                       out=response)
-        return np.flatnonzero(response > BLOB_RESPONSE)
+        response = blob_response(self.volume.array, self.volume.spacing, region=self.lungs)
+        return np.flatnonzero(response > BLOB_SEED_RESPONSE)
 
     @cached_property
     def lesion_tree(self):
@@ -87,9 +84,6 @@ class LoadedSource:
         return cKDTree(self.lesion_points_xyz) if len(self.lesion_points_xyz) else None
 
 
-#: The blob filter's defaults (baselines.blob_filter.BlobFilterConfig): where hard negatives are centred.
-BLOB_SIGMAS_MM = (1.5, 2.5, 4.0)
-BLOB_RESPONSE = 40.0
 #: Least distance between two hard negatives' centres.
 HARD_SEPARATION_MM = 8.0
 
