@@ -47,17 +47,18 @@ def grown_box(region: Sequence[slice], spacing: Sequence[float], margin_mm: floa
     return (*lo, *hi)  # type: ignore[return-value]
 
 
-def _slice_boxes(candidate: np.ndarray, region: Sequence[slice], box: Sequence[int]
+def _slice_boxes(own: np.ndarray, region: Sequence[slice], box: Sequence[int], shape: Sequence[int]
                  ) -> dict[int, tuple[int, int, int, int]]:
-    """Per slice of ``region``: the candidate's in-plane box, grown as ``box`` grows ``region``."""
+    """Per slice of ``region``: the candidate's in-plane box, grown as ``box`` grows ``region`` (``own``:
+    the candidate's mask on ``box``; boxes in the volume's voxels, clipped to its ``shape``)."""
     pad = (region[1].start - box[1], region[2].start - box[2], box[4] - region[1].stop, box[5] - region[2].stop)
     out = {}
     for z in range(region[0].start, region[0].stop):
-        rows, cols = np.nonzero(candidate[z])
+        rows, cols = np.nonzero(own[z - box[0]])
         if rows.size:
+            rows, cols = rows + box[1], cols + box[2]
             out[z] = (max(int(rows.min()) - pad[0], 0), max(int(cols.min()) - pad[1], 0),
-                      min(int(rows.max()) + 1 + pad[2], candidate.shape[1]),
-                      min(int(cols.max()) + 1 + pad[3], candidate.shape[2]))
+                      min(int(rows.max()) + 1 + pad[2], shape[1]), min(int(cols.max()) + 1 + pad[3], shape[2]))
     return out
 
 
@@ -97,13 +98,14 @@ def refine_candidates(volume: Volume, labels: np.ndarray | Volume, *, model: Lit
             raise SegmentationCancelled(f"LiteMedSAM refinement was cancelled after {done} candidate(s).")
         box = grown_box(region, volume.spacing, margin_mm, volume.shape)
         inside = tuple(slice(box[i], box[i + 3]) for i in range(3))
-        refined = np.zeros(volume.shape, bool)
-        drawn = segment_slice_boxes(volume, _slice_boxes(candidates == label, region, box), model=model,
+        own = candidates[inside] == label  # the grown box holds the whole candidate: work there only
+        drawn = segment_slice_boxes(volume, _slice_boxes(own, region, box, volume.shape), model=model,
                                     window=window, context=context, min_side_mm=min_side_mm, cache=cache)
-        refined[inside] = np.asarray(drawn.array)[inside] > 0
+        refined = np.asarray(drawn.array)[inside] > 0
         if not refined.any() and not drop_empty:
-            refined = candidates == label
-        out[refined & (out == 0)] = label
+            refined = own
+        target = out[inside]  # a view: the assignment lands in out
+        target[refined & (target == 0)] = label
         if progress is not None:
             progress(done + 1, len(todo))
     return volume.with_array(out)
