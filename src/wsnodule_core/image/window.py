@@ -17,10 +17,27 @@ NAM_WINDOW = (-1200.0, 600.0)
 NAM3D_WINDOW = (-1000.0, 400.0)
 #: The flow prior's and predictors' window (and MAISI's).
 FLOW_WINDOW = (-1000.0, 1000.0)
+#: Viewing windows (what a reader looks at, not what a network is fed): lung (level -600 HU,
+#: width 1500 HU) and mediastinal (level 40 HU, width 400 HU), as ``(low, high)`` HU.
+LUNG_VIEW_WINDOW = (-1350.0, 150.0)
+MEDIASTINAL_VIEW_WINDOW = (-160.0, 240.0)
+VIEW_WINDOWS = {"lung": LUNG_VIEW_WINDOW, "mediastinal": MEDIASTINAL_VIEW_WINDOW}
 #: Air: what lies outside a CT when a patch or grid runs past it.
 AIR_HU = -1024.0
 #: Output ranges of :func:`apply_window`: MAISI's [0, 1] and the symmetric [-1, 1].
 RANGES = {"unit": (0.0, 1.0), "symmetric": (-1.0, 1.0)}
+
+
+def level_width(window: Sequence[float]) -> tuple[float, float]:
+    """A ``(low, high)`` HU window as radiologists give it: ``(level, width)``.
+
+    Examples
+    --------
+    >>> level_width(LUNG_VIEW_WINDOW)
+    (-600.0, 1500.0)
+    """
+    lo, hi = _bounds(window)
+    return (lo + hi) / 2.0, hi - lo
 
 
 def _bounds(window: Sequence[float]) -> tuple[float, float]:

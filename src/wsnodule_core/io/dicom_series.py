@@ -417,6 +417,8 @@ def read_dicom_series(
         dicom_files=tuple(str(s.path) for s in slices),
         extra={
             "series_description": str(first.get("SeriesDescription", "")),
+            "series_date": str(first.get("SeriesDate", "")),  # DICOM DA text, YYYYMMDD ("" when absent)
+            "study_date": str(first.get("StudyDate", "")),
             "sop_instance_uids": tuple(str(s.header.SOPInstanceUID) for s in slices),
             "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
             "slice_thickness_mm": float(first.SliceThickness) if first.get("SliceThickness") else None,
