@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import napari
+import numpy as np
 
+from wsnodule_core.io.naming import VolumeName, derived_name
 from wsnodule_core.io.volume import Volume
 from napari_wsnodule._geometry import VOLUME_KEY, layer_geometry
+from napari_wsnodule._reader import NAME_KEY
 
 SOURCE_KEY = "wsnodule_source"        # metadata: the layer a result was computed from
 GENERATED_KEY = "wsnodule_generated"  # metadata: what produced the layer (e.g. "nam:scope")
+
+# How maps (NAM, probabilities, attention) lie over the CT: added to it, faint, and invisible where low,
+# so the anatomy under them stays readable. Every widget shows its maps through show_overlay.
+OVERLAY_OPACITY = 0.45
+OVERLAY_FLOOR = 0.2   # values under this fraction of the map's top are hidden (the lower contrast limit)
+OVERLAY_RAMP = 0.35   # the colormap's alpha rises from 0 to 1 over this first part of its range
+MASK_OPACITY = 0.5    # labels layers of masks: the CT shows through
+
+
+def short_name(layer: Any) -> str:
+    """What layers derived from ``layer`` start with: the CT's short name (its patient id) while the
+    layer keeps the name the plugin gave it, else the layer's own (the user renamed it)."""
+    name = getattr(layer, "name", "") or ""
+    given = getattr(layer, "metadata", {}).get(NAME_KEY)
+    if isinstance(given, VolumeName) and name.startswith(given.full):
+        return given.short
+    return name
+
+
+def result_name(source: Any, what: str) -> str:
+    """The name of a layer computed from ``source``: ``"<its short name> · <what>"``."""
+    return derived_name(short_name(source), what)
 
 
 def unique_layer_name(viewer: napari.Viewer, name: str) -> str:
@@ -29,6 +55,8 @@ def add_volume_layer(viewer: napari.Viewer, volume: Volume, kind: str, name: str
         metadata[SOURCE_KEY] = source
     if generated is not None:
         metadata[GENERATED_KEY] = generated
+    if kind == "labels":
+        kwargs.setdefault("opacity", MASK_OPACITY)
     add = {"image": viewer.add_image, "labels": viewer.add_labels}[kind]
     data = volume.array if kind == "image" else volume.array.astype("int32", copy=False)
     return add(data, name=unique_layer_name(viewer, name), metadata=metadata, **layer_geometry(volume), **kwargs)
@@ -49,3 +77,39 @@ def show_map(viewer: napari.Viewer, volume: Volume, name: str, *, source: Any, g
                 layer.metadata[VOLUME_KEY] = volume
                 return layer
     return add_volume_layer(viewer, volume, kind, name, source=source, generated=generated, **kwargs)
+
+
+@functools.cache
+def overlay_colormap(name: str) -> Any:
+    """napari's colormap ``name`` with an alpha ramp: transparent at its low end, opaque above
+    ``OVERLAY_RAMP`` of its range."""
+    from napari.utils.colormaps import Colormap, ensure_colormap
+
+    controls = np.linspace(0.0, 1.0, 64)
+    colors = np.asarray(ensure_colormap(name).map(controls), dtype=np.float32).copy()
+    colors[:, 3] = np.clip(controls / OVERLAY_RAMP, 0.0, 1.0)
+    return Colormap(colors, controls=controls, name=f"{name} (overlay)")
+
+
+def overlay_style(colormap: str, top: float) -> dict[str, Any]:
+    """Layer keywords of a map over the CT (values in ``[0, top]``): see ``OVERLAY_*``."""
+    top = float(top) if np.isfinite(top) and top > 0 else 1.0
+    return {"colormap": overlay_colormap(colormap), "blending": "additive", "opacity": OVERLAY_OPACITY,
+            "contrast_limits": (OVERLAY_FLOOR * top, top)}
+
+
+def show_overlay(viewer: napari.Viewer, volume: Volume, name: str, *, source: Any, generated: str,
+                 colormap: str, top: float | None = None, **kwargs: Any):
+    """Show a map over the CT in the overlay style (refreshed in place like :func:`show_map`).
+
+    ``top`` is the value shown brightest (default the map's maximum); the contrast-limit slider
+    still reaches down to 0.
+    """
+    if top is None:
+        top = float(volume.array.max()) if volume.array.size else 1.0
+    style = overlay_style(colormap, top)
+    layer = show_map(viewer, volume, name, source=source, generated=generated, **style, **kwargs)
+    limits = style["contrast_limits"]
+    layer.contrast_limits_range = (0.0, limits[1])
+    layer.contrast_limits = limits
+    return layer

@@ -8,13 +8,15 @@ from typing import Any, Callable
 from pydicom.misc import is_dicom
 
 from wsnodule_core.errors import MultipleSeriesError
+from wsnodule_core.image.window import LUNG_VIEW_WINDOW
 from wsnodule_core.io import read_volume
+from wsnodule_core.io.naming import VolumeName, volume_name
 from wsnodule_core.io.volume import Volume
 from napari_wsnodule._geometry import VOLUME_KEY, layer_geometry
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
-LUNG_WINDOW = (-1350.0, 150.0)  # level -600 HU, width 1500 HU
-MEDIASTINUM_WINDOW = (-160.0, 240.0)  # level 40 HU, width 400 HU
+NAME_KEY = "wsnodule_name"  # layer.metadata: the VolumeName a CT layer was named with (derived layers use .short)
+LUNG_WINDOW = LUNG_VIEW_WINDOW  # every CT layer opens in it
 DICOM_PROBE_FILES = 20  # a folder is taken as DICOM when one of its first files is
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -49,18 +51,12 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
     return read_layers
 
 
-def layer_name(path: str | Path) -> str:
-    """A layer name from a file or folder name, without the volume extension."""
-    name = Path(path).name
-    for suffix in VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def volume_layer_data(volume: Volume, name: str) -> LayerData:
-    """An image layer for a CT volume: lung window, geometry kept, the Volume in the layer's metadata."""
-    kwargs: dict[str, Any] = {"name": name, "metadata": {VOLUME_KEY: volume}, **layer_geometry(volume)}
+def volume_layer_data(volume: Volume, name: str | VolumeName) -> LayerData:
+    """An image layer for a CT volume: named ``name.full`` (the VolumeName kept in the metadata for the
+    layers derived from it), lung window (CT only), geometry kept, the Volume in the metadata."""
+    given = name if isinstance(name, VolumeName) else VolumeName(name, name)
+    kwargs: dict[str, Any] = {"name": given.full, "metadata": {VOLUME_KEY: volume, NAME_KEY: given},
+                              **layer_geometry(volume)}
     if volume.metadata.is_ct:
         kwargs["contrast_limits"] = LUNG_WINDOW
     return (volume.array, kwargs, "image")
@@ -78,5 +74,5 @@ def read_layers(path: str | list[str]) -> list[LayerData]:
                 "CT), which lets you pick the series."
             ) from error
         source = volume.metadata.source_path if volume.metadata.source_format == "dicom" else None
-        layers.append(volume_layer_data(volume, layer_name(source or p)))
+        layers.append(volume_layer_data(volume, volume_name(volume.metadata, fallback=source or p)))
     return layers

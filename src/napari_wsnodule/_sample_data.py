@@ -18,9 +18,11 @@ from typing import Any
 import numpy as np
 
 from napari_wsnodule._geometry import VOLUME_KEY, layer_geometry
+from napari_wsnodule._layers import MASK_OPACITY
 from napari_wsnodule._reader import LayerData, volume_layer_data
 from wsnodule_core.data.cases import Case
 from wsnodule_core.errors import DataNotAvailableError
+from wsnodule_core.io.naming import VolumeName
 from wsnodule_core.io.volume import Volume
 
 PHANTOM_SHAPE = (40, 160, 160)
@@ -42,6 +44,7 @@ def _labels_layer_data(mask: Volume, name: str, nodules: list[dict]) -> LayerDat
     kwargs: dict[str, Any] = {
         "name": name,
         "metadata": {VOLUME_KEY: mask, "wsnodule_nodules": nodules},
+        "opacity": MASK_OPACITY,
         **layer_geometry(mask),
     }
     return (mask.array.astype(np.int32), kwargs, "labels")
@@ -49,7 +52,7 @@ def _labels_layer_data(mask: Volume, name: str, nodules: list[dict]) -> LayerDat
 
 def case_layers(case: Case, name: str) -> list[LayerData]:
     """A case as layer data: the CT image, then its nodule labels."""
-    return [volume_layer_data(case.image, f"{name} CT"),
+    return [volume_layer_data(case.image, VolumeName(f"{name} CT", name)),
             _labels_layer_data(case.mask, f"{name} nodules (ground truth)", [n.to_dict() for n in case.nodules])]
 
 
@@ -105,5 +108,5 @@ def lidc_sample() -> list[LayerData]:
 
     sample = load_lidc_sample()
     name = sample.info["patient_id"]
-    return [volume_layer_data(sample.ct, f"{name} CT (crop)"),
+    return [volume_layer_data(sample.ct, VolumeName(f"{name} CT (crop)", name)),
             _labels_layer_data(sample.label, f"{name} nodule (reader consensus)", [sample.info["nodule"]])]

@@ -13,6 +13,8 @@ from wsnodule_core.errors import InputPathNotFoundError
 from wsnodule_core.io import Volume, VolumeMetadata, write_volume
 from wsnodule_core.io.synthetic_dicom import write_synthetic_series
 from napari_wsnodule._geometry import VOLUME_KEY
+from napari_wsnodule._layers import result_name, show_overlay
+from wsnodule_core.image.window import LUNG_VIEW_WINDOW, MEDIASTINAL_VIEW_WINDOW
 from napari_wsnodule.widgets.load import LIDC_PER_READER, NO_IMAGES_NOTICE, LoadWidget
 
 pytestmark = pytest.mark.gui
@@ -67,7 +69,9 @@ def test_opens_a_file_with_its_geometry_and_sets_windows(make_napari_viewer, qtb
     assert layer.metadata[VOLUME_KEY].same_geometry(ct)
     assert tuple(layer.contrast_limits) == (-1350.0, 150.0)  # lung window on opening
     assert widget.window_layer.layer() is layer
-    widget.mediastinum_button.click()
+    assert widget.lung_button.text() == "Lung (W1500 / L-600)"
+    assert widget.mediastinal_button.text() == "Mediastinal (W400 / L40)"
+    widget.mediastinal_button.click()
     assert tuple(layer.contrast_limits) == (-160.0, 240.0)
     widget.lung_button.click()
     assert tuple(layer.contrast_limits) == (-1350.0, 150.0)
@@ -78,10 +82,54 @@ def test_opens_a_dicom_folder(make_napari_viewer, qtbot, tmp_path, notes):
     array = _series(tmp_path / "ct-folder", -1000)
     _open(qtbot, widget, tmp_path / "ct-folder")
     [layer] = widget.viewer.layers
-    assert layer.name == "ct-folder" and not widget.series_row.isVisible()
+    assert layer.name == "WSNODULE-SYNTH · synthetic · 2000-01-01" and not widget.series_row.isVisible()
+    assert tuple(layer.contrast_limits) == (-1350.0, 150.0)
     np.testing.assert_array_equal(layer.data, array)
     np.testing.assert_allclose(layer.translate, (30.0, 20.0, -10.0))
     assert len(layer.metadata[VOLUME_KEY].metadata.dicom_files) == 4
+
+
+def test_a_dicom_series_gets_a_readable_unique_name_and_its_results_the_short_one(make_napari_viewer, qtbot,
+                                                                                    tmp_path, notes):
+    widget = _widget(make_napari_viewer)
+    study, series = "1.3.6.1.4.1.14519.5.2.1.6279.6001.2988", "1.3.6.1.4.1.14519.5.2.1.6279.6001.1790"
+    folder = tmp_path / "LIDC-IDRI-0001" / study / series  # LIDC-IDRI's layout: UID folders
+    _series(folder, -1000, patient_id="LIDC-IDRI-0001", series_description="Chest CT", series_uid=series,
+            study_uid=study)
+    _open(qtbot, widget, folder)
+    _open(qtbot, widget, folder / "slice_0002.dcm")  # the same series again, through one of its files
+    first, second = widget.viewer.layers
+    assert first.name == "LIDC-IDRI-0001 · Chest CT · 2000-01-01" and series not in first.name
+    assert second.name != first.name and second.name.startswith(first.name)  # unique in the viewer
+    assert result_name(first, "NAM mask") == result_name(second, "NAM mask") == "LIDC-IDRI-0001 · NAM mask"
+    first.name = "left lung follow-up"  # a name the user chose leads its results instead
+    assert result_name(first, "NAM mask") == "left lung follow-up · NAM mask"
+    anonymous = tmp_path / "scan-42"
+    _series(anonymous, -1000, patient_id="", series_description="")
+    _open(qtbot, widget, anonymous)
+    assert widget.viewer.layers[-1].name == "scan-42 · 2000-01-01" and not notes["error"]
+
+
+def test_window_buttons_act_on_the_selected_ct_not_on_maps(make_napari_viewer, qtbot, tmp_path, notes):
+    widget = _widget(make_napari_viewer)
+    viewer = widget.viewer
+    for name in ("a", "b"):
+        write_volume(Volume(np.full((3, 4, 5), -700, np.int16), metadata=VolumeMetadata(modality="CT")),
+                     tmp_path / f"{name}.nii.gz")
+        _open(qtbot, widget, tmp_path / f"{name}.nii.gz")
+    a, b = viewer.layers
+    assert tuple(a.contrast_limits) == tuple(b.contrast_limits) == LUNG_VIEW_WINDOW  # each opens in the lung window
+    viewer.layers.selection.active = a
+    assert widget.window_layer.layer() is a
+    widget.mediastinal_button.click()
+    assert tuple(a.contrast_limits) == MEDIASTINAL_VIEW_WINDOW and tuple(b.contrast_limits) == LUNG_VIEW_WINDOW
+    ct = a.metadata[VOLUME_KEY]
+    heat = show_overlay(viewer, ct.with_array(np.ones(ct.shape, np.float32)), "heat", source=a,
+                        generated="test:map", colormap="inferno")
+    viewer.layers.selection.active = heat  # a map is selected: the buttons stay on the CT
+    assert widget.window_layer.layer() is a
+    widget.lung_button.click()
+    assert tuple(a.contrast_limits) == LUNG_VIEW_WINDOW and tuple(heat.contrast_limits) != LUNG_VIEW_WINDOW
 
 
 def test_a_folder_of_several_series_lets_the_user_choose(make_napari_viewer, qtbot, tmp_path, notes):
@@ -99,7 +147,7 @@ def test_a_folder_of_several_series_lets_the_user_choose(make_napari_viewer, qtb
     _wait(qtbot, widget)
     [layer] = widget.viewer.layers
     np.testing.assert_array_equal(layer.data, soft)
-    assert layer.name == "study soft kernel" and not widget.series_row.isVisibleTo(widget)
+    assert layer.name == "WSNODULE-SYNTH · soft kernel · 2000-01-01" and not widget.series_row.isVisibleTo(widget)
 
 
 def test_bad_paths_give_notifications_not_crashes(make_napari_viewer, qtbot, tmp_path, notes):
@@ -159,8 +207,8 @@ def test_lidc_scan_without_images_shows_reader_masks(make_napari_viewer, qtbot, 
     expected = lidc_reader_layers("LIDC-IDRI-0078", use_images=False)
     layers = list(widget.viewer.layers)
     assert [layer.name for layer in layers] == [
-        "LIDC-IDRI-0078 nodule 1 (4 readers, 23.9 mm)", "LIDC-IDRI-0078 nodule 2 (4 readers, 20.7 mm)",
-        "LIDC-IDRI-0078 nodule 3 (1 reader, 5.1 mm)", "LIDC-IDRI-0078 nodule 4 (4 readers, 27.7 mm)"]
+        "LIDC-IDRI-0078 · nodule 1 (4 readers, 23.9 mm)", "LIDC-IDRI-0078 · nodule 2 (4 readers, 20.7 mm)",
+        "LIDC-IDRI-0078 · nodule 3 (1 reader, 5.1 mm)", "LIDC-IDRI-0078 · nodule 4 (4 readers, 27.7 mm)"]
     for layer, nodule in zip(layers, expected.nodules):
         np.testing.assert_array_equal(layer.data, nodule.agreement.array)
         assert layer.data.max() == nodule.n_readers  # the value is how many readers marked the voxel
@@ -175,7 +223,7 @@ def test_lidc_scan_without_images_shows_reader_masks(make_napari_viewer, qtbot, 
     _wait(qtbot, widget)
     readers = list(widget.viewer.layers)[4:]
     assert len(readers) == sum(n.n_readers for n in expected.nodules) == 13
-    assert readers[0].name == "LIDC-IDRI-0078 nodule 1 reader 1"
+    assert readers[0].name == "LIDC-IDRI-0078 · nodule 1 reader 1"
     np.testing.assert_array_equal(readers[1].data, 2 * expected.nodules[0].readers[1].array)
 
 
@@ -201,9 +249,9 @@ def test_lidc_scan_with_images_shows_the_ct_and_masks_on_it(make_napari_viewer, 
     assert widget.tasks.last_outcome == "done", notes["error"]
     ct_layer, all_nodules, *crops = widget.viewer.layers
     ct = ct_layer.metadata[VOLUME_KEY]
-    assert ct_layer.name == "LIDC-IDRI-0957" and ct.shape == grid.shape
+    assert ct_layer.name == "LIDC-IDRI-0957 · synthetic · 2000-01-01" and ct.shape == grid.shape
     assert tuple(ct_layer.contrast_limits) == (-1350.0, 150.0)
-    assert all_nodules.name == "LIDC-IDRI-0957 nodules (any reader)"
+    assert all_nodules.name == "LIDC-IDRI-0957 · nodules (any reader)"
     np.testing.assert_array_equal(all_nodules.data > 0, ct.array == 100)
     assert len(crops) >= 1
     for crop in crops:

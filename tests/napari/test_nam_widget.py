@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from napari_wsnodule._geometry import volume_of_layer
-from napari_wsnodule._layers import GENERATED_KEY, SOURCE_KEY, add_volume_layer
+from napari_wsnodule._layers import (GENERATED_KEY, MASK_OPACITY, OVERLAY_FLOOR, OVERLAY_OPACITY, SOURCE_KEY,
+                                     add_volume_layer)
 from napari_wsnodule._session import LoadedModel
 from napari_wsnodule.widgets._view import camera_of
 from napari_wsnodule.widgets.nam import NO_MODEL, NamWidget
@@ -108,6 +109,18 @@ def test_maps_and_masks_land_on_the_ct_they_were_computed_from(make_napari_viewe
         assert volume_of_layer(layer).same_geometry(volume), layer.name
         np.testing.assert_allclose(layer.data_to_world((5, 40, 30)), ct.data_to_world((5, 40, 30)))
     assert made["nam:fine"].__class__.__name__ == "Labels" and made["nam:nam"].blending == "additive"
+    # names: the CT's name and what the layer is
+    assert made["nam:fine"].name == "ct · NAM mask" and made["nam:nam"].name == "ct · NAM map"
+    # the overlay style: faint, transparent where low, values under the floor hidden; masks see-through
+    for key in ("nam:nam", "nam:rnam"):
+        heat = made[key]
+        top = float(np.asarray(made["nam:nam"].data).max())
+        assert heat.opacity == OVERLAY_OPACITY and heat.blending == "additive"
+        np.testing.assert_allclose(heat.contrast_limits, (OVERLAY_FLOOR * top, top), rtol=1e-5)
+        assert heat.contrast_limits_range[0] == 0.0  # the user can still lower the floor
+        alpha = heat.colormap.map(np.array([0.0, 0.05, 1.0]))[:, 3]
+        assert alpha[0] == 0.0 and 0.0 < alpha[1] < 0.5 and alpha[2] == 1.0
+    assert made["nam:fine"].opacity == MASK_OPACITY and made["nam:scope"].contour > 0
     fine = np.asarray(made["nam:fine"].data)
     assert set(np.flatnonzero(fine.any(axis=(1, 2)))) == {5, 6, 7}
     run = widget.last_run

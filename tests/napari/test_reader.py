@@ -5,7 +5,7 @@ from wsnodule_core.errors import MultipleSeriesError
 from wsnodule_core.io import Volume, VolumeMetadata, write_volume
 from wsnodule_core.io.synthetic_dicom import write_synthetic_series
 from napari_wsnodule._geometry import VOLUME_KEY, layer_geometry
-from napari_wsnodule._reader import LUNG_WINDOW, get_reader
+from napari_wsnodule._reader import LUNG_WINDOW, NAME_KEY, get_reader
 
 
 def _ct(tmp_path, name="ct.nii.gz"):
@@ -49,7 +49,10 @@ def test_reader_opens_a_dicom_folder_or_one_of_its_files(tmp_path):
         reader = get_reader(str(path))
         assert reader is not None
         [(data, kwargs, kind)] = reader(str(path))
-        assert kind == "image" and kwargs["name"] == "chest"
+        # named from the header (patient id, series description, study date), not the folder or a UID
+        assert kind == "image" and kwargs["name"] == "WSNODULE-SYNTH · synthetic · 2000-01-01"
+        assert kwargs["metadata"][NAME_KEY].short == "WSNODULE-SYNTH"
+        assert kwargs["contrast_limits"] == LUNG_WINDOW
         np.testing.assert_array_equal(data, array)
         np.testing.assert_allclose(kwargs["translate"], (30.0, 20.0, -10.0))
         assert len(kwargs["metadata"][VOLUME_KEY].metadata.dicom_files) == 3

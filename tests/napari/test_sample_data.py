@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_wsnodule._geometry import VOLUME_KEY
+from napari_wsnodule._layers import MASK_OPACITY, result_name
 from napari_wsnodule._reader import LUNG_WINDOW
 from napari_wsnodule._sample_data import HYBRID_SPACING, PHANTOM_SHAPE, PHANTOM_SPACING, hybrid_case
 from wsnodule_core.errors import DataNotAvailableError
@@ -19,6 +20,7 @@ def _check_case_layers(image, labels, spacing):
     np.testing.assert_allclose(image.translate, ct.origin[::-1])
     np.testing.assert_allclose(labels.translate, ct.origin[::-1])
     assert tuple(image.contrast_limits) == LUNG_WINDOW
+    assert labels.opacity == MASK_OPACITY
     nodules = labels.metadata["wsnodule_nodules"]
     assert nodules and sorted(int(v) for v in np.unique(labels.data) if v) == [n["label"] for n in nodules]
     for nodule in nodules:
@@ -34,6 +36,7 @@ def test_phantom_sample_opens_with_its_ground_truth(make_napari_viewer):
     layers = viewer.open_sample("napari-wsnodule", "phantom")
     image, labels = layers
     assert image.name == "phantom CT" and labels.name == "phantom nodules (ground truth)"
+    assert result_name(image, "NAM mask") == "phantom · NAM mask"  # results carry the CT's short name
     assert image.data.shape == PHANTOM_SHAPE
     _check_case_layers(image, labels, PHANTOM_SPACING)
 
@@ -68,6 +71,7 @@ def test_lidc_sample_opens_the_shipped_real_crop(make_napari_viewer):
     viewer = make_napari_viewer()
     image, labels = viewer.open_sample("napari-wsnodule", "lidc")
     assert image.name == "LIDC-IDRI-0001 CT (crop)" and labels.name == "LIDC-IDRI-0001 nodule (reader consensus)"
+    assert result_name(image, "NAM mask") == "LIDC-IDRI-0001 · NAM mask"
     assert image.data.shape == sample.ct.shape and image.data.dtype == np.int16
     _check_case_layers(image, labels, sample.ct.spacing)
     np.testing.assert_array_equal(labels.data, sample.label.array)

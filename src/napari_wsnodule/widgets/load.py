@@ -18,14 +18,16 @@ from qtpy.QtWidgets import (QComboBox, QFileDialog, QGroupBox, QHBoxLayout, QLab
                             QVBoxLayout, QWidget)
 
 from wsnodule_core.errors import MultipleSeriesError
+from wsnodule_core.image.window import LUNG_VIEW_WINDOW, VIEW_WINDOWS, level_width
 from wsnodule_core.io import DicomSeriesInfo, list_dicom_series, read_volume
+from wsnodule_core.io.naming import VolumeName, derived_name, volume_name
 from wsnodule_core.io.volume import Volume
-from napari_wsnodule._layers import add_volume_layer
-from napari_wsnodule._reader import LUNG_WINDOW, MEDIASTINUM_WINDOW, layer_name
+from napari_wsnodule._layers import GENERATED_KEY, add_volume_layer
+from napari_wsnodule._reader import NAME_KEY
 from napari_wsnodule._tasks import TaskReporter
 from napari_wsnodule.widgets._base import WsnoduleWidget
 
-WINDOWS = {"lung": LUNG_WINDOW, "mediastinum": MEDIASTINUM_WINDOW}
+WINDOWS = VIEW_WINDOWS  # "lung", "mediastinal": (low, high) HU
 LIDC_PER_NODULE, LIDC_PER_READER = "nodule", "reader"
 LIDC_MODES = (("One layer per nodule (value = readers agreeing)", LIDC_PER_NODULE),
               ("One layer per reader of each nodule", LIDC_PER_READER))
@@ -132,16 +134,17 @@ class LoadWidget(WsnoduleWidget):
     def _window_box(self) -> QGroupBox:
         box = QGroupBox("CT window")
         self.window_layer = self.image_picker()
-        self.lung_button = QPushButton("Lung (W1500 / L-600)")
+        self.lung_button = QPushButton(_window_label("Lung", "lung"))
         self.lung_button.clicked.connect(lambda: self.set_window("lung"))
-        self.mediastinum_button = QPushButton("Mediastinum (W400 / L40)")
-        self.mediastinum_button.clicked.connect(lambda: self.set_window("mediastinum"))
+        self.mediastinal_button = QPushButton(_window_label("Mediastinal", "mediastinal"))
+        self.mediastinal_button.clicked.connect(lambda: self.set_window("mediastinal"))
         row = QHBoxLayout()
         row.addWidget(self.lung_button)
-        row.addWidget(self.mediastinum_button)
+        row.addWidget(self.mediastinal_button)
         column = QVBoxLayout(box)
         column.addWidget(self.window_layer)
         column.addLayout(row)
+        self.viewer.layers.selection.events.active.connect(self._follow_active)
         return box
 
     # --- files and DICOM folders ----------------------------------------------
@@ -177,10 +180,9 @@ class LoadWidget(WsnoduleWidget):
             show_error("Open a DICOM folder first; when it holds several series, pick one in the list.")
             return
         folder = self._series_folder
-        self.tasks.run(f"Reading series {uid}", lambda r: _read(folder, r, uid),
-                       lambda result: self._on_read(result, chosen=True))
+        self.tasks.run(f"Reading series {uid}", lambda r: _read(folder, r, uid), self._on_read)
 
-    def _on_read(self, result: Volume | SeriesChoice, chosen: bool = False) -> None:
+    def _on_read(self, result: Volume | SeriesChoice) -> None:
         if isinstance(result, SeriesChoice):
             self._series_folder = result.folder
             self.series_combo.clear()
@@ -191,15 +193,14 @@ class LoadWidget(WsnoduleWidget):
                       "and press Open series.")
             return
         self.series_row.setVisible(False)
-        source = result.metadata.source_path or self.path_edit.text()
-        name = layer_name(source) if source else "CT"
-        if chosen and result.metadata.extra.get("series_description"):
-            name = f"{name} {result.metadata.extra['series_description']}"
-        self._show_ct(result, name)
+        source = result.metadata.source_path or self.path_edit.text().strip().strip('"') or None
+        self._show_ct(result, volume_name(result.metadata, fallback=source))
 
-    def _show_ct(self, volume: Volume, name: str) -> Any:
-        kwargs = {"contrast_limits": LUNG_WINDOW} if volume.metadata.is_ct else {}
-        layer = add_volume_layer(self.viewer, volume, "image", name, **kwargs)
+    def _show_ct(self, volume: Volume, name: VolumeName) -> Any:
+        """Add the CT in the lung window, named ``name.full`` (made unique); its derived layers use
+        ``name.short``."""
+        window = {"contrast_limits": LUNG_VIEW_WINDOW} if volume.metadata.is_ct else {}
+        layer = add_volume_layer(self.viewer, volume, "image", name.full, metadata={NAME_KEY: name}, **window)
         self.window_layer.select(layer)
         self.viewer.reset_view()
         self.last_layers = [layer]
@@ -230,12 +231,13 @@ class LoadWidget(WsnoduleWidget):
         added = []
         source = None
         if result.image is not None:
-            source = self._show_ct(result.image, pid)
+            source = self._show_ct(result.image, volume_name(result.image.metadata, fallback=pid))
             added.append(source)
             added.append(add_volume_layer(self.viewer, result.label_map(), "labels",
-                                          f"{pid} nodules (any reader)", source=source, generated="lidc:nodules"))
+                                          derived_name(pid, "nodules (any reader)"), source=source,
+                                          generated="lidc:nodules"))
         for nodule in result.nodules:
-            title = f"{pid} nodule {nodule.nodule_index + 1}"
+            title = derived_name(pid, f"nodule {nodule.nodule_index + 1}")
             info = {"patient_id": pid, "series_uid": result.series_uid, "nodule_index": nodule.nodule_index,
                     "annotation_ids": nodule.annotation_ids, "n_readers": nodule.n_readers,
                     "diameter_mm": nodule.diameter_mm}
@@ -265,9 +267,20 @@ class LoadWidget(WsnoduleWidget):
     # --- windows ----------------------------------------------------------------
 
     def set_window(self, preset: str) -> None:
-        """Set the chosen image layer's contrast limits to the ``lung`` or ``mediastinum`` window."""
+        """Set the chosen image layer's contrast limits to the ``lung`` or ``mediastinal`` window."""
         layer = self.window_layer.layer()
         if layer is None:
             show_error("Open a CT first: the window applies to the image chosen above the buttons.")
             return
-        layer.contrast_limits = WINDOWS[preset]
+        layer.contrast_limits = WINDOWS[preset]  # napari widens the slider's range to fit
+
+    def _follow_active(self, event: Any = None) -> None:
+        """The window buttons act on the image the user selects in the layer list (not on a map)."""
+        active = self.viewer.layers.selection.active
+        if isinstance(active, napari.layers.Image) and GENERATED_KEY not in active.metadata:
+            self.window_layer.select(active)
+
+
+def _window_label(title: str, preset: str) -> str:
+    level, width = level_width(WINDOWS[preset])
+    return f"{title} (W{width:g} / L{level:g})"

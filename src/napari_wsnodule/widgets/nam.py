@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, Q
                             QSpinBox, QWidget)
 
 from napari_wsnodule._geometry import VOLUME_KEY, volume_of_layer
-from napari_wsnodule._layers import GENERATED_KEY, SOURCE_KEY, add_volume_layer, show_map
+from napari_wsnodule._layers import GENERATED_KEY, SOURCE_KEY, add_volume_layer, result_name, show_overlay
 from napari_wsnodule._session import LoadedModel
 from napari_wsnodule._tasks import TaskReporter
 from napari_wsnodule.widgets._base import WsnoduleWidget
@@ -260,26 +260,25 @@ class NamWidget(WsnoduleWidget):
         with a short pause between: napari needs about 0.1-0.2 s to add a layer, so the window keeps
         answering in between."""
         result, source = run.result, run.source
-        base = source.name
-        nam_max = float(result.nam.array.max()) if result.nam.array.size else 0.0
-        limits = (0.0, nam_max if nam_max > 0 else 1.0)
+        nam_top = float(result.nam.array.max()) if result.nam.array.size else 0.0
+
+        def name(what: str) -> str:
+            return result_name(source, what)
+
         steps: list[tuple[str, Callable[[], Any]]] = [
-            ("nam", lambda: self._map(result.nam, f"{base}: NAM", source, "nam:nam", "inferno", limits))]
+            ("nam", lambda: self._map(result.nam, name("NAM map"), source, "nam:nam", "inferno", nam_top))]
         if result.multi_nam is not None:
-            multi_max = float(result.multi_nam.array.max())
-            multi_limits = (0.0, multi_max if multi_max > 0 else 1.0)
-            steps.append(("multi_nam", lambda: self._map(result.multi_nam, f"{base}: multi-GAP NAM", source,
-                                                         "nam:multi_nam", "green", multi_limits)))
+            steps.append(("multi_nam", lambda: self._map(result.multi_nam, name("multi-GAP NAM map"), source,
+                                                         "nam:multi_nam", "green", None)))
         steps += [
-            ("rnam", lambda: self._map(run.rnam, f"{base}: R-NAM", source, "nam:rnam", "cyan", limits)),
-            ("scope", lambda: self._outline(result.scope, f"{base}: scope", source, "nam:scope")),
-            ("candidates", lambda: self._outline(result.candidates, f"{base}: candidates", source,
+            ("rnam", lambda: self._map(run.rnam, name("R-NAM"), source, "nam:rnam", "cyan", nam_top)),
+            ("scope", lambda: self._outline(result.scope, name("NAM scope"), source, "nam:scope")),
+            ("candidates", lambda: self._outline(result.candidates, name("NAM candidates"), source,
                                                  "nam:candidates")),
             # the nodule masks are results to correct: always new layers
-            ("coarse", lambda: add_volume_layer(self.viewer, result.coarse, "labels",
-                                                f"{base}: nodules (coarse)", source=source,
-                                                generated="nam:coarse", visible=False)),
-            ("fine", lambda: add_volume_layer(self.viewer, result.fine, "labels", f"{base}: nodules (fine)",
+            ("coarse", lambda: add_volume_layer(self.viewer, result.coarse, "labels", name("NAM mask (coarse)"),
+                                                source=source, generated="nam:coarse", visible=False)),
+            ("fine", lambda: add_volume_layer(self.viewer, result.fine, "labels", name("NAM mask"),
                                               source=source, generated="nam:fine")),
         ]
         self._staged.start(steps, lambda layers: self._shown(run, layers))
@@ -297,13 +296,9 @@ class NamWidget(WsnoduleWidget):
         show_info(f"NAM segmentation of {run.source.name}: {result.n_nodules} nodule(s) on {n_slices} nodule "
                   "slice(s).")
 
-    def _map(self, volume: Volume, name: str, source: Any, generated: str, colormap: str,
-             limits: tuple[float, float]):
-        layer = show_map(self.viewer, volume, name, source=source, generated=generated, colormap=colormap,
-                         blending="additive", opacity=0.7, contrast_limits=limits)
-        layer.contrast_limits_range = limits
-        layer.contrast_limits = limits
-        return layer
+    def _map(self, volume: Volume, name: str, source: Any, generated: str, colormap: str, top: float | None):
+        return show_overlay(self.viewer, volume, name, source=source, generated=generated, colormap=colormap,
+                            top=top)
 
     def _outline(self, volume: Volume, name: str, source: Any, generated: str):
         """A label map shown as outlines; refreshed in place only while nobody has edited it."""

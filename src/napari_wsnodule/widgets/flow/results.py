@@ -15,7 +15,8 @@ import numpy as np
 
 import napari
 from napari_wsnodule._geometry import VOLUME_KEY, layer_geometry
-from napari_wsnodule._layers import GENERATED_KEY, SOURCE_KEY, add_volume_layer, unique_layer_name
+from napari_wsnodule._layers import (GENERATED_KEY, SOURCE_KEY, add_volume_layer, overlay_style, result_name,
+                                     unique_layer_name)
 from wsnodule_core.flow.on_volume import FlowVolumeResult
 from wsnodule_core.io.volume import Volume
 
@@ -49,7 +50,6 @@ def layer_steps(viewer: napari.Viewer, run: FlowRun) -> list[tuple[Any, Callable
     """``((patch, key), make)`` steps adding the run's layers, then ``(CT_MASK, make)`` for the CT-grid
     mask."""
     result, source = run.result, run.source
-    base = source.name
     n = len(result.patches)
     limits = _limits_of(source)
     steps: list[tuple[Any, Callable[[], Any]]] = []
@@ -58,19 +58,18 @@ def layer_steps(viewer: napari.Viewer, run: FlowRun) -> list[tuple[Any, Callable
         cf, diff = patch.with_array(result.counterfactual[i]), patch.with_array(result.difference[i])
         top = float(result.difference[i].max())
         steps += [
-            ((i, "counterfactual"), _bind(show_image, viewer, cf, f"{base}: flow counterfactual{tag}", source,
+            ((i, "counterfactual"), _bind(show_image, viewer, cf, result_name(source, f"flow counterfactual{tag}"), source,
                                           "flow:counterfactual", colormap="gray", contrast_limits=limits)),
-            ((i, "difference"), _bind(show_image, viewer, diff, f"{base}: flow difference{tag}", source,
-                                      "flow:difference", colormap="inferno", blending="additive", opacity=0.7,
-                                      contrast_limits=(0.0, top if top > 0 else 1.0))),
-            ((i, "trajectory"), _bind(show_trajectory, viewer, run, i, f"{base}: flow trajectory{tag}",
+            ((i, "difference"), _bind(show_image, viewer, diff, result_name(source, f"flow difference{tag}"), source,
+                                      "flow:difference", **overlay_style("inferno", top))),
+            ((i, "trajectory"), _bind(show_trajectory, viewer, run, i, result_name(source, f"flow trajectory{tag}"),
                                       limits)),
             # the mask is a result to correct: always a new layer
             ((i, "mask"), _bind(add_volume_layer, viewer, patch.with_array(result.masks[i].astype(np.int32)),
-                                "labels", f"{base}: flow mask{tag}", source=source, generated="flow:mask")),
+                                "labels", result_name(source, f"flow mask{tag}"), source=source, generated="flow:mask")),
         ]
     ct_mask = result.mask.with_array(result.mask.array.astype(np.int32))
-    steps.append((CT_MASK, _bind(add_volume_layer, viewer, ct_mask, "labels", f"{base}: flow mask (CT grid)",
+    steps.append((CT_MASK, _bind(add_volume_layer, viewer, ct_mask, "labels", result_name(source, "flow mask (CT grid)"),
                                  source=source, generated="flow:ct_mask")))
     return steps
 

@@ -19,7 +19,7 @@ from qtpy.QtWidgets import QFormLayout, QListWidget, QListWidgetItem, QPushButto
 
 import napari
 from napari_wsnodule._geometry import layer_geometry, mask_volume, volume_of_layer
-from napari_wsnodule._layers import unique_layer_name
+from napari_wsnodule._layers import result_name, unique_layer_name
 from napari_wsnodule.widgets._annotation_layers import (
     MARKS_KEY,
     annotations_from_layers,
@@ -124,7 +124,7 @@ class AnnotationsPanel(Panel):
     # --- annotation layers ------------------------------------------------------------------------------
 
     def _layer_kwargs(self, source: Any, volume: Volume, name: str) -> dict[str, Any]:
-        return {"name": unique_layer_name(self.viewer, f"{source.name}: {name}"),
+        return {"name": unique_layer_name(self.viewer, result_name(source, name)),
                 "metadata": {ANNOTATES_KEY: source}, **layer_geometry(volume)}
 
     def add_points_layer(self) -> Any:

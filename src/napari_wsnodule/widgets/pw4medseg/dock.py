@@ -14,7 +14,7 @@ from typing import Any, Callable
 from qtpy.QtWidgets import QLabel, QWidget
 
 import napari
-from napari_wsnodule._layers import show_map
+from napari_wsnodule._layers import show_overlay
 from napari_wsnodule._warm_up import warm_up_torch_in_background
 from napari_wsnodule.widgets._base import WsnoduleWidget
 from napari_wsnodule.widgets._staged import StagedSteps
@@ -72,9 +72,7 @@ class Pw4MedSegWidget(WsnoduleWidget):
 
     def map_layer(self, volume: Volume, name: str, source: Any, generated: str, colormap: str, *,
                   visible: bool = True, limits: tuple[float, float] = (0.0, 1.0)) -> Any:
-        """A probability-like map on the CT (refreshed in place on a later run), additive, fixed limits."""
-        layer = show_map(self.viewer, volume, name, source=source, generated=generated, colormap=colormap,
-                         blending="additive", opacity=0.6, contrast_limits=limits, visible=visible)
-        layer.contrast_limits_range = limits
-        layer.contrast_limits = limits
-        return layer
+        """A probability-like map over the CT (refreshed in place on a later run) in the overlay style,
+        brightest at ``limits[1]``."""
+        return show_overlay(self.viewer, volume, name, source=source, generated=generated, colormap=colormap,
+                            top=limits[1], visible=visible)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QLineEdit, QPushButton, QSpinBox, QVBoxLayout
 
-from napari_wsnodule._layers import add_volume_layer
+from napari_wsnodule._layers import add_volume_layer, result_name
 from napari_wsnodule._session import LoadedModel
 from napari_wsnodule._tasks import TaskReporter
 from napari_wsnodule.widgets._base import Panel
@@ -155,17 +155,17 @@ class InferencePanel(Panel):
         self.tasks.run(f"PW4MedSeg segmentation of {source.name}", work, self.show_inference)
 
     def show_inference(self, run: InferRun) -> None:
-        base, source, dock = run.source.name, run.source, self.dock
+        source, dock = run.source, self.dock
         dock.last_infer = run
         top = max(float(run.uncertainty.array.max()), 1e-6)
         dock.show_layers([
-            ("probability", lambda: dock.map_layer(run.probability, f"{base}: PW4MedSeg probability", source,
+            ("probability", lambda: dock.map_layer(run.probability, result_name(source, "PW4MedSeg probability"), source,
                                                    "pw4medseg:probability", "magma")),
-            ("uncertainty", lambda: dock.map_layer(run.uncertainty, f"{base}: PW4MedSeg uncertainty", source,
+            ("uncertainty", lambda: dock.map_layer(run.uncertainty, result_name(source, "PW4MedSeg uncertainty"), source,
                                                    "pw4medseg:uncertainty", "cyan", visible=False,
                                                    limits=(0.0, top))),
             # a mask is a result to correct: always a new layer
-            ("mask", lambda: add_volume_layer(self.viewer, run.mask, "labels", f"{base}: nodules (PW4MedSeg)",
+            ("mask", lambda: add_volume_layer(self.viewer, run.mask, "labels", result_name(source, "PW4MedSeg mask"),
                                               source=source, generated="pw4medseg:mask")),
         ], lambda layers: self._inferred(run, layers))
 

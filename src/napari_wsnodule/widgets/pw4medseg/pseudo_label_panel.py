@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtWidgets import QComboBox, QFormLayout, QPushButton, QVBoxLayout
 
+from napari_wsnodule._layers import result_name
 from napari_wsnodule._tasks import TaskReporter
 from napari_wsnodule.widgets._base import Panel
 from wsnodule_core.errors import LungSegmentationError
@@ -97,12 +98,12 @@ class PseudoLabelPanel(Panel):
 
     def show_pseudo_label(self, run: PseudoRun) -> None:
         probability, confidence = run.label.volumes()
-        base, dock = run.source.name, self.dock
+        dock = self.dock
         dock.last_pseudo = run
         dock.show_layers([
-            ("pseudo_probability", lambda: dock.map_layer(probability, f"{base}: pseudo-label", run.source,
+            ("pseudo_probability", lambda: dock.map_layer(probability, result_name(run.source, "pseudo-label"), run.source,
                                                           "pw4medseg:pseudo_probability", "magma")),
-            ("pseudo_confidence", lambda: dock.map_layer(confidence, f"{base}: pseudo-label confidence",
+            ("pseudo_confidence", lambda: dock.map_layer(confidence, result_name(run.source, "pseudo-label confidence"),
                                                          run.source, "pw4medseg:pseudo_confidence", "cyan",
                                                          visible=False)),
         ], lambda layers: self._shown(run))
