@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     load = LoadWidget(viewer)
     docks.append(viewer.window.add_dock_widget(load, name="Load", area="right"))
     load.window_layer.select(image)
-    load.mediastinum_button.click()
+    load.mediastinal_button.click()
     load.lung_button.click()
     shoot("load", load, "Load")
 
