@@ -52,24 +52,28 @@ def layer_steps(viewer: napari.Viewer, run: FlowRun) -> list[tuple[Any, Callable
     result, source = run.result, run.source
     n = len(result.patches)
     limits = _limits_of(source)
+
+    def name(what: str) -> str:
+        return result_name(source, what)
+
     steps: list[tuple[Any, Callable[[], Any]]] = []
     for i, patch in enumerate(result.patches):
         tag = f" #{i + 1}" if n > 1 else ""
         cf, diff = patch.with_array(result.counterfactual[i]), patch.with_array(result.difference[i])
         top = float(result.difference[i].max())
         steps += [
-            ((i, "counterfactual"), _bind(show_image, viewer, cf, result_name(source, f"flow counterfactual{tag}"), source,
+            ((i, "counterfactual"), _bind(show_image, viewer, cf, name(f"flow counterfactual{tag}"), source,
                                           "flow:counterfactual", colormap="gray", contrast_limits=limits)),
-            ((i, "difference"), _bind(show_image, viewer, diff, result_name(source, f"flow difference{tag}"), source,
+            ((i, "difference"), _bind(show_image, viewer, diff, name(f"flow difference{tag}"), source,
                                       "flow:difference", **overlay_style("inferno", top))),
-            ((i, "trajectory"), _bind(show_trajectory, viewer, run, i, result_name(source, f"flow trajectory{tag}"),
+            ((i, "trajectory"), _bind(show_trajectory, viewer, run, i, name(f"flow trajectory{tag}"),
                                       limits)),
             # the mask is a result to correct: always a new layer
             ((i, "mask"), _bind(add_volume_layer, viewer, patch.with_array(result.masks[i].astype(np.int32)),
-                                "labels", result_name(source, f"flow mask{tag}"), source=source, generated="flow:mask")),
+                                "labels", name(f"flow mask{tag}"), source=source, generated="flow:mask")),
         ]
     ct_mask = result.mask.with_array(result.mask.array.astype(np.int32))
-    steps.append((CT_MASK, _bind(add_volume_layer, viewer, ct_mask, "labels", result_name(source, "flow mask (CT grid)"),
+    steps.append((CT_MASK, _bind(add_volume_layer, viewer, ct_mask, "labels", name("flow mask (CT grid)"),
                                  source=source, generated="flow:ct_mask")))
     return steps
 
@@ -124,8 +128,9 @@ def show_image(viewer: napari.Viewer, volume: Volume, name: str, source: Any, ge
     else:
         layer = add_volume_layer(viewer, volume, "image", name, source=source, generated=generated, **kwargs)
     if "contrast_limits" in kwargs:
-        layer.contrast_limits_range = kwargs["contrast_limits"]
-        layer.contrast_limits = kwargs["contrast_limits"]
+        low, high = kwargs["contrast_limits"]
+        layer.contrast_limits_range = (min(0.0, low), high)  # an overlay's floor can be lowered to 0
+        layer.contrast_limits = (low, high)
     return layer
 
 

@@ -158,14 +158,15 @@ class InferencePanel(Panel):
         source, dock = run.source, self.dock
         dock.last_infer = run
         top = max(float(run.uncertainty.array.max()), 1e-6)
+        names = {what: result_name(source, f"PW4MedSeg {what}") for what in ("probability", "uncertainty", "mask")}
         dock.show_layers([
-            ("probability", lambda: dock.map_layer(run.probability, result_name(source, "PW4MedSeg probability"), source,
+            ("probability", lambda: dock.map_layer(run.probability, names["probability"], source,
                                                    "pw4medseg:probability", "magma")),
-            ("uncertainty", lambda: dock.map_layer(run.uncertainty, result_name(source, "PW4MedSeg uncertainty"), source,
+            ("uncertainty", lambda: dock.map_layer(run.uncertainty, names["uncertainty"], source,
                                                    "pw4medseg:uncertainty", "cyan", visible=False,
                                                    limits=(0.0, top))),
             # a mask is a result to correct: always a new layer
-            ("mask", lambda: add_volume_layer(self.viewer, run.mask, "labels", result_name(source, "PW4MedSeg mask"),
+            ("mask", lambda: add_volume_layer(self.viewer, run.mask, "labels", names["mask"],
                                               source=source, generated="pw4medseg:mask")),
         ], lambda layers: self._inferred(run, layers))
 

@@ -100,10 +100,12 @@ class PseudoLabelPanel(Panel):
         probability, confidence = run.label.volumes()
         dock = self.dock
         dock.last_pseudo = run
+        label_name, confidence_name = (result_name(run.source, what)
+                                       for what in ("pseudo-label", "pseudo-label confidence"))
         dock.show_layers([
-            ("pseudo_probability", lambda: dock.map_layer(probability, result_name(run.source, "pseudo-label"), run.source,
+            ("pseudo_probability", lambda: dock.map_layer(probability, label_name, run.source,
                                                           "pw4medseg:pseudo_probability", "magma")),
-            ("pseudo_confidence", lambda: dock.map_layer(confidence, result_name(run.source, "pseudo-label confidence"),
+            ("pseudo_confidence", lambda: dock.map_layer(confidence, confidence_name,
                                                          run.source, "pw4medseg:pseudo_confidence", "cyan",
                                                          visible=False)),
         ], lambda layers: self._shown(run))
