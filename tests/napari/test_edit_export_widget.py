@@ -30,12 +30,21 @@ def sphere(shape, centre_zyx, radius_mm):
     return (z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2 <= radius_mm**2
 
 
+@pytest.fixture(autouse=True)
+def cache(monkeypatch, tmp_path):
+    """Recovery files go to the test's own cache folder."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("WSNODULE_CACHE", str(folder))
+    return folder
+
+
 @pytest.fixture
 def errors(monkeypatch):
     shown: list[str] = []
     for where in ("napari_wsnodule.widgets.edit_export.show_error", "napari_wsnodule._tasks.show_error"):
         monkeypatch.setattr(where, shown.append)
-    monkeypatch.setattr("napari_wsnodule.widgets.edit_export.show_info", lambda text: None)
+    for where in ("napari_wsnodule.widgets.edit_export.show_info", "napari_wsnodule.widgets._recovery.show_info"):
+        monkeypatch.setattr(where, lambda text: None)
     return shown
 
 
@@ -117,14 +126,19 @@ def test_export_keeps_the_geometry_and_never_overwrites(make_napari_viewer, qtbo
     ct = _ct((12, 40, 44))
     mask = sphere(ct.shape, (6, 20, 22), 5.0).astype(np.int32) * 2
     viewer, widget, image, labels = _setup(make_napari_viewer, ct, mask)
-    for name in ("mask.nii.gz", "mask.nrrd"):
+    for name in ("mask.nii.gz", "other.nrrd"):
         widget.export_path_edit.setText(str(tmp_path / name))
         widget.export_button.click()
         qtbot.waitUntil(lambda: not widget.tasks.busy, timeout=WAIT_MS)
         assert widget.tasks.last_outcome == "done", errors
         written = read_volume(tmp_path / name)
         assert written.same_geometry(ct) and written.origin == pytest.approx(ORIGIN)
-        np.testing.assert_array_equal(written.array, mask)
+        np.testing.assert_array_equal(written.array, mask // 2)  # one nodule: id 1
+        assert widget.last_table == tmp_path / f"{name.split('.')[0]}.csv" and widget.last_table.exists()
+    # the table of one export is in the way of another format of the same name
+    widget.export_path_edit.setText(str(tmp_path / "mask.mha"))
+    widget.export_button.click()
+    assert "mask.csv already exists" in errors[-1] and not (tmp_path / "mask.mha").exists()
     before = (tmp_path / "mask.nii.gz").read_bytes()
     labels.data[:] = 0  # the user erases everything, then exports to the same file again
     widget.export_path_edit.setText(str(tmp_path / "mask.nii.gz"))

@@ -40,6 +40,7 @@ from wsnodule_core.nodules import measure_nodules, nodule_label_map
 CSV_COLUMNS = ("id", "centre_x_mm", "centre_y_mm", "centre_z_mm", "equivalent_diameter_mm",
                "longest_axial_diameter_mm", "volume_mm3", "voxels", "first_slice", "last_slice",
                "source_method", "edited")
+DICOM_SEG_SUFFIX = ".dcm"
 EDITED_TEXT = {True: "yes", False: "no", None: "unknown"}
 _CONNECTIVITY_26 = np.ones((3, 3, 3), bool)
 
@@ -165,7 +166,7 @@ def table_path(path: str | os.PathLike) -> Path:
     """The CSV beside a label map: its name without the volume extension, plus ``.csv``."""
     path = Path(path).expanduser()
     name = path.name
-    for suffix in sorted(FORMATS, key=len, reverse=True):
+    for suffix in sorted((*FORMATS, DICOM_SEG_SUFFIX), key=len, reverse=True):
         if name.lower().endswith(suffix):
             return path.with_name(name[: -len(suffix)] + ".csv")
     return path.with_suffix(".csv")
@@ -196,18 +197,28 @@ def write_annotation_export(label_volume: Volume, table: Sequence[NoduleRow], pa
                             overwrite: bool = False, inputs: Iterable[str | os.PathLike] = ()) -> tuple[Path, Path]:
     """Write the label map to ``path`` (its geometry kept) and the table as CSV beside it.
 
+    ``path`` ends in a volume format's extension (NIfTI, NRRD, MetaImage) or in ``.dcm`` for a
+    DICOM-SEG (one segment per id; ``label_volume`` must then carry its DICOM series' metadata).
+
     Both outputs are checked before anything is written: an existing file is refused unless
     ``overwrite``, an output that is one of ``inputs`` (the CT, the edited mask) always, and so is a
     folder that cannot be written to. Returns ``(label map path, CSV path)``.
     """
     path = check_output_path(path, overwrite)
-    require_format(path, "write")
+    is_seg = path.name.lower().endswith(DICOM_SEG_SUFFIX)
+    if not is_seg:
+        require_format(path, "write")
     csv_path = check_output_path(table_path(path), overwrite)
     check_not_input(path, inputs)
     check_not_input(csv_path, inputs)
     array = np.asarray(label_volume.array)
     _check_table(array, table)
-    written = write_mask(array, label_volume, path, overwrite=overwrite)
+    if is_seg:
+        from wsnodule_core.io.dicom_seg import write_dicom_seg
+
+        written = write_dicom_seg(array, label_volume, path, overwrite=overwrite)
+    else:
+        written = write_mask(array, label_volume, path, overwrite=overwrite)
     text = table_csv(sorted(table, key=lambda row: row.id))
     write_atomically(csv_path, overwrite, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return written, csv_path
