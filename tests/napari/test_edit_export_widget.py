@@ -255,6 +255,12 @@ def test_export_table_records_the_method_and_which_nodules_were_edited(make_napa
     assert saved is not None and saved.path.parent == cache / "recovery" and saved.source_method == "nam:fine"
     np.testing.assert_array_equal(read_recovery(saved, ct).array, np.asarray(labels.data))
 
+    # a failed export (a DICOM-SEG of a CT not read from DICOM) keeps the recovery file
+    widget.export_path_edit.setText(str(tmp_path / "seg.dcm"))
+    widget.export_button.click()
+    qtbot.waitUntil(lambda: not widget.tasks.busy, timeout=WAIT_MS)
+    assert widget.tasks.last_outcome == "failed" and find_recovery(ct) is not None
+    errors.clear()
     written, rows = _export(qtbot, widget, tmp_path / "annotation.nii.gz", errors)
     assert written.same_geometry(ct) and np.allclose(written.direction, FLIPPED)
     assert [(r["id"], r["source_method"], r["edited"]) for r in rows] == [("1", "nam:fine", "no"),

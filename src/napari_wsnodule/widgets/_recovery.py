@@ -48,6 +48,7 @@ class RecoveryBox(QGroupBox):
         self._checked: set[int] = set()
         self._worker = None
         self._again = False
+        self._edits = self._held = 0
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(AUTOSAVE_DELAY_MS)
@@ -69,6 +70,7 @@ class RecoveryBox(QGroupBox):
 
     def edited(self, *_: Any) -> None:
         """An edit happened: save once the edits pause."""
+        self._edits += 1
         self._timer.start()
 
     @property
@@ -123,14 +125,15 @@ class RecoveryBox(QGroupBox):
         self.status_label.setText(f"Recovery: {text}")
 
     def hold(self) -> None:
-        """An export starts with the mask as it is now: no save of these edits is needed any more."""
-        self._timer.stop()
+        """An export starts with the mask as it is now (see :meth:`exported`)."""
+        self._held = self._edits
 
     def exported(self, ct: Any) -> None:
         """The mask of the CT Volume ``ct`` was exported: delete its recovery, unless the annotator edited
-        since the export started (those edits are saved as usual)."""
-        if self._timer.isActive():
+        since the export started (those edits are saved as usual). A failed export changes nothing."""
+        if self._edits != self._held:
             return
+        self._timer.stop()
         if self._worker is not None:  # a save is being written: delete it once written
             self._worker.finished.connect(lambda: self._delete(ct))
             return
