@@ -51,7 +51,7 @@ def test_export_writes_label_map_and_table(tmp_path, scan, capsys):
 
 
 def test_refusals(tmp_path, scan, capsys):
-    ct, edited, paths = scan
+    _, edited, paths = scan
     # the mask itself, even with --overwrite
     assert main(["export", str(paths["edited"]), "--out", str(paths["edited"]), "--overwrite"]) == 1
     assert "never writes over its input" in capsys.readouterr().err

@@ -8,9 +8,20 @@ import math
 import numpy as np
 import pytest
 
-from wsnodule_core.data.annotation_export import (CSV_COLUMNS, annotation_export, labels_on_grid, read_table,
-                                                  table_path, write_annotation_export)
-from wsnodule_core.errors import GeometryMismatchError, InvalidVolumeError, OutputExistsError, OutputIsInputError
+from wsnodule_core.data.annotation_export import (
+    CSV_COLUMNS,
+    annotation_export,
+    labels_on_grid,
+    read_table,
+    table_path,
+    write_annotation_export,
+)
+from wsnodule_core.errors import (
+    GeometryMismatchError,
+    InvalidVolumeError,
+    OutputExistsError,
+    OutputIsInputError,
+)
 from wsnodule_core.io import read_volume, write_mask
 from wsnodule_core.io.volume import Volume
 

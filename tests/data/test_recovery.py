@@ -8,8 +8,15 @@ import dataclasses
 import numpy as np
 import pytest
 
-from wsnodule_core.data.recovery import (ct_identity, default_recovery_dir, delete_recovery, find_recovery,
-                                         read_recovery, recovery_paths, write_recovery)
+from wsnodule_core.data.recovery import (
+    ct_identity,
+    default_recovery_dir,
+    delete_recovery,
+    find_recovery,
+    read_recovery,
+    recovery_paths,
+    write_recovery,
+)
 from wsnodule_core.errors import GeometryMismatchError
 from wsnodule_core.io import write_mask
 from wsnodule_core.io.volume import Volume
@@ -68,7 +75,7 @@ def test_write_find_read_delete(monkeypatch, tmp_path):
 
 def test_a_lone_or_damaged_json_is_not_a_recovery(tmp_path):
     scan = ct()
-    mask_path, info_path = recovery_paths(scan, tmp_path)
+    _, info_path = recovery_paths(scan, tmp_path)
     tmp_path.mkdir(exist_ok=True)
     info_path.write_text("{}")
     assert find_recovery(scan, tmp_path) is None  # no mask file

@@ -280,7 +280,7 @@ def test_export_table_records_the_method_and_which_nodules_were_edited(make_napa
 def test_recovery_is_offered_on_reopening_and_restored(make_napari_viewer, qtbot, tmp_path, errors, cache):
     ct = _ct((12, 40, 44))
     mask = sphere(ct.shape, (6, 20, 22), 5.0).astype(np.int32)
-    viewer, widget, image, labels = _setup(make_napari_viewer, ct, mask)
+    viewer, widget, _, labels = _setup(make_napari_viewer, ct, mask)
     assert widget.recovery.offered is None and not widget.recovery.restore_button.isVisibleTo(widget)
     zz, yy, xx = np.nonzero(sphere(ct.shape, (2, 8, 8), 2.0))
     labels.data_setitem((zz, yy, xx), 3)  # a nodule drawn by hand
@@ -294,7 +294,7 @@ def test_recovery_is_offered_on_reopening_and_restored(make_napari_viewer, qtbot
 
     # "after a crash": a new window opens the same scan (read again: a new array, the same values)
     viewer2 = make_napari_viewer()
-    image2 = add_volume_layer(viewer2, Volume(ct.array.copy(), ct.spacing, ct.origin), "image", "ct")
+    add_volume_layer(viewer2, Volume(ct.array.copy(), ct.spacing, ct.origin), "image", "ct")
     widget2 = EditExportWidget(viewer2)
     viewer2.window.add_dock_widget(widget2)
     offered = widget2.recovery.offered

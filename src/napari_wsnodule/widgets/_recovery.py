@@ -9,8 +9,9 @@ deletes it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from napari.qt.threading import create_worker
@@ -22,8 +23,14 @@ from napari_wsnodule._geometry import volume_of_layer
 from napari_wsnodule._layers import add_volume_layer
 from napari_wsnodule._provenance import EDITED_KEY, SOURCE_METHOD_KEY, source_method_of
 from napari_wsnodule.widgets._view import row_of
-from wsnodule_core.data.recovery import (Recovery, delete_recovery, find_recovery, read_recovery, recovery_paths,
-                                         write_recovery)
+from wsnodule_core.data.recovery import (
+    Recovery,
+    delete_recovery,
+    find_recovery,
+    read_recovery,
+    recovery_paths,
+    write_recovery,
+)
 from wsnodule_core.errors import WsnoduleError
 
 AUTOSAVE_DELAY_MS = 2000  # after the last edit

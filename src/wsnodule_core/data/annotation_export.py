@@ -24,9 +24,9 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -243,5 +243,15 @@ def labels_on_grid(mask: Volume, reference: Volume) -> Volume:
     return reference.with_array(np.asarray(moved.array).astype(np.asarray(mask.array).dtype, copy=False))
 
 
-__all__ = ["AnnotationExport", "CSV_COLUMNS", "NoduleRow", "annotation_export", "edited_nodules", "labels_on_grid",
-           "read_table", "table_csv", "table_path", "write_annotation_export"]
+__all__ = [
+    "CSV_COLUMNS",
+    "AnnotationExport",
+    "NoduleRow",
+    "annotation_export",
+    "edited_nodules",
+    "labels_on_grid",
+    "read_table",
+    "table_csv",
+    "table_path",
+    "write_annotation_export",
+]
