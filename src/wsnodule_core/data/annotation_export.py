@@ -105,18 +105,36 @@ def edited_nodules(ids_map: np.ndarray, ids: Sequence[int], mask: np.ndarray,
             f"the model's mask has shape {model_mask.shape} but the edited mask {mask.shape}; give the "
             "model's mask on the same grid (the unedited layer or file).")
     model_ids, _ = ndimage.label(model_mask != 0, structure=_CONNECTIVITY_26)
-    model_sizes = np.bincount(model_ids.ravel())
+    model_boxes = ndimage.find_objects(model_ids)
     boxes = ndimage.find_objects(ids_map)
+
+    def model_size(j: int) -> int:
+        return int(np.count_nonzero(model_ids[model_boxes[j - 1]] == j))
+
     out: dict[int, bool] = {}
     for k in ids:
         box = boxes[k - 1]
         inside = ids_map[box] == k
         touched = np.unique(model_ids[box][inside])
         same = (touched.size > 0 and touched[0] != 0
-                and int(model_sizes[touched].sum()) == int(np.count_nonzero(inside))
+                and sum(model_size(int(j)) for j in touched) == int(np.count_nonzero(inside))
                 and np.array_equal(mask[box][inside], model_mask[box][inside]))
         out[k] = not same
     return out
+
+
+def _foreground_box(*arrays: np.ndarray | None) -> tuple[slice, slice, slice]:
+    """The smallest box holding every non-zero voxel of the arrays (one voxel when there is none)."""
+    given = [a for a in arrays if a is not None]
+    shape = given[0].shape
+    found = np.zeros(shape, bool)
+    for a in given:
+        found |= a != 0
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(found.any(axis=tuple(i for i in range(3) if i != axis)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1) if hit.size else slice(0, 1))
+    return tuple(box)
 
 
 def annotation_export(mask: Volume, *, source_method: str | Mapping[int, str] = "",
@@ -142,23 +160,38 @@ def annotation_export(mask: Volume, *, source_method: str | Mapping[int, str] = 
     if edited is not None and model_mask is not None:
         raise InvalidVolumeError("give either edited (flags) or model_mask (compared voxel by voxel), not both.")
     array = np.asarray(mask.array)
-    labels, n = nodule_label_map(array, by=by)
-    ids = list(range(1, n + 1))
+    model = None
     if model_mask is not None:
         if isinstance(model_mask, Volume):
             check_same_grid(model_mask, mask, "the model's mask")
-        flags = edited_nodules(labels, ids, array, np.asarray(getattr(model_mask, "array", model_mask)))
+        model = np.asarray(getattr(model_mask, "array", model_mask))
+        if model.shape != array.shape:
+            raise GeometryMismatchError(
+                f"the model's mask has shape {model.shape} but the edited mask {array.shape}; give the "
+                "model's mask on the same grid (the unedited layer or file).")
+    # masks are sparse: label and measure inside the box holding every nodule (the same order and ids)
+    box = _foreground_box(array, model)
+    offset = np.array([s.start for s in box], float)
+    crop, crop_model = array[box], None if model is None else model[box]
+    crop_labels, n = nodule_label_map(crop, by=by)
+    ids = list(range(1, n + 1))
+    if crop_model is not None:
+        flags = edited_nodules(crop_labels, ids, crop, crop_model)
     else:
         flags = _per_id(edited, ids, "edited")
     methods = _per_id(source_method, ids, "source_method")
     rows = []
-    for m in measure_nodules(array, mask.spacing, by=by):
-        centre = mask.index_to_world(m.centroid_zyx)
+    for m in measure_nodules(crop, mask.spacing, by=by):
+        centroid = np.asarray(m.centroid_zyx) + offset
+        centre = mask.index_to_world(centroid)
         rows.append(NoduleRow(
             id=m.index, centre_xyz_mm=tuple(float(c) for c in centre),
             equivalent_diameter_mm=m.equivalent_diameter_mm, longest_axial_diameter_mm=m.longest_axial_diameter_mm,
-            volume_mm3=m.volume_mm3, voxels=m.n_voxels, slice_range=m.slice_range,
+            volume_mm3=m.volume_mm3, voxels=m.n_voxels,
+            slice_range=(m.slice_range[0] + box[0].start, m.slice_range[1] + box[0].start),
             source_method=str(methods[m.index]), edited=None if flags[m.index] is None else bool(flags[m.index])))
+    labels = np.zeros(array.shape, crop_labels.dtype)
+    labels[box] = crop_labels
     return AnnotationExport(mask.with_array(labels), tuple(rows))
 
 
@@ -185,7 +218,8 @@ def table_csv(rows: Iterable[NoduleRow]) -> str:
 def _check_table(labels: np.ndarray, rows: Sequence[NoduleRow]) -> None:
     if labels.dtype.kind not in "biu" or (labels.size and labels.min() < 0):
         raise InvalidVolumeError("the label map must hold non-negative integer ids (0 background).")
-    present = set(np.flatnonzero(np.bincount(labels.ravel().astype(np.int64)))) - {0}
+    boxes = ndimage.find_objects(labels if labels.dtype.kind in "iu" else labels.astype(np.uint8))
+    present = {i + 1 for i, box in enumerate(boxes) if box is not None}
     listed = [row.id for row in rows]
     if len(set(listed)) != len(listed) or set(listed) != present:
         raise InvalidVolumeError(
