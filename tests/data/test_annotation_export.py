@@ -186,3 +186,21 @@ def test_a_patch_mask_lands_on_the_ct_grid():
     assert np.all((inside > 1.5) & (inside < 6.5))
     same = labels_on_grid(reference.with_array(two_nodules()), reference)
     np.testing.assert_array_equal(same.array, two_nodules())
+
+
+def test_the_shipped_real_sample_matches_its_recorded_nodule(tmp_path):
+    """The real LIDC-IDRI-0001 crop shipped in the package: centre, volume, diameter and slices of its reader
+    label agree with what its build recorded in sample.json."""
+    from wsnodule_core.data.sample import load_lidc_sample
+
+    sample = load_lidc_sample()
+    nodule = sample.info["nodule"]
+    export = annotation_export(sample.label, source_method="lidc:consensus", edited=False)
+    [row] = export.rows
+    np.testing.assert_allclose(row.centre_xyz_mm, nodule["centre_xyz"], atol=0.01)
+    assert row.volume_mm3 == pytest.approx(nodule["volume_mm3"], abs=0.01) and row.voxels == nodule["label_voxels"]
+    assert row.equivalent_diameter_mm == pytest.approx(nodule["equivalent_diameter_mm"], abs=0.05)
+    assert list(row.slice_range) == nodule["slice_range"]
+    mask_path, csv_path = write_annotation_export(export.labels, export.rows, tmp_path / "sample.nii.gz")
+    assert read_volume(mask_path).same_geometry(sample.ct)
+    assert read_table(csv_path)[0]["edited"] == "no"
