@@ -261,6 +261,12 @@ def test_export_table_records_the_method_and_which_nodules_were_edited(make_napa
     qtbot.waitUntil(lambda: not widget.tasks.busy, timeout=WAIT_MS)
     assert widget.tasks.last_outcome == "failed" and find_recovery(ct) is not None
     errors.clear()
+    # exporting another layer of the CT keeps the recovery of this one's edits
+    other = add_volume_layer(viewer, ct.with_array(model.astype(np.int32)), "labels", "other", source=image)
+    widget.labels_combo.select(other)
+    _export(qtbot, widget, tmp_path / "other.nii.gz", errors)
+    assert find_recovery(ct) is not None
+    widget.labels_combo.select(labels)
     written, rows = _export(qtbot, widget, tmp_path / "annotation.nii.gz", errors)
     assert written.same_geometry(ct) and np.allclose(written.direction, FLIPPED)
     assert [(r["id"], r["source_method"], r["edited"]) for r in rows] == [("1", "nam:fine", "no"),

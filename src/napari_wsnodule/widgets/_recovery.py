@@ -51,7 +51,7 @@ class RecoveryBox(QGroupBox):
         self.offered_ct: Any = None
         self.last_saved: Path | None = None
         self.last_problem: str | None = None
-        self._written: set[Path] = set()
+        self._written: dict[Path, int] = {}  # recovery file -> id of the layer whose edits it holds
         self._checked: set[int] = set()
         self._worker = None
         self._again = False
@@ -102,22 +102,22 @@ class RecoveryBox(QGroupBox):
             return
         if mask.shape != ct.shape:
             return  # a patch mask: the CT-grid mask is the one to recover
-        name, method = labels.name, source_method_of(labels)
+        name, method, owner = labels.name, source_method_of(labels), id(labels)
 
         def work() -> Path:
             # a copy: the user may paint while this runs
             return write_recovery(np.array(mask.array, copy=True), ct, layer_name=name, source_method=method)
 
         worker = create_worker(work, _start_thread=False)
-        worker.returned.connect(self._saved)
+        worker.returned.connect(lambda path: self._saved(path, owner))
         worker.errored.connect(lambda error: self._problem(f"autosave failed: {error}"))
         worker.finished.connect(self._save_finished)
         self._worker = worker
         worker.start()
 
-    def _saved(self, path: Path) -> None:
+    def _saved(self, path: Path, owner: int) -> None:
         self.last_saved = Path(path)
-        self._written.add(self.last_saved)
+        self._written[self.last_saved] = owner
         self.last_problem = None
         if self.offered is None:
             self.status_label.setText(f"Edits saved to the recovery file {path.name}.")
@@ -135,21 +135,24 @@ class RecoveryBox(QGroupBox):
         """An export starts with the mask as it is now (see :meth:`exported`)."""
         self._held = self._edits
 
-    def exported(self, ct: Any) -> None:
-        """The mask of the CT Volume ``ct`` was exported: delete its recovery, unless the annotator edited
-        since the export started (those edits are saved as usual). A failed export changes nothing."""
+    def exported(self, ct: Any, layer: Any) -> None:
+        """``layer``, a mask of the CT Volume ``ct``, was exported: delete the CT's recovery when it holds
+        this layer's edits, unless the annotator edited since the export started (those edits are saved
+        as usual). A failed export, or an export of another layer, changes nothing."""
         if self._edits != self._held:
             return
         self._timer.stop()
-        if self._worker is not None:  # a save is being written: delete it once written
-            self._worker.finished.connect(lambda: self._delete(ct))
+        if self._worker is not None:  # a save is being written: decide once it is written
+            self._worker.finished.connect(lambda: self._delete(ct, layer))
             return
-        self._delete(ct)
+        self._delete(ct, layer)
 
-    def _delete(self, ct: Any) -> None:
+    def _delete(self, ct: Any, layer: Any) -> None:
         path = recovery_paths(ct)[0]
+        if self._written.get(path) != id(layer):
+            return
         delete_recovery(ct)
-        self._written.discard(path)
+        self._written.pop(path, None)
         if self.offered is not None and self.offered.path == path:
             self._show_offer(None, None)
         self.status_label.setText("Exported; the recovery file was deleted.")
@@ -200,7 +203,7 @@ class RecoveryBox(QGroupBox):
         name = f"{recovery.layer_name or image.name + ': nodules'} (recovered)"
         layer = add_volume_layer(self.viewer, mask, "labels", name, source=image,
                                  metadata={SOURCE_METHOD_KEY: recovery.source_method or None, EDITED_KEY: True})
-        self._written.add(recovery.path)  # the restored layer now saves there
+        self._written[recovery.path] = id(layer)  # the restored layer's edits are the ones it holds
         self._show_offer(None, None)
         self._restored(layer)
 

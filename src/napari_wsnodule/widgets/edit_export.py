@@ -7,8 +7,9 @@ one label map (one id per nodule, as the table numbers them) with the CT's geome
 MetaImage, or DICOM-SEG for a CT read from DICOM) and the nodule table as CSV beside it (centre in
 world mm, sizes, the method that made the mask, edited or not), never over an existing file; a
 flow-guidance patch mask is mapped onto its CT's grid first. While the mask is edited, a recovery
-file is kept (``_recovery.RecoveryBox``) and offered back when the CT is opened again; "Save as training data" appends the CT and mask to a data set folder
-that the Model widget and ``wsnodule train`` read.
+file is kept (``_recovery.RecoveryBox``) and offered back when the CT is opened again. "Save as
+training data" appends the CT and mask to a data set folder that the Model widget and ``wsnodule
+train`` read.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from napari_wsnodule._tasks import TaskReporter
 from napari_wsnodule.widgets._base import WsnoduleWidget
 from napari_wsnodule.widgets._recovery import RecoveryBox
 from napari_wsnodule.widgets._view import jump_to, read_only_table, row_of, table_item
-from wsnodule_core.data.annotation_export import annotation_export, labels_on_grid, table_path, write_annotation_export
+from wsnodule_core.data.annotation_export import (annotation_export, labels_on_grid, table_path,
+                                                  write_annotation_export)
 from wsnodule_core.data.dataset import SPLITS
 from wsnodule_core.errors import GeometryMismatchError, WsnoduleError
 from wsnodule_core.io.formats import FORMATS
@@ -351,11 +353,11 @@ class EditExportWidget(WsnoduleWidget):
                                        model_mask=compare, by=by)
             return write_annotation_export(export.labels, export.rows, path, inputs=inputs)
 
-        self.tasks.run(f"Exporting to {path.name}", work, lambda written: self._exported(written, reference))
+        self.tasks.run(f"Exporting to {path.name}", work, lambda written: self._exported(written, reference, labels))
 
-    def _exported(self, written: tuple[Path, Path], reference: Volume) -> None:
+    def _exported(self, written: tuple[Path, Path], reference: Volume, labels: Any) -> None:
         self.last_export, self.last_table = (Path(p) for p in written)
-        self.recovery.exported(reference)
+        self.recovery.exported(reference, labels)
         show_info(f"Mask saved to {self.last_export} and its nodule table to {self.last_table}.")
 
     # --- recovery ---------------------------------------------------------------------------
