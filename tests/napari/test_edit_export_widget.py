@@ -323,9 +323,11 @@ def test_recovery_is_offered_on_reopening_and_restored(make_napari_viewer, qtbot
     assert EditExportWidget(viewer3).recovery.offered is None
     labels.data_setitem((zz, yy, xx), 0)
     qtbot.waitUntil(lambda: not widget.recovery.saving, timeout=WAIT_MS)
-    viewer4 = make_napari_viewer()
-    add_volume_layer(viewer4, ct, "image", "ct")
+    viewer4 = make_napari_viewer()  # the panel is open before the CT is
     widget4 = EditExportWidget(viewer4)
-    assert widget4.recovery.offered is not None
+    add_volume_layer(viewer4, _ct((12, 40, 40)), "image", "other")
+    assert widget4.recovery.offered is None
+    add_volume_layer(viewer4, ct, "image", "ct")
+    assert widget4.recovery.offered is not None and widget4.recovery.offered_ct.name == "ct"
     widget4.recovery.discard()
     assert widget4.recovery.offered is None and find_recovery(ct) is None

@@ -160,8 +160,9 @@ class RecoveryBox(QGroupBox):
     # --- offering and restoring --------------------------------------------------------------
 
     def check(self, image: Any) -> Recovery | None:
-        """Offer ``image``'s recovery when one exists that this session did not write (each image once)."""
-        if image is None or id(image) in self._checked:
+        """Offer ``image``'s recovery when one exists that this session did not write (each image once,
+        one offer at a time)."""
+        if image is None or id(image) in self._checked or self.offered is not None:
             return self.offered
         self._checked.add(id(image))
         try:

@@ -367,7 +367,13 @@ class EditExportWidget(WsnoduleWidget):
         return None if labels is None or image is None else (labels, image)
 
     def _check_recovery(self, *_: Any) -> None:
-        self.recovery.check(self.image_combo.layer())
+        """Offer a recovery of the picked CT, else of any other image opened (e.g. a CT loaded just now)."""
+        current = self.image_combo.layer()
+        others = [layer for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)
+                  and layer is not current]
+        for image in [current, *others]:
+            if self.recovery.check(image) is not None:
+                return
 
     def _select_restored(self, layer: Any) -> None:
         self.labels_combo.select(layer)
