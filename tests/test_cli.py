@@ -6,7 +6,7 @@ import pytest
 from wsnodule_core import __version__
 from wsnodule_core.cli.main import main
 
-SUBCOMMANDS = ("demo", "data", "train", "segment", "evaluate", "models")
+SUBCOMMANDS = ("demo", "data", "train", "segment", "export", "evaluate", "models")
 
 
 def test_help_lists_every_subcommand(capsys):
@@ -54,7 +54,7 @@ def test_console_script_is_installed():
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["data", "phantom", "--help"],
-                                  ["segment", "--help"], ["models"]])
+                                  ["segment", "--help"], ["export", "--help"], ["models"]])
 def test_help_does_not_load_torch_or_the_imaging_stack(argv):
     """Help comes in well under a second: torch, scipy and highdicom load only when a command runs."""
     code = ("import sys\nfrom wsnodule_core.cli.main import main\n"

@@ -15,6 +15,7 @@ from napari_wsnodule._reader import NAME_KEY
 
 SOURCE_KEY = "wsnodule_source"        # metadata: the layer a result was computed from
 GENERATED_KEY = "wsnodule_generated"  # metadata: what produced the layer (e.g. "nam:scope")
+MODEL_MASK_KEY = "wsnodule_model_mask"  # metadata of a generated Labels layer: its data before any edit
 
 # How maps (NAM, probabilities, attention) lie over the CT: added to it, faint, and invisible where low,
 # so the anatomy under them stays readable. Every widget shows its maps through show_overlay.
@@ -47,6 +48,13 @@ def unique_layer_name(viewer: napari.Viewer, name: str) -> str:
     return candidate
 
 
+def _compact_copy(labels: np.ndarray) -> np.ndarray:
+    """A copy of an int label array in the smallest unsigned type that holds it."""
+    if labels.size and labels.min() >= 0 and labels.max() <= np.iinfo(np.uint16).max:
+        return labels.astype(np.uint8 if labels.max() <= 255 else np.uint16)
+    return labels.copy()
+
+
 def add_volume_layer(viewer: napari.Viewer, volume: Volume, kind: str, name: str, *,
                      source: Any = None, generated: str | None = None, **kwargs: Any):
     """Add ``volume`` as an ``"image"`` or ``"labels"`` layer in world mm; returns the layer."""
@@ -59,6 +67,9 @@ def add_volume_layer(viewer: napari.Viewer, volume: Volume, kind: str, name: str
         kwargs.setdefault("opacity", MASK_OPACITY)
     add = {"image": viewer.add_image, "labels": viewer.add_labels}[kind]
     data = volume.array if kind == "image" else volume.array.astype("int32", copy=False)
+    if kind == "labels" and generated is not None:
+        # the model's own mask, kept to tell which nodules the annotator edited (no copy unless shared)
+        metadata[MODEL_MASK_KEY] = _compact_copy(data) if np.may_share_memory(data, volume.array) else volume.array
     return add(data, name=unique_layer_name(viewer, name), metadata=metadata, **layer_geometry(volume), **kwargs)
 
 

@@ -284,3 +284,56 @@ def test_missing_inputs_and_mismatched_models_are_explained(make_napari_viewer, 
     widget.run_button.click()
     assert "guided_steps" in errors[-1]
     assert not widget.tasks.busy and widget.last_run is None
+
+
+def test_flow_masks_export_on_the_ct_grid(make_napari_viewer, qtbot, checkpoints, errors, tmp_path, monkeypatch):
+    """The CT-grid mask and a (corrected) patch mask export through the Nodules and export panel with the
+    CT's shape, spacing, origin and (flipped) direction, as the union pasted on the CT's grid."""
+    from napari_wsnodule.widgets.edit_export import EditExportWidget
+    from wsnodule_core.data.annotation_export import read_table, table_path
+    from wsnodule_core.flow.on_volume import paste_on_grid
+    from wsnodule_core.io import read_volume
+
+    monkeypatch.setenv("WSNODULE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("napari_wsnodule.widgets.edit_export.show_error", errors.append)
+    monkeypatch.setattr("napari_wsnodule.widgets.edit_export.show_info", lambda text: None)
+    volume = chest()
+    viewer, widget, ct = _setup(make_napari_viewer, checkpoints, volume)
+    points = viewer.add_points(np.array([[12.0, 20.0, 20.0], [8.0, 14.0, 25.0]]), ndim=3, name="centres",
+                               **layer_geometry(volume))
+    widget.inputs.points_combo.select(points)
+    widget.run_button.click()
+    _wait(qtbot, widget)
+    assert widget.tasks.last_outcome == "done" and errors == []
+    run = widget.last_run.result
+    assert run.mask.array.any()
+    panel = EditExportWidget(viewer)
+    viewer.window.add_dock_widget(panel)
+
+    def export(layer, name):
+        panel.labels_combo.select(layer)
+        panel.image_combo.select(ct)
+        panel.export_path_edit.setText(str(tmp_path / name))
+        panel.export_button.click()
+        qtbot.waitUntil(lambda: not panel.tasks.busy, timeout=WAIT_MS)
+        assert panel.tasks.last_outcome == "done", errors
+        written = read_volume(tmp_path / name)
+        assert written.shape == volume.shape and written.same_geometry(volume)
+        np.testing.assert_allclose(written.spacing, CT_SPACING)
+        np.testing.assert_allclose(written.origin, volume.origin, atol=1e-4)
+        np.testing.assert_allclose(written.direction, FLIPS)
+        return written, read_table(table_path(tmp_path / name))
+
+    written, rows = export(widget.last_ct_mask, "flow_ct.nii.gz")
+    np.testing.assert_array_equal(written.array > 0, run.mask.array > 0)
+    assert rows and {r["source_method"] for r in rows} == {"flow:ct_mask"} and {r["edited"] for r in rows} == {"no"}
+    # a patch mask, corrected on its own grid, lands on the CT's grid (nearest neighbour) when exported
+    patch_layer = widget.last_layers[0]["mask"]
+    corrected = np.asarray(patch_layer.data).copy()
+    corrected[6:10, 6:10, 6:10] = 1
+    patch_layer.data_setitem(tuple(np.nonzero(corrected != np.asarray(patch_layer.data))), 1)
+    written, rows = export(patch_layer, "flow_patch.nrrd")
+    expected = paste_on_grid([run.patches[0].with_array(corrected.astype(np.uint8))], volume, interpolator="nearest",
+                             combine=np.maximum, dtype=np.uint8)
+    np.testing.assert_array_equal(written.array > 0, expected.array > 0)
+    assert {r["source_method"] for r in rows} == {"flow:mask"} and "yes" in {r["edited"] for r in rows}

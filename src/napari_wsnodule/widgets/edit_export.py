@@ -3,9 +3,13 @@
 The mask is a Labels layer that the user corrects with napari's own paint, fill and erase tools.
 Its nodules (3D connected components, or one per label value) are measured again shortly after
 every edit, off the main thread; a click on a row moves the viewer to that nodule. Export writes
-the mask with the CT's geometry (NIfTI/NRRD/MetaImage, or DICOM-SEG for a CT read from DICOM),
-never over an existing file; "Save as training data" appends the CT and mask to a data set folder
-that the Model widget and ``wsnodule train`` read.
+one label map (one id per nodule, as the table numbers them) with the CT's geometry (NIfTI/NRRD/
+MetaImage, or DICOM-SEG for a CT read from DICOM) and the nodule table as CSV beside it (centre in
+world mm, sizes, the method that made the mask, edited or not), never over an existing file; a
+flow-guidance patch mask is mapped onto its CT's grid first. While the mask is edited, a recovery
+file is kept (``_recovery.RecoveryBox``) and offered back when the CT is opened again. "Save as
+training data" appends the CT and mask to a data set folder that the Model widget and ``wsnodule
+train`` read.
 """
 
 from __future__ import annotations
@@ -23,9 +27,13 @@ from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGro
 
 from napari_wsnodule._geometry import volume_of_layer
 from napari_wsnodule._layers import SOURCE_KEY
+from napari_wsnodule._provenance import mark_edited, model_mask_of, source_method_of, was_edited
 from napari_wsnodule._tasks import TaskReporter
 from napari_wsnodule.widgets._base import WsnoduleWidget
+from napari_wsnodule.widgets._recovery import RecoveryBox
 from napari_wsnodule.widgets._view import jump_to, read_only_table, row_of, table_item
+from wsnodule_core.data.annotation_export import (annotation_export, labels_on_grid, table_path,
+                                                  write_annotation_export)
 from wsnodule_core.data.dataset import SPLITS
 from wsnodule_core.errors import GeometryMismatchError, WsnoduleError
 from wsnodule_core.io.formats import FORMATS
@@ -47,6 +55,7 @@ class EditExportWidget(WsnoduleWidget):
         self.measurements: list[NoduleMeasurement] = []
         self.last_error_text: str | None = None
         self.last_export: Path | None = None
+        self.last_table: Path | None = None
         self.last_saved: Any = None  # wsnodule_core.data.user_cases.SavedCase
         self._watched = None
         self._measure_worker = None
@@ -60,12 +69,17 @@ class EditExportWidget(WsnoduleWidget):
         layout.addWidget(self._inputs_box())
         layout.addWidget(self._table_box(), 1)
         layout.addWidget(self._export_box())
+        self.recovery = RecoveryBox(self.viewer, self._recovery_pair, self.tasks, self._select_restored)
+        layout.addWidget(self.recovery)
         layout.addWidget(self._training_box())
         layout.addWidget(self.tasks)
         events = self.viewer.layers.events
         for event in (events.inserted, events.removed):
             event.connect(self._labels_layer_changed)
+        self.image_combo.currentIndexChanged.connect(self._check_recovery)
+        events.inserted.connect(self._check_recovery)
         self._labels_layer_changed()
+        self._check_recovery()
 
     # --- layout -----------------------------------------------------------------------------
 
@@ -103,7 +117,7 @@ class EditExportWidget(WsnoduleWidget):
         box = QGroupBox("Export the mask")
         form = QFormLayout(box)
         self.export_path_edit = QLineEdit()
-        self.export_path_edit.setPlaceholderText("mask.nii.gz, mask.nrrd or seg.dcm (DICOM-SEG)")
+        self.export_path_edit.setPlaceholderText("mask.nii.gz, mask.nrrd or seg.dcm (DICOM-SEG); table: mask.csv")
         self.export_browse = QPushButton("Browse…")
         self.export_browse.clicked.connect(self._browse_export)
         self.export_button = QPushButton("Export")
@@ -150,10 +164,12 @@ class EditExportWidget(WsnoduleWidget):
         if self._watched is not None:
             for event in self._edit_events(self._watched):
                 event.disconnect(self.schedule_refresh)
+                event.disconnect(self._edited)
         self._watched = layer
         if layer is not None:
             for event in self._edit_events(layer):
                 event.connect(self.schedule_refresh)
+                event.connect(self._edited)
             source = layer.metadata.get(SOURCE_KEY)
             if source is not None and source in self.viewer.layers:
                 self.image_combo.select(source)
@@ -163,6 +179,11 @@ class EditExportWidget(WsnoduleWidget):
     def _edit_events(layer: Any) -> list:
         # paint: a finished stroke, fill or undo; labels_update: partial updates; data: a new array
         return [layer.events.paint, layer.events.labels_update, layer.events.data]
+
+    def _edited(self, *_: Any) -> None:
+        if self._watched is not None:
+            mark_edited(self._watched)
+            self.recovery.edited()
 
     def schedule_refresh(self, *_: Any) -> None:
         """Measure the nodules again once the edits pause."""
@@ -256,8 +277,12 @@ class EditExportWidget(WsnoduleWidget):
 
     # --- mask and CT ------------------------------------------------------------------------
 
-    def _mask_and_image(self) -> tuple[Volume, Volume] | None:
-        """A snapshot of the mask and the CT it lies on, or None after telling the user what is missing."""
+    def _mask_and_image(self, *, patch_ok: bool = False) -> tuple[Volume, Volume] | None:
+        """A snapshot of the mask and the CT it lies on, or None after telling the user what is missing.
+
+        With ``patch_ok``, a mask the plugin computed from this CT on another grid (a flow-guidance
+        patch mask) is returned on its own grid, to be mapped onto the CT's by the caller.
+        """
         labels, image = self.labels_combo.layer(), self.image_combo.layer()
         if labels is None:
             self._error("Pick the Labels layer to save (e.g. the NAM widget's nodules, corrected by hand).")
@@ -271,6 +296,9 @@ class EditExportWidget(WsnoduleWidget):
         except WsnoduleError as error:
             self._error(str(error))
             return None
+        if patch_ok and labels.metadata.get(SOURCE_KEY) is image and not mask.same_geometry(
+                reference, atol=GEOMETRY_ATOL_MM):
+            return mask.with_array(np.array(mask.array, copy=True)), reference
         if not mask.same_geometry(reference, atol=GEOMETRY_ATOL_MM):
             self._error(str(GeometryMismatchError(
                 f"the labels layer {labels.name!r} (shape {mask.shape}, spacing {mask.spacing}, origin "
@@ -290,7 +318,8 @@ class EditExportWidget(WsnoduleWidget):
             self.export_path_edit.setText(path)
 
     def export_mask(self) -> None:
-        """Write the mask with the CT's geometry to the typed path (never over an existing file)."""
+        """Write the merged label map (one id per nodule) with the CT's geometry and the nodule table as
+        CSV beside it (same name, ``.csv``), never over an existing file."""
         text = self.export_path_edit.text().strip()
         if not text:
             self._error("Type the file to export to, e.g. ~/nodules.nii.gz (NIfTI), .nrrd, or .dcm for a "
@@ -302,28 +331,53 @@ class EditExportWidget(WsnoduleWidget):
             self._error(f"{path.name}: unknown mask format; end the name with one of "
                         f"{', '.join((*FORMATS, DICOM_SEG_SUFFIX))} ({DICOM_SEG_SUFFIX} writes a DICOM-SEG).")
             return
-        if path.exists():
-            self._error(f"{path} already exists and wsnodule never overwrites a file; choose a new name.")
-            return
-        pair = self._mask_and_image()
+        for target in (path, table_path(path)):
+            if target.exists():
+                self._error(f"{target} already exists and wsnodule never overwrites a file; choose a new name "
+                            f"(the table goes beside the mask as {table_path(path).name}).")
+                return
+        pair = self._mask_and_image(patch_ok=True)
         if pair is None:
             return
         mask, reference = pair
+        labels = self.labels_combo.layer()
+        model, method, flag = model_mask_of(labels), source_method_of(labels), was_edited(labels)
+        by = str(self.grouping_combo.currentData())
+        inputs = [p for p in (reference.metadata.source_path, mask.metadata.source_path) if p]
+        self.recovery.hold()
 
-        def work(reporter: TaskReporter) -> Path:
-            if is_seg:
-                from wsnodule_core.io import write_dicom_seg
+        def work(reporter: TaskReporter) -> tuple[Path, Path]:
+            on_ct = labels_on_grid(mask, reference)  # a patch mask onto the CT's grid; else as it is
+            compare = None if model is None else labels_on_grid(mask.with_array(model), reference).array
+            export = annotation_export(on_ct, source_method=method, edited=None if compare is not None else flag,
+                                       model_mask=compare, by=by)
+            return write_annotation_export(export.labels, export.rows, path, inputs=inputs)
 
-                return write_dicom_seg(mask.array, reference, path)
-            from wsnodule_core.io import write_mask
+        self.tasks.run(f"Exporting to {path.name}", work, lambda written: self._exported(written, reference, labels))
 
-            return write_mask(mask.array, reference, path)
+    def _exported(self, written: tuple[Path, Path], reference: Volume, labels: Any) -> None:
+        self.last_export, self.last_table = (Path(p) for p in written)
+        self.recovery.exported(reference, labels)
+        show_info(f"Mask saved to {self.last_export} and its nodule table to {self.last_table}.")
 
-        self.tasks.run(f"Exporting to {path.name}", work, self._exported)
+    # --- recovery ---------------------------------------------------------------------------
 
-    def _exported(self, path: Path) -> None:
-        self.last_export = Path(path)
-        show_info(f"Mask saved to {path}.")
+    def _recovery_pair(self) -> tuple[Any, Any] | None:
+        labels, image = self._watched, self.image_combo.layer()
+        return None if labels is None or image is None else (labels, image)
+
+    def _check_recovery(self, *_: Any) -> None:
+        """Offer a recovery of the picked CT, else of any other image opened (e.g. a CT loaded just now)."""
+        current = self.image_combo.layer()
+        others = [layer for layer in self.viewer.layers if isinstance(layer, napari.layers.Image)
+                  and layer is not current]
+        for image in [current, *others]:
+            if self.recovery.check(image) is not None:
+                return
+
+    def _select_restored(self, layer: Any) -> None:
+        self.labels_combo.select(layer)
+        show_info(f"Restored '{layer.name}'; export it when you are done.")
 
     # --- training data ----------------------------------------------------------------------
 

@@ -9,10 +9,10 @@ import warnings
 from typing import Sequence
 
 from wsnodule_core import __version__
-from wsnodule_core.cli import data, demo, evaluate, models, segment, train
+from wsnodule_core.cli import data, demo, evaluate, export, models, segment, train
 from wsnodule_core.errors import WsnoduleError, WsnoduleWarning
 
-SUBCOMMANDS = (demo, data, train, segment, evaluate, models)
+SUBCOMMANDS = (demo, data, train, segment, export, evaluate, models)
 
 
 def build_parser() -> argparse.ArgumentParser:

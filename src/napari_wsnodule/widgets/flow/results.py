@@ -69,11 +69,11 @@ def layer_steps(viewer: napari.Viewer, run: FlowRun) -> list[tuple[Any, Callable
             ((i, "trajectory"), _bind(show_trajectory, viewer, run, i, name(f"flow trajectory{tag}"),
                                       limits)),
             # the mask is a result to correct: always a new layer
-            ((i, "mask"), _bind(add_volume_layer, viewer, patch.with_array(result.masks[i].astype(np.int32)),
+            # (add_volume_layer makes the int32 copy napari edits; the result's own mask stays the model's)
+            ((i, "mask"), _bind(add_volume_layer, viewer, patch.with_array(result.masks[i]),
                                 "labels", name(f"flow mask{tag}"), source=source, generated="flow:mask")),
         ]
-    ct_mask = result.mask.with_array(result.mask.array.astype(np.int32))
-    steps.append((CT_MASK, _bind(add_volume_layer, viewer, ct_mask, "labels", name("flow mask (CT grid)"),
+    steps.append((CT_MASK, _bind(add_volume_layer, viewer, result.mask, "labels", name("flow mask (CT grid)"),
                                  source=source, generated="flow:ct_mask")))
     return steps
 
