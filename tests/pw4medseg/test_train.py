@@ -136,6 +136,21 @@ def test_full_targets_are_the_mask_and_points_targets_are_soft(phantom):
     assert prepare_case(case, _config(annotation="points:20", confidence="loss")).confidence is None
 
 
+def test_a_known_nodule_free_case_is_a_confident_negative_only_when_asked(phantom):
+    _, train, _ = phantom
+    free = replace(train[0], mask=train[0].mask.with_array(np.zeros(train[0].mask.shape, np.uint8)), nodules=[])
+    without = prepare_case(free, _config())
+    assert not without.target.any() and without.confidence.max() < 0.5  # no annotation: far confidence only
+    confident = prepare_case(free, _config(nodule_free_confidence=1.0))
+    assert not confident.target.any() and np.all(confident.confidence == 1.0)
+    unlabelled = prepare_case(replace(free, negatives_ok=False), _config(nodule_free_confidence=1.0))
+    assert unlabelled.confidence.max() < 0.5  # no image-level label: nothing is known
+    with_nodules = prepare_case(train[0], _config(nodule_free_confidence=1.0))
+    np.testing.assert_array_equal(with_nodules.target, prepare_case(train[0], _config()).target)
+    with pytest.raises(ModelConfigError, match="nodule_free_confidence"):
+        _config(nodule_free_confidence=1.5)
+
+
 @pytest.mark.parametrize("annotation", ["boxes:tight", "boxes:loose", "slices:1"])
 def test_box_and_slice_targets_find_the_nodules(phantom, annotation):
     _, train, _ = phantom

@@ -97,7 +97,9 @@ class PwTrainConfig:
     always agree. ``spacing_mm`` None trains on each case's own grid. ``pseudo_label`` holds
     :class:`~wsnodule_core.pw4medseg.pseudo_labels.PseudoLabelConfig` overrides; ``confidence``
     ``"pseudo_label"`` weights voxels by the pseudo-label's confidence map, ``"loss"`` lets the loss use
-    p / 1 - p (the paper's code). ``steps_per_epoch`` optimiser steps make an epoch; validation runs
+    p / 1 - p (the paper's code). ``nodule_free_confidence`` (None: off) is the confidence of every voxel
+    of a case known to hold no nodule (an image-level label: no nodule record and ``negatives_ok``), whose
+    target is 0: without it such a case has no annotation and its background only ``far_confidence``. ``steps_per_epoch`` optimiser steps make an epoch; validation runs
     every ``val_every`` epochs and after the last. Use :meth:`paper` for the paper's recipe.
     """
 
@@ -110,6 +112,7 @@ class PwTrainConfig:
     annotation: AnnotationSpec | str | dict = "points"
     pseudo_label: dict = field(default_factory=dict)
     confidence: str = "pseudo_label"
+    nodule_free_confidence: float | None = None
     loss: LossConfig | dict = field(default_factory=LossConfig)
     foreground_probability: float = 0.33
     background_in_lungs: float = 0.8
@@ -175,6 +178,9 @@ class PwTrainConfig:
             raise ModelConfigError(f"foreground_probability and background_in_lungs must lie in [0, 1] and "
                                    f"val_overlap in [0, 1), got {self.foreground_probability}, "
                                    f"{self.background_in_lungs}, {self.val_overlap}.")
+        if self.nodule_free_confidence is not None and not 0 <= self.nodule_free_confidence <= 1:
+            raise ModelConfigError(f"nodule_free_confidence must lie in [0, 1] or be None, got "
+                                   f"{self.nodule_free_confidence}.")
         if not 0 < self.threshold < 1:
             raise ModelConfigError(f"threshold must lie in (0, 1), got {self.threshold}.")
         if self.annotation.kind != "full":

@@ -62,6 +62,8 @@ def case_target(case, config: PwTrainConfig, seed: int = 0) -> tuple[np.ndarray,
     truth = np.asarray(case.mask.array) > 0
     if config.annotation.kind == "full":
         return truth.astype(np.float32), np.ones(truth.shape, np.float32)
+    if config.nodule_free_confidence is not None and is_known_nodule_free(case):
+        return np.zeros(truth.shape, np.float32), np.full(truth.shape, config.nodule_free_confidence, np.float32)
     from wsnodule_core.pw4medseg.pseudo_labels import pseudo_label
 
     annotations = simulate_annotations(case, config.annotation, seed)
@@ -69,6 +71,12 @@ def case_target(case, config: PwTrainConfig, seed: int = 0) -> tuple[np.ndarray,
     label = pseudo_label(case.image, annotations, config.pseudo_label_config(),
                          lungs=lungs if lungs.any() else None)
     return (np.asarray(label.probability, np.float32), np.asarray(label.confidence, np.float32))
+
+
+def is_known_nodule_free(case) -> bool:
+    """True for a case whose image-level label says "no nodule" (no nodule record, and its background is
+    trustworthy: ``negatives_ok``), e.g. the VOI set's nodule-free lung crops."""
+    return not getattr(case, "nodules", ()) and bool(getattr(case, "negatives_ok", False))
 
 
 @dataclass(frozen=True, eq=False)
