@@ -1,0 +1,359 @@
+"""Interactive correction with LiteMedSAM over one CT: box and click prompts on a slice, propagation.
+
+A :class:`PromptSession` keeps, per slice, the crops it has encoded and their embeddings in memory
+(and in the on-disk :class:`EmbeddingCache` when given), so the first prompt on a slice costs one
+encoder pass and every later prompt there only the prompt encoder and mask decoder. A new box reuses
+a crop already encoded on its slice when the box sits inside it with room around it and the crop is
+about the size the box's own would be (:data:`REUSE_SIZE`): dragging a box a little, or a click near
+the nodule, costs no encoder pass.
+
+Clicks: LiteMedSAM was trained with boxes, and on real nodules SAM-style points (label 1 positive,
+0 negative, decoded with the box) made its masks worse (``benchmarks/prompt_points.py``, docs/plugin.md),
+so by default a click acts through boxes. A first positive click on a slice makes a box around it:
+the bright (above ``click_hu``) connected region under the click, within ``click_max_mm``, at least
+``click_min_mm`` (a small square when the click is on dark lung). A later positive click adds the
+mask of its own click box (a part the first mask missed); a negative click moves the nearest side of
+every box holding it to just past the click (cutting off a leak into a vessel). With
+``click_points=True`` clicks are passed to the decoder as points with the box instead.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from wsnodule_core.errors import PromptError, SegmentationCancelled
+from wsnodule_core.foundation.embeddings import EmbeddingCache, encode_images
+from wsnodule_core.foundation.image import MEDSAM_WINDOW, Letterbox, to_model_image
+from wsnodule_core.foundation.lite_medsam import LiteMedSam, load_lite_medsam
+from wsnodule_core.foundation.segment import BoxYx, _crop, _region
+from wsnodule_core.io.volume import Volume
+
+Direction = Literal["up", "down", "both"]
+#: Encoded crops kept in memory (2 MB each as float16 on a CPU).
+MEMORY_CROPS = 64
+#: A box reuses a crop of its slice 0.75-1.5 times the side its own crop would have (context 1.9-3.75
+#: instead of 2.5) that holds it with a quarter of its side to spare around it.
+REUSE_SIZE = (0.75, 1.5)
+
+
+@dataclass(frozen=True, eq=False)
+class SliceMask:
+    """A prompt's result on slice ``z``: ``mask`` (bool, the CT slice's rows x columns), the ``box``
+    ``(y0, x0, y1, x1)`` it was decoded with, its ``contrast`` (mean HU inside minus the median of the
+    rest of the crop) and whether it needed an encoder pass (``encoded``)."""
+
+    z: int
+    mask: np.ndarray
+    box: BoxYx
+    contrast: float
+    encoded: bool
+
+    @property
+    def empty(self) -> bool:
+        return not bool(self.mask.any())
+
+
+@dataclass(frozen=True, eq=False)
+class _Crop:
+    start: np.ndarray
+    size: np.ndarray
+    letterbox: Letterbox
+    embedding: torch.Tensor
+    hu: np.ndarray
+
+
+@dataclass
+class _SlicePrompt:
+    """The prompt being refined on one slice: its box and clicks ``(y, x, label)``."""
+
+    box: BoxYx | None
+    points: list[tuple[float, float, int]] = field(default_factory=list)
+    extras: list[BoxYx] = field(default_factory=list)
+
+
+class PromptSession:
+    """Box and click prompts, and propagation, on one CT with LiteMedSAM (embeddings cached per crop).
+
+    Thread-safe: a worker may :meth:`prewarm` slices while another thread prompts.
+    """
+
+    def __init__(self, volume: Volume, *, model: LiteMedSam | None = None, device: str = "auto",
+                 window: Sequence[float] = MEDSAM_WINDOW, context: float = 2.5, min_side_mm: float = 30.0,
+                 cache: EmbeddingCache | None = None, min_contrast_hu: float = 100.0, grow_px: int = 1,
+                 click_hu: float = -500.0, click_min_mm: float = 5.0, click_max_mm: float = 30.0,
+                 click_points: bool = False) -> None:
+        if len(volume.shape) != 3:
+            raise PromptError(f"prompts work on a 3D CT (z, y, x), got shape {volume.shape}.")
+        self.volume = volume
+        self.array = np.asarray(volume.array)
+        self.spacing = np.asarray(volume.spacing[1:], float)
+        self.model = model if model is not None else load_lite_medsam(device)
+        self.window, self.context, self.min_side_mm, self.cache = tuple(window), context, min_side_mm, cache
+        self.min_contrast_hu, self.grow_px = min_contrast_hu, grow_px
+        self.click_hu, self.click_min_mm, self.click_max_mm = click_hu, click_min_mm, click_max_mm
+        self.click_points = click_points
+        self._crops: OrderedDict[tuple[int, tuple[int, ...]], _Crop] = OrderedDict()
+        self._prompts: dict[int, _SlicePrompt] = {}
+        self._lock = threading.RLock()
+        self.encoder_passes = 0
+
+    # --- prompts ---------------------------------------------------------------------------
+
+    def box(self, z: int, box: Sequence[float]) -> SliceMask:
+        """The mask of box ``(y0, x0, y1, x1)`` (pixel indices, end exclusive) on slice ``z``; clicks
+        given earlier on that slice are forgotten."""
+        checked = self._checked_box(z, box)
+        with self._lock:
+            self._prompts[z] = _SlicePrompt(checked)
+            return self._decode(z, self._prompts[z])
+
+    def click(self, z: int, y: float, x: float, positive: bool = True, *,
+              current: np.ndarray | None = None) -> SliceMask:
+        """The mask after a click at pixel ``(y, x)`` of slice ``z`` (positive adds, negative removes).
+
+        ``current``: the slice's present mask of the nodule clicked on (bool, rows x columns), used as
+        the box when the slice has no prompt yet (a click that corrects an existing mask).
+        """
+        z = self._checked_z(z)
+        if not (0 <= y < self.array.shape[1] and 0 <= x < self.array.shape[2]):
+            raise PromptError(f"click ({y:.1f}, {x:.1f}) is outside slice {z} ({self.array.shape[1]} x "
+                              f"{self.array.shape[2]} pixels).")
+        with self._lock:
+            prompt = self._prompts.get(z)
+            if prompt is None:
+                if current is not None and np.asarray(current, bool).any():
+                    prompt = _SlicePrompt(_mask_box(np.asarray(current, bool), self.grow_px))
+                elif positive:
+                    prompt = _SlicePrompt(self.click_box(z, y, x))
+                    prompt.points += [(float(y), float(x), 1)] if self.click_points else []
+                    self._prompts[z] = prompt
+                    return self._decode(z, prompt)
+                else:
+                    raise PromptError("a negative click removes part of a mask: draw a box or click positive on "
+                                      "the nodule first.")
+                self._prompts[z] = prompt
+            if self.click_points:
+                if positive and prompt.box is not None and not _inside(prompt.box, y, x):
+                    y0, x0, y1, x1 = prompt.box
+                    prompt.box = (min(y0, int(y)), min(x0, int(x)), max(y1, int(y) + 1), max(x1, int(x) + 1))
+                prompt.points.append((float(y), float(x), 1 if positive else 0))
+            elif positive:
+                prompt.extras.append(self.click_box(z, y, x))
+            else:
+                prompt.box = _cut(prompt.box, y, x)
+                prompt.extras = [b for b in (_cut(b, y, x) for b in prompt.extras) if b is not None]
+            return self._decode(z, prompt)
+
+    def forget(self, z: int | None = None) -> None:
+        """Drop the prompt being refined on slice ``z`` (all slices: None); embeddings stay cached."""
+        with self._lock:
+            if z is None:
+                self._prompts.clear()
+            else:
+                self._prompts.pop(int(z), None)
+
+    def click_box(self, z: int, y: float, x: float) -> BoxYx:
+        """The box a first positive click makes: the bright connected region under it (HU above
+        ``click_hu``) within ``click_max_mm``, at least ``click_min_mm`` on each side."""
+        half_max = np.maximum(np.round(self.click_max_mm / 2 / self.spacing).astype(int), 1)
+        half_min = np.maximum(np.round(self.click_min_mm / 2 / self.spacing).astype(int), 1)
+        centre = np.array([int(y), int(x)])
+        lo = np.maximum(centre - half_max, 0)
+        hi = np.minimum(centre + half_max + 1, self.array.shape[1:])
+        window = self.array[z, lo[0]:hi[0], lo[1]:hi[1]] > self.click_hu
+        region, _ = ndimage.label(window)
+        seed = region[centre[0] - lo[0], centre[1] - lo[1]]
+        if seed:
+            rows, cols = np.nonzero(region == seed)
+            b_lo, b_hi = np.array([rows.min(), cols.min()]) + lo, np.array([rows.max(), cols.max()]) + lo + 1
+        else:
+            b_lo, b_hi = centre, centre + 1
+        b_lo = np.maximum(np.minimum(b_lo, centre - half_min), 0)
+        b_hi = np.minimum(np.maximum(b_hi, centre + half_min + 1), self.array.shape[1:])
+        return (int(b_lo[0]), int(b_lo[1]), int(b_hi[0]), int(b_hi[1]))
+
+    # --- propagation -----------------------------------------------------------------------
+
+    def propagate(self, z: int, mask: np.ndarray, direction: Direction = "both", n: int | None = None, *,
+                  cancel: Callable[[], bool] | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> list[SliceMask]:
+        """Masks on the slices next to ``z`` (``direction``: "up" = increasing z, "down", "both"), each
+        from the previous slice's mask box grown by ``grow_px``, for ``n`` slices per direction or until a
+        mask comes out empty or less than ``min_contrast_hu`` above its surroundings (not returned)."""
+        z = self._checked_z(z)
+        mask = np.asarray(mask, bool)
+        if mask.shape != self.array.shape[1:] or not mask.any():
+            raise PromptError(f"propagation starts from a non-empty mask of slice {z} "
+                              f"({self.array.shape[1]} x {self.array.shape[2]}); make one with a box or a click.")
+        if direction not in ("up", "down", "both"):
+            raise PromptError(f"direction is 'up', 'down' or 'both', got {direction!r}.")
+        if n is not None and n < 1:
+            raise PromptError(f"propagate at least one slice (n >= 1), got n={n}.")
+        steps = {"up": (1,), "down": (-1,), "both": (1, -1)}[direction]
+        limit = n if n is not None else self.array.shape[0]
+        out: list[SliceMask] = []
+        for step in steps:
+            previous, here = mask, z
+            for _ in range(limit):
+                if not 0 <= here + step < self.array.shape[0]:
+                    break
+                if cancel is not None and cancel():
+                    raise SegmentationCancelled(f"propagation was cancelled after {len(out)} slice(s).")
+                here += step
+                with self._lock:
+                    result = self._decode(here, _SlicePrompt(_mask_box(previous, self.grow_px)))
+                if result.empty or result.contrast < self.min_contrast_hu:
+                    break
+                out.append(result)
+                previous = result.mask
+                if progress is not None:
+                    progress(len(out), len(out) + 1)
+        return sorted(out, key=lambda r: r.z)
+
+    def prewarm(self, z: int, box: Sequence[float]) -> bool:
+        """Encode the crop a prompt of ``box`` on slice ``z`` would use (in a worker, ahead of the
+        prompt); True when that took an encoder pass, False when it was cached."""
+        checked = self._checked_box(z, box)
+        with self._lock:
+            return self._crop_for(z, checked)[1]
+
+    def prewarm_neighbours(self, result: SliceMask, depth: int = 1) -> int:
+        """Encode the crops propagation from ``result`` would use first (``depth`` slices each way);
+        returns the encoder passes made."""
+        if result.empty:
+            return 0
+        box = _mask_box(result.mask, self.grow_px)
+        made = 0
+        for dz in range(1, depth + 1):
+            for z in (result.z - dz, result.z + dz):
+                if 0 <= z < self.array.shape[0]:
+                    made += int(self.prewarm(z, box))
+        return made
+
+    # --- inside ----------------------------------------------------------------------------
+
+    def _checked_z(self, z: int) -> int:
+        if int(z) != z or not 0 <= int(z) < self.array.shape[0]:
+            raise PromptError(f"slice {z} is not in the CT (slices 0..{self.array.shape[0] - 1}).")
+        return int(z)
+
+    def _checked_box(self, z: int, box: Sequence[float]) -> BoxYx:
+        z = self._checked_z(z)
+        values = np.asarray(box, float).reshape(-1)
+        if values.size != 4 or not np.all(np.isfinite(values)):
+            raise PromptError(f"a slice box is (y0, x0, y1, x1) pixel indices, end exclusive; got {tuple(box)}.")
+        lo = np.maximum(np.floor(values[:2]), 0).astype(int)
+        hi = np.minimum(np.ceil(values[2:]), self.array.shape[1:]).astype(int)
+        if np.any(hi <= lo):
+            raise PromptError(f"box {tuple(float(v) for v in values)} on slice {z} is empty or outside the slice "
+                              f"({self.array.shape[1]} x {self.array.shape[2]} pixels): draw it over the nodule.")
+        return (int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1]))
+
+    def _crop_for(self, z: int, box: BoxYx) -> tuple[_Crop, bool]:
+        """An encoded crop around ``box`` on slice ``z`` (one already made when it fits) and whether it
+        took an encoder pass."""
+        start, size = _region(box, self.spacing, self.context, self.min_side_mm)
+        lo, hi = np.asarray(box[:2]), np.asarray(box[2:])
+        margin = np.ceil((hi - lo) / 4).astype(int)
+        for (cz, _), crop in reversed(self._crops.items()):
+            if cz == z and np.all(crop.size >= REUSE_SIZE[0] * size) \
+                    and np.all(crop.size <= REUSE_SIZE[1] * size) \
+                    and np.all(lo - margin >= crop.start) and np.all(hi + margin <= crop.start + crop.size):
+                self._crops.move_to_end((cz, _))
+                return crop, False
+        hu = _crop(self.array[z], start, size)
+        image, letterbox = to_model_image(hu, self.spacing, window=self.window)
+        cached = self.cache is not None and self.cache.get(EmbeddingCache.key(image)) is not None
+        embedding = encode_images(self.model, image[None], cache=self.cache)[0]
+        self.encoder_passes += int(not cached)
+        crop = _Crop(start, size, letterbox, embedding.to(torch.float16 if embedding.device.type == "cpu"
+                                                            else embedding.dtype), hu)
+        self._crops[(z, (*start.tolist(), *size.tolist()))] = crop
+        while len(self._crops) > MEMORY_CROPS:
+            self._crops.popitem(last=False)
+        return crop, not cached
+
+    def _decode(self, z: int, prompt: _SlicePrompt) -> SliceMask:
+        """The union of the masks of the prompt's box (with its points) and of its extra boxes."""
+        mask = np.zeros(self.array.shape[1:], bool)
+        encoded, main = False, None
+        for i, box in enumerate([prompt.box, *prompt.extras]):
+            if box is None:
+                continue
+            crop, fresh = self._crop_for(z, box)
+            main, encoded = (main if main is not None else crop), encoded or fresh
+            offset = np.r_[crop.start, crop.start].astype(float)
+            local_box = crop.letterbox.box_to_input(np.asarray(box, float) - offset)
+            points = None
+            if i == 0 and prompt.points:
+                sy, sx = crop.letterbox.scale_yx
+                coords = [((x - crop.start[1] + 0.5) * sx, (y - crop.start[0] + 0.5) * sy)
+                          for y, x, _ in prompt.points]
+                points = (np.asarray(coords, np.float32), np.asarray([p[2] for p in prompt.points], np.int64))
+            logits = decode_prompt(self.model, crop.embedding.float(), local_box, points)
+            mask |= _paste(crop.letterbox.mask_from_logits(logits), crop.start, mask.shape)
+        contrast = 0.0
+        if main is not None:
+            inside = _crop(mask.astype(np.float32), main.start, main.size) > 0.5
+            if inside.any() and (~inside).any():
+                contrast = float(main.hu[inside].mean() - np.median(main.hu[~inside]))
+        box = prompt.box if prompt.box is not None else (prompt.extras[0] if prompt.extras else (0, 0, 0, 0))
+        return SliceMask(z, mask, box, contrast, encoded)
+
+
+@torch.no_grad()
+def decode_prompt(model: LiteMedSam, embedding: torch.Tensor, box_xyxy: np.ndarray | None,
+                  points: tuple[np.ndarray, np.ndarray] | None = None) -> torch.Tensor:
+    """The decoder's mask logits (256 x 256) for a box ``(x0, y0, x1, y1)`` and/or points ``(coords (n, 2)
+    as (x, y), labels (n,): 1 positive, 0 negative)``, all in input pixels."""
+    boxes = None if box_xyxy is None else \
+        torch.as_tensor(np.asarray(box_xyxy, np.float32), device=model.device).reshape(1, 1, 4)
+    pts = None
+    if points is not None:
+        pts = (torch.as_tensor(points[0], dtype=torch.float32, device=model.device)[None],
+               torch.as_tensor(points[1], dtype=torch.int64, device=model.device)[None])
+    sparse, dense = model.prompt_encoder(points=pts, boxes=boxes, masks=None)
+    logits, _ = model.mask_decoder(image_embeddings=embedding[None].to(model.device),
+                                   image_pe=model.prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
+                                   dense_prompt_embeddings=dense, multimask_output=False)
+    return logits[0, 0]
+
+
+def _mask_box(mask: np.ndarray, grow_px: int) -> BoxYx:
+    rows, cols = np.nonzero(mask)
+    return (max(int(rows.min()) - grow_px, 0), max(int(cols.min()) - grow_px, 0),
+            min(int(rows.max()) + 1 + grow_px, mask.shape[0]), min(int(cols.max()) + 1 + grow_px, mask.shape[1]))
+
+
+def _inside(box: BoxYx, y: float, x: float) -> bool:
+    return box[0] <= y < box[2] and box[1] <= x < box[3]
+
+
+def _cut(box: BoxYx | None, y: float, x: float) -> BoxYx | None:
+    """``box`` with its side nearest ``(y, x)`` moved just past it (None: nothing left); boxes that do
+    not hold the point are kept."""
+    if box is None or not _inside(box, y, x):
+        return box
+    y0, x0, y1, x1 = box
+    row, col = int(y), int(x)
+    sides = {"top": row - y0, "bottom": y1 - 1 - row, "left": col - x0, "right": x1 - 1 - col}
+    side = min(sides, key=sides.get)
+    y0, y1 = (row + 1, y1) if side == "top" else (y0, row) if side == "bottom" else (y0, y1)
+    x0, x1 = (col + 1, x1) if side == "left" else (x0, col) if side == "right" else (x0, x1)
+    return (y0, x0, y1, x1) if y1 > y0 and x1 > x0 else None
+
+
+def _paste(crop_mask: np.ndarray, start: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(shape, bool)
+    lo = np.maximum(start, 0)
+    hi = np.minimum(start + crop_mask.shape, shape)
+    if np.all(hi > lo):
+        out[lo[0]:hi[0], lo[1]:hi[1]] = crop_mask[lo[0] - start[0]:hi[0] - start[0], lo[1] - start[1]:hi[1] - start[1]]
+    return out
