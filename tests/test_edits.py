@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from wsnodule_core.edits import EditHistory, delete_label_edit, edit_between, merge_slice_edit
+from wsnodule_core.edits import EditHistory, combine_edits, delete_label_edit, edit_between, merge_slice_edit
 from wsnodule_core.errors import PromptError
 
 
@@ -94,3 +94,19 @@ def test_bad_edits_are_refused():
         edit_between(labels, labels[0], "x")
     with pytest.raises(PromptError, match="contiguous"):
         EditHistory().apply(labels[:, ::2], delete_label_edit(labels[:, ::2], 1))
+
+
+def test_combined_edits_undo_in_one_step_and_overlaps_are_refused():
+    labels = _labels()
+    original = labels.copy()
+    masks = [np.zeros((10, 12), bool) for _ in range(2)]
+    masks[0][0:2, 0:2] = masks[1][0:3, 0:3] = True
+    parts = [merge_slice_edit(labels, z, m, 5, "part") for z, m in zip((0, 3), masks)]
+    history = EditHistory()
+    history.apply(labels, combine_edits([*parts, None], "propagate nodule 5"))
+    assert np.count_nonzero(labels == 5) == 4 + 9
+    history.undo(labels)
+    assert np.array_equal(labels, original) and not history.can_undo
+    assert combine_edits([None], "nothing") is None
+    with pytest.raises(PromptError, match="overlap"):
+        combine_edits([parts[0], parts[0]], "twice")

@@ -77,6 +77,17 @@ def delete_label_edit(labels: np.ndarray, label: int, name: str | None = None) -
     return Edit(name or f"delete nodule {label}", index, old, np.zeros_like(old))
 
 
+def combine_edits(edits: list[Edit | None], name: str) -> Edit | None:
+    """One edit (one undo step) of several edits over disjoint voxels (e.g. the slices of a propagation)."""
+    kept = [e for e in edits if e is not None and e.size]
+    if not kept:
+        return None
+    index = np.concatenate([e.index for e in kept])
+    if np.unique(index).size != index.size:
+        raise PromptError(f"{name}: the edits to combine overlap; combine edits of different voxels only.")
+    return Edit(name, index, np.concatenate([e.old for e in kept]), np.concatenate([e.new for e in kept]))
+
+
 class EditHistory:
     """Undo and redo of :class:`Edit` s on one label array (applied in place)."""
 
