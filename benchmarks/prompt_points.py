@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from wsnodule_core.data.builders.splits import patient_split
 from wsnodule_core.data.lidc.vois import load_voi, read_voi_table
-from wsnodule_core.foundation import load_lite_medsam
+from wsnodule_core.foundation import EmbeddingCache, load_lite_medsam
 from wsnodule_core.foundation.prompt import PromptSession, _mask_box
 
 
@@ -81,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", default="val")
     parser.add_argument("--n", type=int, default=12)
+    parser.add_argument("--cache", default=None, help="an embedding cache folder (reruns skip the encoder)")
     args = parser.parse_args()
     vois = [v for v in read_voi_table() if patient_split(v.patient_id) == args.split][: args.n]
     model = load_lite_medsam("cpu")
@@ -90,7 +91,8 @@ def main() -> None:
         truth = np.asarray(mask.array) > 0
         z = int(np.argmax(truth.sum(axis=(1, 2))))
         with torch.no_grad():
-            sam, boxes = (PromptSession(image, model=model, click_points=p) for p in (True, False))
+            cache = EmbeddingCache(args.cache) if args.cache else None
+            sam, boxes = (PromptSession(image, model=model, click_points=p, cache=cache) for p in (True, False))
             boxes._crops = sam._crops  # one encoder pass per crop for both (same crops, same embeddings)
             row = scores(sam, boxes, z, truth[z])
         rows.append(row)

@@ -10,10 +10,11 @@ the nodule, costs no encoder pass.
 Clicks: LiteMedSAM was trained with boxes, and on real nodules SAM-style points (label 1 positive,
 0 negative, decoded with the box) made its masks worse (``benchmarks/prompt_points.py``, docs/plugin.md),
 so by default a click acts through boxes. A first positive click on a slice makes a box around it:
-the bright (above ``click_hu``) connected region under the click, within ``click_max_mm``, at least
+the bright (above ``click_hu``) connected region under the click (vessels opened off), within ``click_max_mm``, at least
 ``click_min_mm`` (a small square when the click is on dark lung). A later positive click adds the
-mask of its own click box (a part the first mask missed); a negative click moves the nearest side of
-every box holding it to just past the click (cutting off a leak into a vessel). With
+mask of its own click box (a part the first mask missed; earlier negative clicks inside that box are
+dropped); a negative click removes the mask's pixels nearer to it than to the mask's core (its pixel
+deepest inside), so a click on a leak into a vessel cuts the leak off. With
 ``click_points=True`` clicks are passed to the decoder as points with the box instead.
 """
 
@@ -76,6 +77,7 @@ class _SlicePrompt:
     box: BoxYx | None
     points: list[tuple[float, float, int]] = field(default_factory=list)
     extras: list[BoxYx] = field(default_factory=list)
+    negatives: list[tuple[float, float]] = field(default_factory=list)
 
 
 class PromptSession:
@@ -88,7 +90,7 @@ class PromptSession:
                  window: Sequence[float] = MEDSAM_WINDOW, context: float = 2.5, min_side_mm: float = 30.0,
                  cache: EmbeddingCache | None = None, min_contrast_hu: float = 100.0, grow_px: int = 1,
                  click_hu: float = -500.0, click_min_mm: float = 5.0, click_max_mm: float = 30.0,
-                 click_points: bool = False) -> None:
+                 click_open_mm: float = 1.5, click_points: bool = False) -> None:
         if len(volume.shape) != 3:
             raise PromptError(f"prompts work on a 3D CT (z, y, x), got shape {volume.shape}.")
         self.volume = volume
@@ -98,7 +100,7 @@ class PromptSession:
         self.window, self.context, self.min_side_mm, self.cache = tuple(window), context, min_side_mm, cache
         self.min_contrast_hu, self.grow_px = min_contrast_hu, grow_px
         self.click_hu, self.click_min_mm, self.click_max_mm = click_hu, click_min_mm, click_max_mm
-        self.click_points = click_points
+        self.click_points, self.click_open_mm = click_points, click_open_mm
         self._crops: OrderedDict[tuple[int, tuple[int, ...]], _Crop] = OrderedDict()
         self._prompts: dict[int, _SlicePrompt] = {}
         self._lock = threading.RLock()
@@ -145,10 +147,11 @@ class PromptSession:
                     prompt.box = (min(y0, int(y)), min(x0, int(x)), max(y1, int(y) + 1), max(x1, int(x) + 1))
                 prompt.points.append((float(y), float(x), 1 if positive else 0))
             elif positive:
-                prompt.extras.append(self.click_box(z, y, x))
+                extra = self.click_box(z, y, x)
+                prompt.extras.append(extra)
+                prompt.negatives = [p for p in prompt.negatives if not _inside(extra, *p)]
             else:
-                prompt.box = _cut(prompt.box, y, x)
-                prompt.extras = [b for b in (_cut(b, y, x) for b in prompt.extras) if b is not None]
+                prompt.negatives.append((float(y), float(x)))
             return self._decode(z, prompt)
 
     def forget(self, z: int | None = None) -> None:
@@ -161,17 +164,27 @@ class PromptSession:
 
     def click_box(self, z: int, y: float, x: float) -> BoxYx:
         """The box a first positive click makes: the bright connected region under it (HU above
-        ``click_hu``) within ``click_max_mm``, at least ``click_min_mm`` on each side."""
+        ``click_hu``, opened by ``click_open_mm`` when the click survives the opening) within
+        ``click_max_mm``, at least ``click_min_mm`` on each side."""
         half_max = np.maximum(np.round(self.click_max_mm / 2 / self.spacing).astype(int), 1)
         half_min = np.maximum(np.round(self.click_min_mm / 2 / self.spacing).astype(int), 1)
         centre = np.array([int(y), int(x)])
         lo = np.maximum(centre - half_max, 0)
         hi = np.minimum(centre + half_max + 1, self.array.shape[1:])
         window = self.array[z, lo[0]:hi[0], lo[1]:hi[1]] > self.click_hu
-        region, _ = ndimage.label(window)
-        seed = region[centre[0] - lo[0], centre[1] - lo[1]]
+        # an opening first detaches vessels and thin pleural contacts from the clicked nodule
+        radius = np.maximum(np.round(self.click_open_mm / self.spacing).astype(int), 0)
+        grid = np.indices(tuple(2 * radius + 1)) - radius[:, None, None]
+        disk = ((grid / np.maximum(radius, 1)[:, None, None]) ** 2).sum(axis=0) <= 1.0
+        opened = ndimage.binary_opening(window, disk)
+        seed_yx = (centre[0] - lo[0], centre[1] - lo[1])
+        region, _ = ndimage.label(opened if opened[seed_yx] else window)
+        seed = region[seed_yx]
         if seed:
-            rows, cols = np.nonzero(region == seed)
+            piece = region == seed
+            if opened[seed_yx]:  # the opened piece grown back inside the bright pixels: its rim, no vessel
+                piece = ndimage.binary_dilation(piece, disk) & window
+            rows, cols = np.nonzero(piece)
             b_lo, b_hi = np.array([rows.min(), cols.min()]) + lo, np.array([rows.max(), cols.max()]) + lo + 1
         else:
             b_lo, b_hi = centre, centre + 1
@@ -299,6 +312,8 @@ class PromptSession:
                 points = (np.asarray(coords, np.float32), np.asarray([p[2] for p in prompt.points], np.int64))
             logits = decode_prompt(self.model, crop.embedding.float(), local_box, points)
             mask |= _paste(crop.letterbox.mask_from_logits(logits), crop.start, mask.shape)
+        for y, x in prompt.negatives:
+            mask &= ~_nearer_than_core(mask, y, x)
         contrast = 0.0
         if main is not None:
             inside = _crop(mask.astype(np.float32), main.start, main.size) > 0.5
@@ -336,18 +351,21 @@ def _inside(box: BoxYx, y: float, x: float) -> bool:
     return box[0] <= y < box[2] and box[1] <= x < box[3]
 
 
-def _cut(box: BoxYx | None, y: float, x: float) -> BoxYx | None:
-    """``box`` with its side nearest ``(y, x)`` moved just past it (None: nothing left); boxes that do
-    not hold the point are kept."""
-    if box is None or not _inside(box, y, x):
-        return box
-    y0, x0, y1, x1 = box
-    row, col = int(y), int(x)
-    sides = {"top": row - y0, "bottom": y1 - 1 - row, "left": col - x0, "right": x1 - 1 - col}
-    side = min(sides, key=sides.get)
-    y0, y1 = (row + 1, y1) if side == "top" else (y0, row) if side == "bottom" else (y0, y1)
-    x0, x1 = (col + 1, x1) if side == "left" else (x0, col) if side == "right" else (x0, x1)
-    return (y0, x0, y1, x1) if y1 > y0 and x1 > x0 else None
+def _nearer_than_core(mask: np.ndarray, y: float, x: float) -> np.ndarray:
+    """The pixels of ``mask`` nearer to ``(y, x)`` than to its core (the pixel deepest inside it); the
+    whole piece under the click when the click is on the core."""
+    if not mask.any():
+        return mask
+    depth = ndimage.distance_transform_edt(mask)
+    core = np.array(np.unravel_index(np.argmax(depth), mask.shape), float)
+    click = np.array([y, x], float)
+    if np.allclose(np.floor(click), core):
+        pieces, _ = ndimage.label(mask)
+        return pieces == pieces[int(y), int(x)]
+    rows, cols = np.indices(mask.shape, dtype=float)
+    to_click = (rows - click[0]) ** 2 + (cols - click[1]) ** 2
+    to_core = (rows - core[0]) ** 2 + (cols - core[1]) ** 2
+    return mask & (to_click < to_core)
 
 
 def _paste(crop_mask: np.ndarray, start: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
