@@ -52,7 +52,8 @@ def test_clicks_make_a_box_add_and_remove_and_a_first_negative_click_is_refused(
         session.click(5, 31, 31, positive=False)
     y0, x0, y1, x1 = session.click_box(5, 31, 31)
     rows, cols = np.nonzero(truth[5])
-    assert (y0, x0, y1, x1) == (rows.min(), cols.min(), rows.max() + 1, cols.max() + 1)  # the bright region
+    grow = int(np.ceil(0.15 * (rows.max() + 1 - rows.min())))  # the bright region, grown by click_margin
+    assert (y0, x0, y1, x1) == (rows.min() - grow, cols.min() - grow, rows.max() + 1 + grow, cols.max() + 1 + grow)
     clicked = session.click(5, 31, 31)
     assert clicked.encoded and _dice(clicked.mask, truth[5]) > 0.85
     cut = session.click(5, 31, 31 - 6, positive=False)  # pixels nearer the click than the core go
@@ -67,6 +68,16 @@ def test_clicks_make_a_box_add_and_remove_and_a_first_negative_click_is_refused(
     session.forget(6)
     again = session.click(6, 31, 31, current=truth[6])
     assert again.box == _box(truth[6]) and _dice(again.mask, truth[6]) > 0.8
+
+
+def test_a_click_on_a_wall_gets_the_smallest_box_not_the_whole_wall(stub_medsam, sphere):
+    volume, truth = sphere
+    image = np.asarray(volume.array).copy()
+    image[:, :, 50:] = 40.0  # a chest wall along the right edge
+    session = PromptSession(volume.with_array(image), model=stub_medsam)
+    y0, x0, y1, x1 = session.click_box(5, 31, 55)
+    assert y1 - y0 == x1 - x0 == 2 * round(5.0 / 2 / 0.7) + 1
+    assert session.click_box(5, 31, 31)[3] < 50  # the nodule's box stays off the wall
 
 
 def test_clicks_can_go_to_the_decoder_as_points_with_the_box(stub_medsam, sphere):

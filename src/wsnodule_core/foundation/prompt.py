@@ -11,7 +11,9 @@ Clicks: LiteMedSAM was trained with boxes, and on real nodules SAM-style points 
 0 negative, decoded with the box) made its masks worse (``benchmarks/prompt_points.py``, docs/plugin.md),
 so by default a click acts through boxes. A first positive click on a slice makes a box around it:
 the bright (above ``click_hu``) connected region under the click (vessels opened off), within ``click_max_mm``, at least
-``click_min_mm`` (a small square when the click is on dark lung). A later positive click adds the
+``click_min_mm`` (a small square when the click is on dark lung, or when the bright piece reaches
+the edge of the search window: then it belongs to a wall or vessel tree), grown by ``click_margin``
+of its side on each side (faint rims fall under ``click_hu``). A later positive click adds the
 mask of its own click box (a part the first mask missed; earlier negative clicks inside that box are
 dropped); a negative click removes the mask's pixels nearer to it than to the mask's core (its pixel
 deepest inside), so a click on a leak into a vessel cuts the leak off. With
@@ -90,7 +92,7 @@ class PromptSession:
                  window: Sequence[float] = MEDSAM_WINDOW, context: float = 2.5, min_side_mm: float = 30.0,
                  cache: EmbeddingCache | None = None, min_contrast_hu: float = 100.0, grow_px: int = 1,
                  click_hu: float = -500.0, click_min_mm: float = 5.0, click_max_mm: float = 30.0,
-                 click_open_mm: float = 1.5, click_points: bool = False) -> None:
+                 click_open_mm: float = 1.5, click_margin: float = 0.15, click_points: bool = False) -> None:
         if len(volume.shape) != 3:
             raise PromptError(f"prompts work on a 3D CT (z, y, x), got shape {volume.shape}.")
         self.volume = volume
@@ -100,7 +102,7 @@ class PromptSession:
         self.window, self.context, self.min_side_mm, self.cache = tuple(window), context, min_side_mm, cache
         self.min_contrast_hu, self.grow_px = min_contrast_hu, grow_px
         self.click_hu, self.click_min_mm, self.click_max_mm = click_hu, click_min_mm, click_max_mm
-        self.click_points, self.click_open_mm = click_points, click_open_mm
+        self.click_points, self.click_open_mm, self.click_margin = click_points, click_open_mm, click_margin
         self._crops: OrderedDict[tuple[int, tuple[int, ...]], _Crop] = OrderedDict()
         self._prompts: dict[int, _SlicePrompt] = {}
         self._lock = threading.RLock()
@@ -165,7 +167,7 @@ class PromptSession:
     def click_box(self, z: int, y: float, x: float) -> BoxYx:
         """The box a first positive click makes: the bright connected region under it (HU above
         ``click_hu``, opened by ``click_open_mm`` when the click survives the opening) within
-        ``click_max_mm``, at least ``click_min_mm`` on each side."""
+        ``click_max_mm``, grown by ``click_margin`` of its side, at least ``click_min_mm`` on each side."""
         half_max = np.maximum(np.round(self.click_max_mm / 2 / self.spacing).astype(int), 1)
         half_min = np.maximum(np.round(self.click_min_mm / 2 / self.spacing).astype(int), 1)
         centre = np.array([int(y), int(x)])
@@ -180,12 +182,16 @@ class PromptSession:
         seed_yx = (centre[0] - lo[0], centre[1] - lo[1])
         region, _ = ndimage.label(opened if opened[seed_yx] else window)
         seed = region[seed_yx]
-        if seed:
-            piece = region == seed
-            if opened[seed_yx]:  # the opened piece grown back inside the bright pixels: its rim, no vessel
-                piece = ndimage.binary_dilation(piece, disk) & window
+        piece = region == seed if seed else np.zeros_like(window)
+        if seed and opened[seed_yx]:  # the opened piece grown back inside the bright pixels: its rim, no vessel
+            piece = ndimage.binary_dilation(piece, disk) & window
+        # a piece reaching the search window's edge is part of something larger (chest wall, vessel tree)
+        edge = piece[0].any() or piece[-1].any() or piece[:, 0].any() or piece[:, -1].any()
+        if seed and not edge:
             rows, cols = np.nonzero(piece)
             b_lo, b_hi = np.array([rows.min(), cols.min()]) + lo, np.array([rows.max(), cols.max()]) + lo + 1
+            grow = np.ceil((b_hi - b_lo) * self.click_margin).astype(int)  # faint rims fall under click_hu
+            b_lo, b_hi = b_lo - grow, b_hi + grow
         else:
             b_lo, b_hi = centre, centre + 1
         b_lo = np.maximum(np.minimum(b_lo, centre - half_min), 0)
