@@ -4,6 +4,7 @@ box on a real VOI when WSNODULE_DATA is set."""
 
 from __future__ import annotations
 
+import threading
 import time
 import types
 
@@ -121,6 +122,31 @@ def test_prewarming_encodes_ahead_and_the_disk_cache_spares_a_new_sessions_pass(
     assert all(not r.encoded for r in session.propagate(5, start.mask, "both", n=1))
     fresh = PromptSession(volume, model=stub_medsam, cache=cache)
     assert not fresh.box(5, _box(truth[5])).encoded and fresh.encoder_passes == 0
+
+
+def test_a_prompt_on_a_cached_slice_does_not_wait_for_a_prewarm(stub_medsam, sphere):
+    volume, truth = sphere
+    session = PromptSession(volume, model=stub_medsam)
+    box = _box(truth[5])
+    session.box(5, box)
+    entered, release = threading.Event(), threading.Event()
+    encode = session._encode_crop
+
+    def slow(z, b):
+        entered.set()
+        release.wait(10)
+        return encode(z, b)
+
+    session._encode_crop = slow
+    worker = threading.Thread(target=session.prewarm, args=(6, box))
+    worker.start()
+    assert entered.wait(10)
+    result = session.box(5, box)  # answered while the prewarm is still encoding slice 6
+    assert not result.encoded and worker.is_alive()
+    release.set()
+    worker.join(10)
+    session._encode_crop = encode
+    assert not session.box(6, box).encoded and session.encoder_passes == 2
 
 
 def test_bad_prompts_are_refused(stub_medsam, sphere):

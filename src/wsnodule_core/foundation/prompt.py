@@ -85,7 +85,8 @@ class _SlicePrompt:
 class PromptSession:
     """Box and click prompts, and propagation, on one CT with LiteMedSAM (embeddings cached per crop).
 
-    Thread-safe: a worker may :meth:`prewarm` slices while another thread prompts.
+    Thread-safe: prompts run one at a time; a worker may :meth:`prewarm` slices meanwhile (its encoder
+    passes do not hold up prompts on cached slices). ``encoder_passes`` counts the passes made.
     """
 
     def __init__(self, volume: Volume, *, model: LiteMedSam | None = None, device: str = "auto",
@@ -241,7 +242,14 @@ class PromptSession:
         prompt); True when that took an encoder pass, False when it was cached."""
         checked = self._checked_box(z, box)
         with self._lock:
-            return self._crop_for(z, checked)[1]
+            if self._find_crop(z, checked) is not None:
+                return False
+        crop, fresh = self._encode_crop(z, checked)  # unlocked: prompts on cached slices go on meanwhile
+        with self._lock:
+            if self._find_crop(z, checked) is None:
+                self._store(z, crop)
+                self.encoder_passes += int(fresh)
+        return fresh
 
     def prewarm_neighbours(self, result: SliceMask, depth: int = 1) -> int:
         """Encode the crops propagation from ``result`` would use first (``depth`` slices each way);
@@ -277,27 +285,41 @@ class PromptSession:
 
     def _crop_for(self, z: int, box: BoxYx) -> tuple[_Crop, bool]:
         """An encoded crop around ``box`` on slice ``z`` (one already made when it fits) and whether it
-        took an encoder pass."""
+        took an encoder pass (the caller holds the lock)."""
+        found = self._find_crop(z, box)
+        if found is not None:
+            return found, False
+        crop, fresh = self._encode_crop(z, box)
+        self._store(z, crop)
+        self.encoder_passes += int(fresh)
+        return crop, fresh
+
+    def _find_crop(self, z: int, box: BoxYx) -> _Crop | None:
         start, size = _region(box, self.spacing, self.context, self.min_side_mm)
         lo, hi = np.asarray(box[:2]), np.asarray(box[2:])
         margin = np.ceil((hi - lo) / 4).astype(int)
-        for (cz, _), crop in reversed(self._crops.items()):
-            if cz == z and np.all(crop.size >= REUSE_SIZE[0] * size) \
+        for key, crop in reversed(self._crops.items()):
+            if key[0] == z and np.all(crop.size >= REUSE_SIZE[0] * size) \
                     and np.all(crop.size <= REUSE_SIZE[1] * size) \
                     and np.all(lo - margin >= crop.start) and np.all(hi + margin <= crop.start + crop.size):
-                self._crops.move_to_end((cz, _))
-                return crop, False
+                self._crops.move_to_end(key)
+                return crop
+        return None
+
+    def _encode_crop(self, z: int, box: BoxYx) -> tuple[_Crop, bool]:
+        """The crop ``box`` would have, encoded (or read from the disk cache); touches no session state."""
+        start, size = _region(box, self.spacing, self.context, self.min_side_mm)
         hu = _crop(self.array[z], start, size)
         image, letterbox = to_model_image(hu, self.spacing, window=self.window)
         cached = self.cache is not None and self.cache.get(EmbeddingCache.key(image)) is not None
         embedding = encode_images(self.model, image[None], cache=self.cache)[0]
-        self.encoder_passes += int(not cached)
-        crop = _Crop(start, size, letterbox, embedding.to(torch.float16 if embedding.device.type == "cpu"
-                                                            else embedding.dtype), hu)
-        self._crops[(z, (*start.tolist(), *size.tolist()))] = crop
+        stored = embedding.to(torch.float16) if embedding.device.type == "cpu" else embedding
+        return _Crop(start, size, letterbox, stored, hu), not cached
+
+    def _store(self, z: int, crop: _Crop) -> None:
+        self._crops[(z, (*crop.start.tolist(), *crop.size.tolist()))] = crop
         while len(self._crops) > MEMORY_CROPS:
             self._crops.popitem(last=False)
-        return crop, not cached
 
     def _decode(self, z: int, prompt: _SlicePrompt) -> SliceMask:
         """The union of the masks of the prompt's box (with its points) and of its extra boxes."""
