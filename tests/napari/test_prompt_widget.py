@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from napari.utils._test_utils import read_only_mouse_event
-from napari.utils.interactions import mouse_press_callbacks, mouse_release_callbacks
+from napari.utils.interactions import mouse_move_callbacks, mouse_press_callbacks, mouse_release_callbacks
 from napari.utils.key_bindings import coerce_keybinding
 
 from napari_wsnodule._layers import add_volume_layer
@@ -54,13 +54,22 @@ def _click(layer, zyx, modifiers=()) -> None:
                                          dims_displayed=[1, 2]))
 
 
+def _drag(layer, start_zyx, end_zyx) -> None:
+    start, end = (tuple(layer.data_to_world(np.asarray(p, float))) for p in (start_zyx, end_zyx))
+    mouse_press_callbacks(layer, read_only_mouse_event(type="mouse_press", position=start, dims_displayed=[1, 2]))
+    mouse_move_callbacks(layer, read_only_mouse_event(type="mouse_move", is_dragging=True, position=end,
+                                                      dims_displayed=[1, 2]))
+    mouse_release_callbacks(layer, read_only_mouse_event(type="mouse_release", position=end, dims_displayed=[1, 2]))
+
+
 def test_a_drawn_box_merges_a_mask_that_propagates_and_undoes(setup, qtbot):
     viewer, widget, labels, truth, shown = setup
     boxes = widget.use_boxes()
     _wait(qtbot, widget)
     assert widget.prompt_session is not None and viewer.layers.selection.active is boxes
     assert boxes.mode == "add_rectangle"
-    boxes.add_rectangles(_rectangle(5, (22, 22, 42, 42)))
+    viewer.dims.set_point(0, boxes.data_to_world([5, 0, 0])[0])
+    _drag(boxes, (5, 22, 22), (5, 42, 42))  # drawn with the mouse in rectangle mode
     _wait(qtbot, widget)
     data = labels.data
     assert not shown and set(np.unique(data)) == {0, 1}

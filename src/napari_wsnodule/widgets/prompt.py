@@ -187,6 +187,8 @@ class PromptWidget(WsnoduleWidget):
         corners = np.asarray(self.boxes_layer.data[-1], float)
         z = int(round(float(corners[:, 0].mean())))
         lo, hi = corners[:, 1:].min(axis=0), corners[:, 1:].max(axis=0)
+        if np.any(hi - lo < 1.0):
+            return  # a click without a drag in rectangle mode: no box
         self.prompt_box(z, (lo[0], lo[1], hi[0], hi[1]))
 
     def _click_callback(self, layer: Any, event: Any):
