@@ -79,3 +79,66 @@ def smooth_sphere_ct():
         return Volume(image.astype(np.float32), spacing, origin=origin), sphere
 
     return make
+
+
+@pytest.fixture(scope="session")
+def stub_medsam():
+    """A tiny stand-in for LiteMedSAM (no checkpoint, milliseconds a call) with its three parts' call
+    shapes: the "embedding" is the input image pooled to 64 x 64, and the "decoder" marks the bright
+    pixels (above half the crop's range) inside the box, minus a disk around each negative point.
+    It counts its encoder passes in ``net.encoded``."""
+    from pathlib import Path
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from wsnodule_core.foundation.lite_medsam import LiteMedSam
+
+    class Encoder(nn.Module):
+        def __init__(self, net) -> None:
+            super().__init__()
+            self.net = [net]
+            self.weight = nn.Parameter(torch.zeros(1))
+
+        def forward(self, images):
+            self.net[0].encoded += len(images)
+            return F.avg_pool2d(images[:, :1], 4).expand(-1, 256, -1, -1).contiguous()
+
+    class Prompts(nn.Module):
+        def forward(self, points=None, boxes=None, masks=None):
+            rows = []
+            if boxes is not None:
+                x0, y0, x1, y1 = boxes.reshape(4).tolist()
+                rows += [[x0, y0, 2.0], [x1, y1, 3.0]]
+            if points is not None:
+                rows += [[*xy, float(label)] for xy, label in zip(points[0][0].tolist(), points[1][0].tolist())]
+            return torch.tensor(rows, dtype=torch.float32)[None], torch.zeros(1, 256, 64, 64)
+
+        def get_dense_pe(self):
+            return torch.zeros(1, 256, 64, 64)
+
+    class Decoder(nn.Module):
+        def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+                    multimask_output):
+            bright = F.interpolate(image_embeddings[:, :1], size=(256, 256), mode="nearest")[0, 0] - 0.5
+            yy, xx = torch.meshgrid(torch.arange(256.0) + 0.5, torch.arange(256.0) + 0.5, indexing="ij")
+            keep = torch.zeros(256, 256, dtype=torch.bool)
+            for x, y, kind in sparse_prompt_embeddings[0].tolist():
+                if kind == 2.0:
+                    corner = (x, y)
+                elif kind == 3.0:
+                    keep |= (xx >= corner[0]) & (xx < x) & (yy >= corner[1]) & (yy < y)
+            for x, y, kind in sparse_prompt_embeddings[0].tolist():
+                if kind == 0.0:
+                    keep &= (xx - x) ** 2 + (yy - y) ** 2 > 12.0 ** 2
+            logits = torch.where(keep, bright, torch.full_like(bright, -1.0))
+            return logits[None, None], torch.ones(1, 1)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoded = 0
+            self.image_encoder, self.prompt_encoder, self.mask_decoder = Encoder(self), Prompts(), Decoder()
+
+    return LiteMedSam(Net().eval(), torch.device("cpu"), Path("stand-in"))

@@ -17,7 +17,7 @@ LAYERS = (
     ("errors",),
     ("io",),
     ("image",),
-    ("metrics", "nodules", "reports"),
+    ("metrics", "nodules", "reports", "edits"),
     ("data",),
     ("training",),
     ("foundation",),  # pretrained models (LiteMedSAM): used by the methods, never the other way round
