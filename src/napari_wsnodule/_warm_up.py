@@ -14,7 +14,7 @@ Started when a widget is built, they run while the user is still choosing settin
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 _torch_started = threading.Event()   # once per process: a second import is free anyway
 _layers_started = threading.Event()
@@ -41,7 +41,7 @@ def _start_once(started: threading.Event, work: Callable[[], None], name: str) -
 def _quietly(work: Callable[[], None]) -> None:
     try:
         work()
-    except Exception:  # noqa: BLE001 - a failed warm-up only means the first use pays for it
+    except Exception:  # noqa: BLE001, S110 - a failed warm-up only means the first use pays for it
         pass
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_wsnodule._geometry import VOLUME_KEY
-from napari_wsnodule._layers import (GENERATED_KEY, MODEL_MASK_KEY, SOURCE_KEY, add_volume_layer, show_overlay)
+from napari_wsnodule._layers import GENERATED_KEY, MODEL_MASK_KEY, SOURCE_KEY, add_volume_layer, show_overlay
 from napari_wsnodule.widgets._staged import StagedSteps
 from wsnodule_core.io.volume import Volume
 
@@ -117,3 +117,20 @@ def test_staged_steps_finish_after_the_last_layer_was_shown(make_napari_viewer, 
     qtbot.waitUntil(lambda: not staged.busy, timeout=3000)
     assert not errors
     assert seen_at_done == {"first": (True, False), "second": (True, True)}
+
+
+def test_opening_a_panel_prepares_the_first_labels_layer(make_napari_viewer):
+    import sys
+
+    from vispy.visuals.line import dash_atlas
+
+    from napari_wsnodule import _warm_up
+    from napari_wsnodule.widgets.nam import NamWidget
+
+    dash_atlas._make_pattern.cache_clear()
+    _warm_up._prepare_layers()  # what the background thread runs
+    assert dash_atlas._make_pattern.cache_info().currsize > 0
+    assert "pandas" in sys.modules and "skimage.color" in sys.modules
+
+    NamWidget(make_napari_viewer())
+    assert _warm_up._layers_started.is_set()  # started once per process, by any wsnodule panel
