@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import napari
@@ -23,6 +26,12 @@ OVERLAY_OPACITY = 0.45
 OVERLAY_FLOOR = 0.2   # values under this fraction of the map's top are hidden (the lower contrast limit)
 OVERLAY_RAMP = 0.35   # the colormap's alpha rises from 0 to 1 over this first part of its range
 MASK_OPACITY = 0.5    # labels layers of masks: the CT shows through
+
+# A layer is added hidden and shown this many ms later, in its own event-loop turn: its first draw
+# (texture upload, 40-100 ms with software OpenGL) then no longer adds to the 100-200 ms napari takes to
+# insert it (docs/plugin.md, Responsiveness). Shorter than StagedSteps' gap, so a staged layer is shown
+# before the next one is added.
+REVEAL_DELAY_MS = 5
 
 
 def short_name(layer: Any) -> str:
@@ -56,8 +65,15 @@ def _compact_copy(labels: np.ndarray) -> np.ndarray:
 
 
 def add_volume_layer(viewer: napari.Viewer, volume: Volume, kind: str, name: str, *,
-                     source: Any = None, generated: str | None = None, **kwargs: Any):
-    """Add ``volume`` as an ``"image"`` or ``"labels"`` layer in world mm; returns the layer."""
+                     source: Any = None, generated: str | None = None, reveal_later: bool = False,
+                     **kwargs: Any):
+    """Add ``volume`` as an ``"image"`` or ``"labels"`` layer in world mm; returns the layer.
+
+    With ``reveal_later`` the layer is added hidden and unselected, and made visible (unless
+    ``visible=False`` was asked) and selected ``REVEAL_DELAY_MS`` later by the event loop (see
+    :func:`show_later`): napari's first draw of it and its layer controls then come in a turn of
+    their own. It is in the layer list, with its name, data, metadata and geometry, when this returns.
+    """
     metadata = {VOLUME_KEY: volume, **kwargs.pop("metadata", {})}
     if source is not None:
         metadata[SOURCE_KEY] = source
@@ -70,7 +86,52 @@ def add_volume_layer(viewer: napari.Viewer, volume: Volume, kind: str, name: str
     if kind == "labels" and generated is not None:
         # the model's own mask, kept to tell which nodules the annotator edited (no copy unless shared)
         metadata[MODEL_MASK_KEY] = _compact_copy(data) if np.may_share_memory(data, volume.array) else volume.array
-    return add(data, name=unique_layer_name(viewer, name), metadata=metadata, **layer_geometry(volume), **kwargs)
+    visible = kwargs.pop("visible", True)
+    name = unique_layer_name(viewer, name)
+    geometry = layer_geometry(volume)
+    if not reveal_later:
+        return add(data, name=name, metadata=metadata, visible=visible, **geometry, **kwargs)
+    with _not_selected_on_insert(viewer.layers) as selects_new:
+        layer = add(data, name=name, metadata=metadata, visible=False, **geometry, **kwargs)
+    show_later(viewer, layer, visible=visible, select=selects_new)
+    return layer
+
+
+@contextlib.contextmanager
+def _not_selected_on_insert(layers: Any) -> Iterator[bool]:
+    """Keep napari from selecting the layers inserted meanwhile (its layer controls switch, 20-40 ms);
+    yields whether it would have. Relies on napari's private ``_activate_on_insert`` flag: without it
+    (another napari version) nothing changes and this yields False."""
+    flag = getattr(layers, "_activate_on_insert", None)
+    if not isinstance(flag, bool):
+        yield False
+        return
+    layers._activate_on_insert = False
+    try:
+        yield flag
+    finally:
+        layers._activate_on_insert = flag
+
+
+def show_later(viewer: napari.Viewer, layer: Any, *, visible: bool = True, select: bool = False,
+               delay_ms: int = REVEAL_DELAY_MS) -> None:
+    """``delay_ms`` from now, on a later turn of the event loop, make ``layer`` visible (if ``visible``)
+    and the selected layer (if ``select``), unless it was removed from ``viewer`` meanwhile (neither
+    object is kept alive by the wait)."""
+    from qtpy.QtCore import QTimer
+
+    viewer_ref, layer_ref = weakref.ref(viewer), weakref.ref(layer)
+
+    def reveal() -> None:
+        shown_in, target = viewer_ref(), layer_ref()
+        if shown_in is None or target is None or target not in shown_in.layers:
+            return
+        if visible:
+            target.visible = True
+        if select:
+            shown_in.layers.selection.active = target
+
+    QTimer.singleShot(delay_ms, reveal)
 
 
 def show_map(viewer: napari.Viewer, volume: Volume, name: str, *, source: Any, generated: str, kind: str = "image",

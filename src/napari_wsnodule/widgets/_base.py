@@ -18,6 +18,7 @@ from qtpy.QtWidgets import QComboBox, QGroupBox, QLabel, QVBoxLayout, QWidget
 import napari
 from napari_wsnodule._session import PluginSession, session_for
 from napari_wsnodule._tasks import TaskPanel
+from napari_wsnodule._warm_up import warm_up_layers_in_background
 
 DEVICES = (("Auto", "auto"), ("CPU", "cpu"), ("CUDA", "cuda"), ("MPS (Apple)", "mps"))
 
@@ -76,6 +77,7 @@ class WsnoduleWidget(QWidget):
         self.tasks = TaskPanel(self)
         self.last_error_text: str | None = None
         self.setLayout(QVBoxLayout())
+        warm_up_layers_in_background()  # the first result mask then adds without a one-off import
 
     def error(self, text: str) -> None:
         """Show ``text`` as an error (and keep it in ``last_error_text``)."""

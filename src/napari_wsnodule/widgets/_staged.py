@@ -15,6 +15,7 @@ from typing import Any, Callable, Hashable, Sequence
 from qtpy.QtCore import QTimer
 
 STEP_GAP_MS = 15  # with 0, the next step ran before the canvas repaint, and the freezes added up
+# (longer than _layers.REVEAL_DELAY_MS: a layer a step added hidden is shown in the first gap after it)
 
 
 class StagedSteps:
@@ -40,7 +41,7 @@ class StagedSteps:
     def _next(self) -> None:
         if self._state is None:
             return
-        steps, made, done = self._state
+        steps, made, _ = self._state
         if steps:
             key, make = steps.popleft()
             try:
@@ -50,8 +51,19 @@ class StagedSteps:
                 traceback.print_exception(type(error), error, error.__traceback__)
                 self._on_error(f"Showing {self._what} failed ({type(error).__name__}: {error}).")
                 return
-        if steps:
-            QTimer.singleShot(STEP_GAP_MS, self._next)
+        state = self._state
+        QTimer.singleShot(STEP_GAP_MS, lambda: self._pause_over(state))
+
+    def _pause_over(self, state: tuple[deque, dict, Callable[[dict], None]]) -> None:
+        """A second gap, counted from now: a layer the last step added hidden was shown in this turn
+        (``_layers.show_later``), and its first draw gets a turn of its own before the next step."""
+        if self._state is not state:  # a newer start() replaced this run
+            return
+        QTimer.singleShot(STEP_GAP_MS, self._next if state[0] else lambda: self._finish(state))
+
+    def _finish(self, state: tuple[deque, dict, Callable[[dict], None]]) -> None:
+        if self._state is not state:
             return
         self._state = None
+        _, made, done = state
         done(made)

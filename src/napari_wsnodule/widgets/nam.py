@@ -279,7 +279,7 @@ class NamWidget(WsnoduleWidget):
             ("coarse", lambda: add_volume_layer(self.viewer, result.coarse, "labels", name("NAM mask (coarse)"),
                                                 source=source, generated="nam:coarse", visible=False)),
             ("fine", lambda: add_volume_layer(self.viewer, result.fine, "labels", name("NAM mask"),
-                                              source=source, generated="nam:fine")),
+                                              source=source, generated="nam:fine", reveal_later=True)),
         ]
         self._staged.start(steps, lambda layers: self._shown(run, layers))
 
@@ -298,7 +298,7 @@ class NamWidget(WsnoduleWidget):
 
     def _map(self, volume: Volume, name: str, source: Any, generated: str, colormap: str, top: float | None):
         return show_overlay(self.viewer, volume, name, source=source, generated=generated, colormap=colormap,
-                            top=top)
+                            top=top, reveal_later=True)
 
     def _outline(self, volume: Volume, name: str, source: Any, generated: str):
         """A label map shown as outlines; refreshed in place only while nobody has edited it."""
@@ -312,7 +312,7 @@ class NamWidget(WsnoduleWidget):
                 layer.metadata[VOLUME_KEY] = volume
                 return layer
         layer = add_volume_layer(self.viewer, volume, "labels", name, source=source, generated=generated,
-                                 opacity=0.8)
+                                 opacity=0.8, reveal_later=True)
         layer.contour = 1
         return layer
 

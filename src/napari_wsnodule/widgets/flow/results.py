@@ -71,10 +71,11 @@ def layer_steps(viewer: napari.Viewer, run: FlowRun) -> list[tuple[Any, Callable
             # the mask is a result to correct: always a new layer
             # (add_volume_layer makes the int32 copy napari edits; the result's own mask stays the model's)
             ((i, "mask"), _bind(add_volume_layer, viewer, patch.with_array(result.masks[i]),
-                                "labels", name(f"flow mask{tag}"), source=source, generated="flow:mask")),
+                                "labels", name(f"flow mask{tag}"), source=source, generated="flow:mask",
+                                reveal_later=True)),
         ]
     steps.append((CT_MASK, _bind(add_volume_layer, viewer, result.mask, "labels", name("flow mask (CT grid)"),
-                                 source=source, generated="flow:ct_mask")))
+                                 source=source, generated="flow:ct_mask", reveal_later=True)))
     return steps
 
 
@@ -126,7 +127,8 @@ def show_image(viewer: napari.Viewer, volume: Volume, name: str, source: Any, ge
         layer.data = volume.array
         layer.metadata[VOLUME_KEY] = volume
     else:
-        layer = add_volume_layer(viewer, volume, "image", name, source=source, generated=generated, **kwargs)
+        layer = add_volume_layer(viewer, volume, "image", name, source=source, generated=generated,
+                                 reveal_later=True, **kwargs)
     if "contrast_limits" in kwargs:
         low, high = kwargs["contrast_limits"]
         layer.contrast_limits_range = (min(0.0, low), high)  # an overlay's floor can be lowered to 0

@@ -75,4 +75,4 @@ class Pw4MedSegWidget(WsnoduleWidget):
         """A probability-like map over the CT (refreshed in place on a later run) in the overlay style,
         brightest at ``limits[1]``."""
         return show_overlay(self.viewer, volume, name, source=source, generated=generated, colormap=colormap,
-                            top=limits[1], visible=visible)
+                            top=limits[1], visible=visible, reveal_later=True)

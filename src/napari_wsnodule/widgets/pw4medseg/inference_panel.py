@@ -167,7 +167,7 @@ class InferencePanel(Panel):
                                                    limits=(0.0, top))),
             # a mask is a result to correct: always a new layer
             ("mask", lambda: add_volume_layer(self.viewer, run.mask, "labels", names["mask"],
-                                              source=source, generated="pw4medseg:mask")),
+                                              source=source, generated="pw4medseg:mask", reveal_later=True)),
         ], lambda layers: self._inferred(run, layers))
 
     def _inferred(self, run: InferRun, layers: dict[str, Any]) -> None:
