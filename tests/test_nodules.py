@@ -9,7 +9,8 @@ import pytest
 
 from wsnodule_core.errors import InvalidVolumeError
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.nodules import longest_axial_diameter_mm, measure_nodules, nodule_label_map
+from wsnodule_core.nodules import (drop_small_components, longest_axial_diameter_mm, measure_nodules,
+                                   nodule_label_map)
 
 SPACING = (1.25, 0.6, 0.8)
 
@@ -82,3 +83,13 @@ def test_empty_masks_and_bad_inputs():
         measure_nodules(np.zeros((4, 4), np.uint8), (1, 1))
     with pytest.raises(InvalidVolumeError, match="grouped by"):
         measure_nodules(np.ones((2, 2, 2), np.uint8), (1, 1, 1), by="blobs")
+
+
+def test_drop_small_components_keeps_what_reaches_the_diameter():
+    shape = (24, 60, 60)
+    big, small = sphere(shape, (15, 18, 18), 4.0), sphere(shape, (15, 24, 36), 1.2)  # 8 mm and 2.4 mm
+    mask = big | small
+    np.testing.assert_array_equal(drop_small_components(mask, SPACING, 3.0), big)
+    np.testing.assert_array_equal(drop_small_components(mask, SPACING, 0.0), mask)
+    assert not drop_small_components(mask, SPACING, 9.0).any()
+    assert not drop_small_components(np.zeros(shape, bool), SPACING, 3.0).any()

@@ -156,6 +156,12 @@ def test_nam3d_unet_and_pw4medseg_checkpoints(tmp_path):
     result = segmenter.segment(ct)
     _check_result(result, ct)
     assert set(result.maps) == {"probability", "uncertainty"} and result.lungs is None
+    everything = segmenter.with_options(threshold=0.01).segment(ct)  # every voxel: one component
+    assert everything.n_nodules == 1
+    tiny_floor = segmenter.with_options(threshold=0.01, min_diameter_mm=1e4).segment(ct)
+    assert tiny_floor.n_nodules == 0  # the one component is smaller than 10 m across
+    with pytest.raises(ModelConfigError, match="min_diameter_mm"):
+        segmenter.with_options(min_diameter_mm=-1.0)
 
 
 def test_flow_predictor_needs_its_prior_and_segments_at_centres(tmp_path):

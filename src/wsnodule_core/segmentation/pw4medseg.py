@@ -9,11 +9,12 @@ import numpy as np
 
 from wsnodule_core.errors import ModelConfigError
 from wsnodule_core.io.volume import Volume
+from wsnodule_core.nodules import drop_small_components
 from wsnodule_core.pw4medseg.config import KIND as PW_KIND
 from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
                                              check_options, resolve_lungs, single_output)
 
-PW_OPTIONS = ("passes", "threshold", "overlap", "batch_size", "seed", "lung_margin_mm")
+PW_OPTIONS = ("passes", "threshold", "overlap", "batch_size", "seed", "lung_margin_mm", "min_diameter_mm")
 
 
 @dataclass(frozen=True, eq=False)
@@ -23,7 +24,8 @@ class PwSegmenter:
     maps ``probability`` (mean of the passes) and ``uncertainty`` (their spread).
 
     ``lung_margin_mm`` not None keeps only what lies within that distance of the lungs (the paper does
-    not restrict; off by default, and the lungs are then not segmented).
+    not restrict; off by default, and the lungs are then not segmented). ``min_diameter_mm`` drops the
+    components of a smaller equivalent sphere diameter (0: keep all; the paper has no such step).
     """
 
     model: Any
@@ -34,12 +36,15 @@ class PwSegmenter:
     batch_size: int = 2
     seed: int | None = 0
     lung_margin_mm: float | None = None
+    min_diameter_mm: float = 0.0
     name: str = "PW4MedSeg"
     kind: str = PW_KIND
 
     def __post_init__(self) -> None:
         if self.threshold is None:
             object.__setattr__(self, "threshold", float(self.config.threshold))
+        if not self.min_diameter_mm >= 0:
+            raise ModelConfigError(f"min_diameter_mm must be >= 0 mm, got {self.min_diameter_mm}.")
         if self.passes < 1:
             raise ModelConfigError(f"PW4MedSeg needs at least one pass, got passes={self.passes}.")
 
@@ -84,5 +89,7 @@ class PwSegmenter:
 
             distance = ndimage.distance_transform_edt(~lung_mask, sampling=volume.spacing)
             mask &= distance <= self.lung_margin_mm
+        if self.min_diameter_mm > 0:
+            mask = drop_small_components(mask, volume.spacing, self.min_diameter_mm)
         maps = {"probability": prediction.probability, "uncertainty": prediction.uncertainty}
         return single_output(volume, mask, self.name, maps=maps, lungs=lung_mask, details=prediction)
