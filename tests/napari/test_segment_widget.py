@@ -77,6 +77,7 @@ def test_run_adds_the_default_models_mask_on_the_ct_grid_with_its_provenance(set
     assert layer.metadata[VOLUME_KEY].shape == volume.shape
     assert _dice(layer.data > 0, truth) > 0.5  # the stand-in draws the bright sphere in the blob's box
     assert layer.name.startswith("ct") and default_method() in layer.name
+    assert viewer.layers.selection.active is layer
     response = widget.last_layers["response"]  # the blob filter's map, as a hidden overlay
     assert response.blending == "additive" and not response.visible
     assert f"{int(layer.data.max())} nodule candidate(s)" in widget.summary_label.text()

@@ -224,6 +224,8 @@ class SegmentWidget(WsnoduleWidget):
     def _shown(self, run: ShippedRun, layers: dict[str, Any]) -> None:
         self.last_run, self.last_layers = run, layers
         n, layer = run.result.n_nodules, layers["mask"]
+        if layer in self.viewer.layers:
+            self.viewer.layers.selection.active = layer  # its paint, erase and picker tools at hand
         maps = f" Maps (hidden; tick their eye): {', '.join(run.result.maps)}." if run.result.maps else ""
         self.summary_label.setText(
             f"{run.model.name}: {n} nodule candidate(s) in '{layer.name}'. Look at them in 'Nodules and "
