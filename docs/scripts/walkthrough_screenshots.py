@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-from _event_loop import run_until  # noqa: E402
+from _event_loop import run_until
 
 MAX_PNG_BYTES = 300_000
 BOX_MARGIN_PX = 3
@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.images.mkdir(parents=True, exist_ok=True)
 
-    import napari
     import torch
 
+    import napari
     from napari_wsnodule.widgets.edit_export import EditExportWidget
     from napari_wsnodule.widgets.load import LoadWidget
     from napari_wsnodule.widgets.prompt import PromptWidget

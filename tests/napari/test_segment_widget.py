@@ -102,7 +102,7 @@ def test_medsam_box_segments_inside_the_rectangles_of_a_shapes_layer(setup, qtbo
 
 
 def test_cancel_stops_a_run_and_adds_nothing(setup, qtbot):
-    viewer, widget, image, _, shown = setup
+    viewer, widget, _, _, shown = setup
     started = []
 
     class Slow:
@@ -129,7 +129,7 @@ def test_cancel_stops_a_run_and_adds_nothing(setup, qtbot):
 
 
 def test_refusals_say_what_to_do(setup, make_napari_viewer, monkeypatch):
-    viewer, widget, image, _, shown = setup
+    _, widget, _, _, shown = setup
     widget.lite_medsam = None
     monkeypatch.setattr(segment_module, "lite_medsam_missing", lambda: True)
     widget.run_button.click()

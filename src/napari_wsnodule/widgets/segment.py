@@ -10,15 +10,16 @@ which nodules were edited, and the method's maps come as overlays (hidden until 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
-import napari
 import numpy as np
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QLabel, QPushButton, QWidget
 
+import napari
 from napari_wsnodule._geometry import volume_of_layer
 from napari_wsnodule._layers import add_volume_layer, result_name, show_overlay
 from napari_wsnodule._tasks import TaskReporter
@@ -105,8 +106,8 @@ class SegmentWidget(WsnoduleWidget):
         self.about_label = QLabel("")
         self.about_label.setWordWrap(True)
         self.boxes_combo = LayerPicker(self.viewer, (napari.layers.Shapes,), allow_none=True)
-        self.boxes_combo.setToolTip("medsam-box: rectangles around the nodules, each on its axial slice (or "
-                                    "spanning slices); LiteMedSAM draws the nodule inside each.")
+        self.boxes_combo.setToolTip("medsam-box: rectangles around the nodules, each on its axial slice; "
+                                    "LiteMedSAM draws the nodule inside each, on that slice.")
         self.lungs_check = QCheckBox("Search the lungs only (segments them first)")
         self.lungs_check.setChecked(True)
         self.lungs_check.setToolTip("Unticked: the whole CT is searched (for a crop whose lungs cannot be found).")
