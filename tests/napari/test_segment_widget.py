@@ -90,6 +90,10 @@ def test_medsam_box_segments_inside_the_rectangles_of_a_shapes_layer(setup, qtbo
     widget.select_model("medsam-box")
     widget.run_button.click()
     assert shown and "Shapes layer" in shown[-1] and not widget.tasks.busy
+    flat = viewer.add_shapes([np.array([[20, 20], [20, 44], [44, 44], [44, 20]], float)], shape_type="rectangle")
+    widget.boxes_combo.select(flat)
+    widget.run_button.click()
+    assert "2 dimensions" in shown[-1] and not widget.tasks.busy
     shapes = viewer.add_shapes([np.array([[5, 20, 20], [5, 20, 44], [5, 44, 44], [5, 44, 20]], float)],
                                shape_type="rectangle", scale=image.scale, translate=image.translate)
     widget.boxes_combo.select(shapes)

@@ -162,6 +162,9 @@ class SegmentWidget(WsnoduleWidget):
         if model.method != BOX_METHOD:
             return {}
         shapes = self.boxes_combo.layer()
+        if shapes is not None and shapes.ndim != 3:
+            raise PromptError(f"the Shapes layer {shapes.name!r} has {shapes.ndim} dimensions: draw the boxes on a "
+                              "3D Shapes layer over the CT (Layers > New Shapes layer while the CT is open).")
         boxes = [] if shapes is None else shape_boxes_zyx(shapes, source, volume.shape)
         if not boxes:
             raise PromptError("medsam-box draws inside boxes you give: add a Shapes layer, draw a rectangle "
