@@ -38,5 +38,6 @@ class RefinedSegmenter:
         from wsnodule_core.foundation.refine import refine_candidates
 
         first = self.inner.segment(volume, lungs=lungs, progress=progress, cancel=cancel)
-        refined = refine_candidates(volume, first.mask, model=self.model, cancel=cancel, **dict(self.options))
+        refined = refine_candidates(volume, first.mask, model=self.model, progress=progress, cancel=cancel,
+                                    **dict(self.options))
         return SegmentationResult(refined, {"mask": refined}, self.name, dict(first.maps), first.lungs, first)
