@@ -223,7 +223,8 @@ def test_train_pw4medseg_from_simulated_points_then_evaluate_it(dataset, tmp_pat
     run = tmp_path / "pw"
     tiny = ["--annotation", "points:5", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "1",
             "--crop-size", "16", "--pixel-spacing", "6", "--device", "cpu", "--quiet", "--pw-norm", "batch",
-            "--foreground-probability", "0.8", "--background-in-lungs", "0.25"]
+            "--foreground-probability", "0.8", "--background-in-lungs", "0.25", "--nodule-free-confidence", "0.9",
+            "--val-every", "2"]
     assert main(["train", "--method", "pw4medseg", str(dataset), "--out", str(run), *tiny]) == 0
     checkpoint = load_checkpoint(run / "last.pt")
     assert checkpoint.kind == "pw4medseg" and checkpoint.global_step == 2
@@ -231,6 +232,7 @@ def test_train_pw4medseg_from_simulated_points_then_evaluate_it(dataset, tmp_pat
     assert saved["annotation"]["n_points"] == 5 and saved["model"]["norm_name"] == "batch"
     assert tuple(saved["model"]["img_size"]) == (16, 16, 16)
     assert (saved["foreground_probability"], saved["background_in_lungs"]) == (0.8, 0.25)
+    assert (saved["nodule_free_confidence"], saved["val_every"]) == (0.9, 2)
     capsys.readouterr()
     assert main(["evaluate", str(dataset), "--checkpoint", str(run), "--out", str(tmp_path / "eval"),
                  "--quiet"]) == 0
@@ -246,6 +248,8 @@ def test_train_pw4medseg_from_simulated_points_then_evaluate_it(dataset, tmp_pat
     assert uncertainty.same_geometry(ct) and float(uncertainty.array.max()) > 0.0  # two sampled passes differ
     assert main(["train", "--method", "pw4medseg", str(dataset), "--out", str(tmp_path / "pw2"), "--n-gap", "2"]) != 0
     assert "--n-gap: not options of --method pw4medseg" in capsys.readouterr().err
+    assert main(["train", "--method", "nam", str(dataset), "--out", str(tmp_path / "nam"), "--val-every", "2"]) != 0
+    assert "--val-every: not options of --method nam" in capsys.readouterr().err
 
 
 def test_train_the_3d_nam_and_refuse_to_overwrite_its_run(dataset, tmp_path, capsys):

@@ -94,7 +94,8 @@ _ONLY_FOR = {"epoch_size": ("nam", "unet", "flow-predictor"), "nam3d_width": ("n
              "positives_per_nodule": ("nam3d",), "negatives_per_case": ("nam3d",),
              **dict.fromkeys(("architecture", "channels", "norm", "dropout", "slab", "patch_spacing", "pretrained",
                               "z_smooth"),
-                             ("flow-predictor",))}
+                             ("flow-predictor",)),
+             "nodule_free_confidence": ("pw4medseg",), "val_every": ("pw4medseg",)}
 
 
 def _check_method_options(args: argparse.Namespace) -> None:

@@ -27,6 +27,12 @@ def add_pw_arguments(parser: argparse.ArgumentParser) -> None:
                             "instance]")
     group.add_argument("--foreground-probability", type=float, default=None,
                        help="share of crops that hold a voxel of the target's foreground [compact 0.33, paper 0.5]")
+    group.add_argument("--nodule-free-confidence", type=float, default=None, metavar="C",
+                       help="confidence of every voxel of a case known to hold no nodule (no nodule record, "
+                            "negatives_ok: e.g. the VOI set's nodule-free crops); off: such a case only has "
+                            "the pseudo-label's far confidence [off]")
+    group.add_argument("--val-every", type=int, default=None, metavar="N",
+                       help="validate every N epochs (and after the last) [1]")
     group.add_argument("--background-in-lungs", type=float, default=None,
                        help="share of the other crops centred in the lungs, the rest anywhere [compact 0.8, paper 0.5]")
 
@@ -45,7 +51,8 @@ def pw_config_from_args(args: argparse.Namespace):
         return None
     values = {name: getattr(args, name) for name in ("annotation", "crop_size", "intensity", "warmup_steps",
                                                       "epochs", "lr", "batch_size", "seed", "device",
-                                                      "foreground_probability", "background_in_lungs")
+                                                      "foreground_probability", "background_in_lungs",
+                                                      "nodule_free_confidence", "val_every")
               if getattr(args, name, None) is not None}
     if args.pw_norm is not None:
         from wsnodule_core.pw4medseg.model import PTransformerConfig
