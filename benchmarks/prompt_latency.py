@@ -21,16 +21,13 @@ import torch
 from wsnodule_core.data.sample import load_lidc_sample
 from wsnodule_core.foundation import load_lite_medsam
 from wsnodule_core.foundation.prompt import PromptSession
+from wsnodule_core.metrics import dice_3d
 
 
 def _timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1)
 
 
 def main() -> None:
@@ -52,7 +49,7 @@ def main() -> None:
     session = PromptSession(sample.ct, model=model)  # no disk cache: every first prompt encodes
     first, first_s = _timed(lambda: session.box(z, box))
     print(f"first box on slice {z} (encode)      {first_s * 1000:7.0f} ms   encoded={first.encoded}, "
-          f"2D Dice {_dice(first.mask, truth[z]):.3f}")
+          f"2D Dice {dice_3d(first.mask, truth[z]):.3f}")
     cached = {
         "same box dragged 1 px": lambda: session.box(z, np.add(box, (1, 1, 1, 1))),
         "positive click (its click box)": lambda: session.click(z, int(rows.mean()), int(cols.mean()), True),
@@ -75,7 +72,7 @@ def main() -> None:
     for r in spread:
         stacked[r.z] = r.mask
     print(f"propagate both ways                {spread_s * 1000:7.0f} ms   slices {min(r.z for r in spread)}-"
-          f"{max(r.z for r in spread)} ({len(spread)}), 3D Dice {_dice(stacked, truth):.3f}, "
+          f"{max(r.z for r in spread)} ({len(spread)}), 3D Dice {dice_3d(stacked, truth):.3f}, "
           f"{session.encoder_passes} encoder passes in all")
 
 

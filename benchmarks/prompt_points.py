@@ -23,10 +23,7 @@ from wsnodule_core.data.builders.splits import patient_split
 from wsnodule_core.data.lidc.vois import load_voi, read_voi_table
 from wsnodule_core.foundation import EmbeddingCache, load_lite_medsam
 from wsnodule_core.foundation.prompt import PromptSession, _mask_box
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1)
+from wsnodule_core.metrics import dice_3d
 
 
 def _centre(mask: np.ndarray) -> tuple[int, int]:
@@ -52,9 +49,9 @@ def _corrective(session: PromptSession, z: int, box, boxed: np.ndarray, truth: n
     extra, missed = _largest(boxed & ~truth), _largest(truth & ~boxed)
     wrong, positive = (missed, True) if missed.sum() >= extra.sum() else (extra, False)
     if not wrong.any():
-        return _dice(boxed, truth)
+        return dice_3d(boxed, truth)
     y, x = _centre(wrong)
-    return _dice(session.click(z, y, x, positive).mask, truth)
+    return dice_3d(session.click(z, y, x, positive).mask, truth)
 
 
 def scores(sam: PromptSession, boxes: PromptSession, z: int, truth: np.ndarray) -> dict[str, float]:
@@ -64,14 +61,14 @@ def scores(sam: PromptSession, boxes: PromptSession, z: int, truth: np.ndarray) 
     out = {}
     boxes.forget()
     boxed = boxes.box(z, box).mask
-    out["box"] = _dice(boxed, truth)
+    out["box"] = dice_3d(boxed, truth)
     sam.forget()
     sam.box(z, box)
-    out["box + centre point (points)"] = _dice(sam.click(z, cy, cx, True).mask, truth)
+    out["box + centre point (points)"] = dice_3d(sam.click(z, cy, cx, True).mask, truth)
     sam.forget()
-    out["one click (points)"] = _dice(sam.click(z, cy, cx, True).mask, truth)
+    out["one click (points)"] = dice_3d(sam.click(z, cy, cx, True).mask, truth)
     boxes.forget()
-    out["one click (boxes)"] = _dice(boxes.click(z, cy, cx, True).mask, truth)
+    out["one click (boxes)"] = dice_3d(boxes.click(z, cy, cx, True).mask, truth)
     out["box + corrective click (points)"] = _corrective(sam, z, box, boxed, truth)
     out["box + corrective click (boxes)"] = _corrective(boxes, z, box, boxed, truth)
     return out

@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from _event_loop import run_until
 
+from wsnodule_core.metrics import dice_3d
+
 MAX_PNG_BYTES = 300_000
 BOX_MARGIN_PX = 3
 PROPAGATE_SLICES = 2
@@ -40,12 +42,6 @@ PROPAGATE_SLICES = 2
 def _settle(seconds: float = 0.5) -> None:
     until = time.perf_counter() + seconds
     run_until(lambda: time.perf_counter() >= until, seconds + 10)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    total = np.count_nonzero(a) + np.count_nonzero(b)
-    return 2.0 * np.count_nonzero(a & b) / total if total else 1.0
 
 
 def save_png(rgba: np.ndarray, path: Path) -> int:
@@ -136,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     on_nodule = [v for v in candidates if (truth & (model_mask == v)).any()]
     figures["candidates"] = len(candidates)
     figures["candidates_on_nodule"] = len(on_nodule)
-    figures["dice_model_all"] = round(dice(model_mask, truth), 3)
-    figures["dice_model_nodule"] = round(dice(np.isin(model_mask, on_nodule), truth), 3)
+    figures["dice_model_all"] = round(dice_3d(model_mask, truth), 3)
+    figures["dice_model_nodule"] = round(dice_3d(np.isin(model_mask, on_nodule), truth), 3)
     shoot("segment")
 
     # 3. look at what it found: the nodule table, the mediastinal window
@@ -170,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             mask.selected_label = value
             prompt.delete_button.click()
     figures["deleted"] = len(candidates) - len(on_nodule)
-    figures["dice_after_deleting"] = round(dice(mask.data, truth), 3)
+    figures["dice_after_deleting"] = round(dice_3d(mask.data, truth), 3)
 
     # 5. one box on the nodule's widest slice; the readers' label as an outline to compare with
     reader.contour = 1
@@ -188,9 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     run_until(lambda: not prompt.tasks.busy, 600)
     figures["box_s"] = round(time.perf_counter() - t0, 1)
     figures["box_latency"] = prompt.latency_label.text()
-    figures["slice_dice_before_box"] = round(dice(before_box[widest], truth[widest]), 3)
-    figures["slice_dice_after_box"] = round(dice(mask.data[widest], truth[widest]), 3)
-    figures["dice_after_box"] = round(dice(mask.data, truth), 3)
+    figures["slice_dice_before_box"] = round(dice_3d(before_box[widest], truth[widest]), 3)
+    figures["slice_dice_after_box"] = round(dice_3d(mask.data[widest], truth[widest]), 3)
+    figures["dice_after_box"] = round(dice_3d(mask.data, truth), 3)
     shoot("box")
 
     # 6. propagate both ways until it ends, compare, undo it
@@ -201,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     run_until(lambda: not prompt.tasks.busy, 1200)
     figures["propagate_s"] = round(time.perf_counter() - t0, 1)
     figures["propagated"] = prompt.latency_label.text()
-    figures["dice_after_propagation"] = round(dice(mask.data, truth), 3)
+    figures["dice_after_propagation"] = round(dice_3d(mask.data, truth), 3)
     after = np.array(mask.data, copy=True)
-    per_slice = {z: [round(dice(before[z], truth[z]), 3), round(dice(after[z], truth[z]), 3)]
+    per_slice = {z: [round(dice_3d(before[z], truth[z]), 3), round(dice_3d(after[z], truth[z]), 3)]
                  for z in range(after.shape[0]) if (before[z] != after[z]).any()}
     figures["propagation_slice_dice_before_after"] = per_slice
     worst = min(per_slice, key=lambda z: per_slice[z][1] - per_slice[z][0]) if per_slice else widest
@@ -218,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     prompt.redo_button.click()
     figures["redo_restores"] = bool(np.array_equal(mask.data, after))
     prompt.undo_button.click()
-    figures["undo"] = {"tooltip": undo_tip, "dice_after_undo": round(dice(mask.data, truth), 3),
+    figures["undo"] = {"tooltip": undo_tip, "dice_after_undo": round(dice_3d(mask.data, truth), 3),
                        "voxels_changed": int(np.count_nonzero(undone != after)),
                        "back_to_before": bool(np.array_equal(mask.data, before))}
 
@@ -229,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     run_until(lambda: not prompt.tasks.busy, 1200)
     figures["short_propagation"] = {"slices": PROPAGATE_SLICES, "s": round(time.perf_counter() - t0, 1),
                                     "text": prompt.latency_label.text(),
-                                    "dice": round(dice(mask.data, truth), 3)}
+                                    "dice": round(dice_3d(mask.data, truth), 3)}
     run_until(lambda: not prompt.prewarming, 600)
     reader.visible = False
 
@@ -245,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         from wsnodule_core.io import read_volume
 
         exported = read_volume(edit.last_export)
-        figures["dice_exported"] = round(dice(exported.array, truth), 3)
+        figures["dice_exported"] = round(dice_3d(exported.array, truth), 3)
         with edit.last_table.open() as handle:
             figures["csv"] = list(csv.DictReader(handle))
         if edit.nodule_table.rowCount():

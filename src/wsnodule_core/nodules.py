@@ -99,17 +99,22 @@ def _groups(array: np.ndarray, by: str) -> tuple[np.ndarray, list[int], list]:
     return ids_map, ids, boxes
 
 
+def components_reaching(labels: np.ndarray, spacing: Sequence[float], min_diameter_mm: float) -> np.ndarray:
+    """Per label value 0..max of ``labels``: True where that component's equivalent sphere diameter is
+    at least ``min_diameter_mm`` (its volume at least the sphere's); index 0, the background, is False."""
+    voxels = np.bincount(np.asarray(labels).ravel())
+    keep = voxels * float(np.prod(spacing)) >= np.pi / 6.0 * float(min_diameter_mm) ** 3
+    keep[0] = False
+    return keep
+
+
 def drop_small_components(mask: np.ndarray, spacing: Sequence[float], min_diameter_mm: float) -> np.ndarray:
     """``mask`` (bool) without its 26-connected components whose equivalent sphere diameter is below
     ``min_diameter_mm`` (LIDC's readers outline nodules of 3 mm and more)."""
     labels = label_nodules(mask)
     if min_diameter_mm <= 0 or not labels.any():
         return labels > 0
-    voxels = np.bincount(labels.ravel())
-    diameters = 2.0 * (3.0 * voxels * float(np.prod(spacing)) / (4.0 * np.pi)) ** (1.0 / 3.0)
-    keep = diameters >= min_diameter_mm
-    keep[0] = False
-    return keep[labels]
+    return components_reaching(labels, spacing, min_diameter_mm)[labels]
 
 
 def nodule_label_map(mask: np.ndarray | Volume, by: str = "components") -> tuple[np.ndarray, int]:

@@ -14,12 +14,9 @@ import pytest
 from wsnodule_core.errors import PromptError, SegmentationCancelled
 from wsnodule_core.foundation import EmbeddingCache
 from wsnodule_core.foundation.prompt import PromptSession
+from wsnodule_core.metrics import dice_3d
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
 def _box(mask2d: np.ndarray, grow: int = 1) -> tuple[int, int, int, int]:
@@ -38,9 +35,9 @@ def test_a_box_gives_a_mask_on_the_ct_grid_and_later_prompts_on_the_slice_cost_n
     before = stub_medsam.net.encoded
     first = session.box(5, _box(truth[5]))
     assert first.encoded and first.z == 5 and first.mask.shape == volume.shape[1:]
-    assert _dice(first.mask, truth[5]) > 0.85 and first.contrast > 500
+    assert dice_3d(first.mask, truth[5]) > 0.85 and first.contrast > 500
     moved = session.box(5, np.add(_box(truth[5]), (1, -1, 1, -1)))  # the box dragged a pixel
-    assert not moved.encoded and _dice(moved.mask, truth[5]) > 0.85
+    assert not moved.encoded and dice_3d(moved.mask, truth[5]) > 0.85
     assert stub_medsam.net.encoded - before == 1 == session.encoder_passes
     far = session.box(5, (0, 0, 6, 6))  # a box elsewhere on the slice needs its own crop
     assert far.encoded and not far.mask[truth[5]].any()
@@ -56,19 +53,19 @@ def test_clicks_make_a_box_add_and_remove_and_a_first_negative_click_is_refused(
     grow = int(np.ceil(0.15 * (rows.max() + 1 - rows.min())))  # the bright region, grown by click_margin
     assert (y0, x0, y1, x1) == (rows.min() - grow, cols.min() - grow, rows.max() + 1 + grow, cols.max() + 1 + grow)
     clicked = session.click(5, 31, 31)
-    assert clicked.encoded and _dice(clicked.mask, truth[5]) > 0.85
+    assert clicked.encoded and dice_3d(clicked.mask, truth[5]) > 0.85
     cut = session.click(5, 31, 31 - 6, positive=False)  # pixels nearer the click than the core go
     assert not cut.encoded and not cut.mask[:, :31 - 3].any() and np.array_equal(cut.mask[:, 32:], clicked.mask[:, 32:])
     assert 0 < cut.mask.sum() < clicked.mask.sum() and not (cut.mask & ~clicked.mask).any()
     regrown = session.click(5, 31, 31 - 6)  # a positive click adds its own click box's mask back
-    assert not regrown.encoded and regrown.mask[31, 31 - 6] and _dice(regrown.mask, truth[5]) > 0.85
+    assert not regrown.encoded and regrown.mask[31, 31 - 6] and dice_3d(regrown.mask, truth[5]) > 0.85
     # on dark lung the click's box is the smallest square, click_min_mm wide
     y0, x0, y1, x1 = session.click_box(5, 5, 5)
     assert y1 - y0 == x1 - x0 == 2 * round(5.0 / 2 / 0.7) + 1
     # a click correcting an existing mask takes that mask's box
     session.forget(6)
     again = session.click(6, 31, 31, current=truth[6])
-    assert again.box == _box(truth[6]) and _dice(again.mask, truth[6]) > 0.8
+    assert again.box == _box(truth[6]) and dice_3d(again.mask, truth[6]) > 0.8
 
 
 def test_a_click_on_a_wall_gets_the_smallest_box_not_the_whole_wall(stub_medsam, sphere):
@@ -102,7 +99,7 @@ def test_propagation_stops_where_the_nodule_ends_and_after_n_slices(stub_medsam,
     stacked[5] = start.mask
     for r in spread:
         stacked[r.z] = r.mask
-    assert _dice(stacked, truth) > 0.8
+    assert dice_3d(stacked, truth) > 0.8
     assert [r.z for r in session.propagate(5, start.mask, "up", n=1)] == [6]
     assert [r.z for r in session.propagate(5, start.mask, "down", n=2)] == [3, 4]
     with pytest.raises(SegmentationCancelled):
@@ -168,11 +165,11 @@ def test_lite_medsam_segments_a_box_and_refines_it_with_the_decoder_only(lite_me
     volume, truth = sphere
     session = PromptSession(volume, model=lite_medsam)
     first = session.box(5, _box(truth[5]))
-    assert first.encoded and _dice(first.mask, truth[5]) > 0.8
+    assert first.encoded and dice_3d(first.mask, truth[5]) > 0.8
     t = time.perf_counter()
     second = session.click(5, 31, 31)
     cached = time.perf_counter() - t
-    assert not second.encoded and _dice(second.mask, truth[5]) > 0.7 and cached < 1.0
+    assert not second.encoded and dice_3d(second.mask, truth[5]) > 0.7 and cached < 1.0
     spread = session.propagate(5, first.mask, "both")
     assert {r.z for r in spread} >= {4, 6}
 
@@ -188,4 +185,4 @@ def test_a_box_on_a_real_voi_draws_its_nodule(lite_medsam, wsnodule_data):
     truth = np.asarray(mask.array) > 0
     z = int(np.argmax(truth.sum(axis=(1, 2))))
     result = PromptSession(image, model=lite_medsam).box(z, _box(truth[z]))
-    assert _dice(result.mask, truth[z]) > 0.8
+    assert dice_3d(result.mask, truth[z]) > 0.8

@@ -12,24 +12,15 @@ from napari.utils.key_bindings import coerce_keybinding
 
 from napari_wsnodule._layers import add_volume_layer
 from napari_wsnodule.widgets.prompt import PromptWidget
+from wsnodule_core.metrics import dice_3d
 
 pytestmark = pytest.mark.gui
 WAIT_MS = 30_000
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
-
-
 @pytest.fixture
-def setup(make_napari_viewer, smooth_sphere_ct, stub_medsam, monkeypatch, tmp_path):
-    monkeypatch.setenv("WSNODULE_CACHE", str(tmp_path / "cache"))
-    shown: list[str] = []
-    for where in ("napari_wsnodule.widgets._base.show_error", "napari_wsnodule._tasks.show_error"):
-        monkeypatch.setattr(where, shown.append)
-    volume, truth = smooth_sphere_ct(radius_mm=6.0, shape=(11, 64, 64))
-    viewer = make_napari_viewer()
-    image = add_volume_layer(viewer, volume, "image", "ct")
+def setup(sphere_viewer, stub_medsam):
+    viewer, image, volume, truth, shown = sphere_viewer
     labels = add_volume_layer(viewer, volume.with_array(np.zeros(volume.shape, np.int32)), "labels", "nodules",
                               source=image)
     widget = PromptWidget(viewer)
@@ -73,7 +64,7 @@ def test_a_drawn_box_merges_a_mask_that_propagates_and_undoes(setup, qtbot):
     _wait(qtbot, widget)
     data = labels.data
     assert not shown and set(np.unique(data)) == {0, 1}
-    assert _dice(data[5] == 1, truth[5]) > 0.85 and not data[[z for z in range(11) if z != 5]].any()
+    assert dice_3d(data[5] == 1, truth[5]) > 0.85 and not data[[z for z in range(11) if z != 5]].any()
     assert widget.target == (5, 1) and labels.selected_label == 1 and widget.undo_button.isEnabled()
     assert "slice 5" in widget.latency_label.text() and widget.last_latency_s is not None
     first = data.copy()
@@ -82,7 +73,7 @@ def test_a_drawn_box_merges_a_mask_that_propagates_and_undoes(setup, qtbot):
     _wait(qtbot, widget)
     spread = labels.data == 1
     assert {z for z in range(11) if spread[z].any()} == {z for z in range(11) if truth[z].any()}
-    assert _dice(spread, truth) > 0.8
+    assert dice_3d(spread, truth) > 0.8
 
     widget.undo_button.click()  # the whole propagation is one step
     assert np.array_equal(labels.data, first)
@@ -113,7 +104,7 @@ def test_clicks_segment_cut_and_add_and_each_is_undone(setup, qtbot):
     _wait(qtbot, widget)
     _click(clicks, (5, 31, 31))
     _wait(qtbot, widget)
-    assert not shown and _dice(labels.data[5] == 1, truth[5]) > 0.85
+    assert not shown and dice_3d(labels.data[5] == 1, truth[5]) > 0.85
     whole = labels.data.copy()
     _click(clicks, (5, 31, 25), modifiers=("Shift",))  # a negative click cuts the left part off
     _wait(qtbot, widget)

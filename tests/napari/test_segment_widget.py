@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 
 from napari_wsnodule._geometry import VOLUME_KEY
-from napari_wsnodule._layers import GENERATED_KEY, MODEL_MASK_KEY, SOURCE_KEY, add_volume_layer
+from napari_wsnodule._layers import GENERATED_KEY, MODEL_MASK_KEY, SOURCE_KEY
 from napari_wsnodule._provenance import source_method_of
 from napari_wsnodule.widgets import segment as segment_module
 from napari_wsnodule.widgets.segment import SegmentWidget
 from wsnodule_core.errors import SegmentationCancelled
+from wsnodule_core.metrics import dice_3d
 from wsnodule_core.segmentation.base import single_output
 from wsnodule_core.shipped import SHIPPED, default_method
 
@@ -22,19 +23,9 @@ pytestmark = pytest.mark.gui
 WAIT_MS = 60_000
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
-
-
 @pytest.fixture
-def setup(make_napari_viewer, smooth_sphere_ct, stub_medsam, monkeypatch, tmp_path):
-    monkeypatch.setenv("WSNODULE_CACHE", str(tmp_path / "cache"))
-    shown: list[str] = []
-    for where in ("napari_wsnodule.widgets._base.show_error", "napari_wsnodule._tasks.show_error"):
-        monkeypatch.setattr(where, shown.append)
-    volume, truth = smooth_sphere_ct(radius_mm=6.0, shape=(11, 64, 64))
-    viewer = make_napari_viewer()
-    image = add_volume_layer(viewer, volume, "image", "ct")
+def setup(sphere_viewer, stub_medsam):
+    viewer, image, _, truth, shown = sphere_viewer
     widget = SegmentWidget(viewer)
     widget.lite_medsam = stub_medsam
     widget.lungs_check.setChecked(False)  # the sphere phantom has no chest to find lungs in
@@ -75,7 +66,7 @@ def test_run_adds_the_default_models_mask_on_the_ct_grid_with_its_provenance(set
     assert source_method_of(layer) == f"{default_method()}:mask"
     np.testing.assert_array_equal(layer.metadata[MODEL_MASK_KEY], layer.data)
     assert layer.metadata[VOLUME_KEY].shape == volume.shape
-    assert _dice(layer.data > 0, truth) > 0.5  # the stand-in draws the bright sphere in the blob's box
+    assert dice_3d(layer.data > 0, truth) > 0.5  # the stand-in draws the bright sphere in the blob's box
     assert layer.name.startswith("ct") and default_method() in layer.name
     assert viewer.layers.selection.active is layer
     response = widget.last_layers["response"]  # the blob filter's map, as a hidden overlay
@@ -102,7 +93,7 @@ def test_medsam_box_segments_inside_the_rectangles_of_a_shapes_layer(setup, qtbo
     [layer] = _mask_layers(viewer)
     assert source_method_of(layer) == "medsam-box:mask"
     assert layer.data[5].any() and not np.delete(layer.data, 5, axis=0).any()
-    assert _dice(layer.data[5] > 0, truth[5]) > 0.8
+    assert dice_3d(layer.data[5] > 0, truth[5]) > 0.8
 
 
 def test_cancel_stops_a_run_and_adds_nothing(setup, qtbot):

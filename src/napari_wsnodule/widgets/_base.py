@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtWidgets import QComboBox, QGroupBox, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QGroupBox, QLabel, QPushButton, QVBoxLayout, QWidget
 
 import napari
 from napari_wsnodule._session import PluginSession, session_for
@@ -86,6 +86,18 @@ class WsnoduleWidget(QWidget):
 
     def info(self, text: str) -> None:
         show_info(text)
+
+    def add_run_row(self, text: str, slot: Any) -> QPushButton:
+        """Add the dock's action button (``slot`` on click), its progress (``self.tasks``) and a wrapping
+        ``self.summary_label`` under them, in that order; return the button."""
+        button = QPushButton(text)
+        button.clicked.connect(slot)
+        self.summary_label = QLabel("")
+        self.summary_label.setWordWrap(True)
+        layout = self.layout()
+        for widget in (button, self.tasks, self.summary_label):
+            layout.addWidget(widget)
+        return button
 
     def image_picker(self, **kwargs: Any) -> LayerPicker:
         return LayerPicker(self.viewer, (napari.layers.Image,), **kwargs)

@@ -18,8 +18,7 @@ import napari
 import numpy as np
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QLabel, QPushButton,
-                            QSpinBox, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QGroupBox, QSpinBox, QWidget)
 
 from napari_wsnodule._geometry import VOLUME_KEY, volume_of_layer
 from napari_wsnodule._layers import GENERATED_KEY, SOURCE_KEY, add_volume_layer, result_name, show_overlay
@@ -97,13 +96,7 @@ class NamWidget(WsnoduleWidget):
         layout = self.layout()
         layout.addWidget(self._inputs_box())
         layout.addWidget(self._options_box())
-        self.segment_button = QPushButton("Segment")
-        self.segment_button.clicked.connect(self.start_segmentation)
-        layout.addWidget(self.segment_button)
-        layout.addWidget(self.tasks)
-        self.summary_label = QLabel("")
-        self.summary_label.setWordWrap(True)
-        layout.addWidget(self.summary_label)
+        self.segment_button = self.add_run_row("Segment", self.start_segmentation)
         self.rnam_table = read_only_table(TABLE_COLUMNS)
         self.rnam_table.setMinimumHeight(160)
         self.rnam_table.itemSelectionChanged.connect(self._row_selected)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from napari.utils.notifications import show_info
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QLabel, QPushButton, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QLabel, QWidget
 
 import napari
 from napari_wsnodule._geometry import volume_of_layer
@@ -81,13 +81,7 @@ class SegmentWidget(WsnoduleWidget):
         self._staged = StagedSteps(self.error, "the segmentation")
         layout = self.layout()
         layout.addWidget(self._inputs_box())
-        self.run_button = QPushButton("Run")
-        self.run_button.clicked.connect(self.run_model)
-        layout.addWidget(self.run_button)
-        layout.addWidget(self.tasks)
-        self.summary_label = QLabel("")
-        self.summary_label.setWordWrap(True)
-        layout.addWidget(self.summary_label)
+        self.run_button = self.add_run_row("Run", self.run_model)
         layout.addStretch(1)
         self._model_changed()
 

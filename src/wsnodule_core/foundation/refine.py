@@ -26,6 +26,7 @@ from wsnodule_core.foundation.image import MEDSAM_WINDOW
 from wsnodule_core.foundation.lite_medsam import LiteMedSam, load_lite_medsam
 from wsnodule_core.foundation.segment import segment_slice_boxes
 from wsnodule_core.io.volume import Volume
+from wsnodule_core.nodules import components_reaching
 
 _CONNECTIVITY_26 = np.ones((3, 3, 3), bool)
 
@@ -84,13 +85,12 @@ def refine_candidates(volume: Volume, labels: np.ndarray | Volume, *, model: Lit
     candidates = candidate_labels(array)
     out = np.zeros(volume.shape, np.int32)
     found = ndimage.find_objects(candidates)
-    voxels = np.bincount(candidates.ravel(), minlength=len(found) + 1)
-    diameters = 2.0 * (3.0 * voxels * volume.voxel_volume_mm3 / (4.0 * np.pi)) ** (1.0 / 3.0)
+    large = components_reaching(candidates, volume.spacing, min_diameter_mm)
     todo = [(label, region) for label, region in enumerate(found, start=1) if region is not None]
-    small = [label for label, _ in todo if diameters[label] < min_diameter_mm]
+    small = [label for label, _ in todo if not large[label]]
     kept = np.isin(candidates, small)
     out[kept] = candidates[kept]
-    todo = [(label, region) for label, region in todo if diameters[label] >= min_diameter_mm]
+    todo = [(label, region) for label, region in todo if large[label]]
     if todo and model is None:
         model = load_lite_medsam(device)
     for done, (label, region) in enumerate(todo):

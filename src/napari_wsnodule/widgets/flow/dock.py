@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QLabel, QPushButton, QWidget
+from qtpy.QtWidgets import QWidget
 
 import napari
 from napari_wsnodule._geometry import mask_volume, volume_of_layer
@@ -52,13 +52,7 @@ class FlowGuidanceWidget(WsnoduleWidget):
         layout = self.layout()
         for panel in (self.inputs, self.models, self.guidance, self.mask):
             layout.addWidget(panel)
-        self.run_button = QPushButton("Run")
-        self.run_button.clicked.connect(self.start_guidance)
-        layout.addWidget(self.run_button)
-        layout.addWidget(self.tasks)
-        self.summary_label = QLabel("")
-        self.summary_label.setWordWrap(True)
-        layout.addWidget(self.summary_label)
+        self.run_button = self.add_run_row("Run", self.start_guidance)
         layout.addStretch(1)
 
     @property
