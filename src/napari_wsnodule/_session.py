@@ -1,4 +1,5 @@
-"""What the plugin's widgets share inside one viewer: the models that are loaded or trained.
+"""What the plugin's widgets share inside one viewer: the models that are loaded or trained, and
+LiteMedSAM (loaded once for the Segment and Prompt correction panels).
 
 One :class:`PluginSession` per viewer (kept in a weak dictionary, so it goes with the viewer).
 The model widget adds models; the NAM widget (and later the flow and sparse-annotation widgets)
@@ -7,6 +8,7 @@ lists them and listens to ``models_changed``.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,18 @@ class PluginSession:
 
     def __init__(self) -> None:
         self._models: dict[str, LoadedModel] = {}
+        self._lite_medsam: Any = None
+        self._lite_medsam_lock = threading.Lock()
+
+    def lite_medsam(self) -> Any:
+        """LiteMedSAM from its wheel, loaded on the first call (call it from a worker: about a second)
+        and shared by every panel of this viewer afterwards."""
+        with self._lite_medsam_lock:
+            if self._lite_medsam is None:
+                from wsnodule_core.foundation import load_lite_medsam
+
+                self._lite_medsam = load_lite_medsam("auto")
+            return self._lite_medsam
 
     @property
     def models(self) -> dict[str, LoadedModel]:

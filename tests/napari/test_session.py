@@ -19,3 +19,12 @@ def test_adding_a_model_under_a_taken_name_keeps_both_and_signals():
     assert [m.name for m in session.models_of_kind("nam-multigap")] == ["run", "run (2)"]
     session.remove_model("run")
     assert list(session.models) == ["run (2)"] and len(changes) == 3
+
+
+def test_lite_medsam_is_loaded_once_and_shared(monkeypatch):
+    loads = []
+    monkeypatch.setattr("wsnodule_core.foundation.load_lite_medsam",
+                        lambda device: loads.append(device) or object())
+    session = PluginSession()
+    assert session.lite_medsam() is session.lite_medsam() and loads == ["auto"]
+    assert PluginSession().lite_medsam() is not session.lite_medsam()  # another viewer, its own

@@ -221,11 +221,11 @@ class PromptWidget(WsnoduleWidget):
 
         def work(reporter: TaskReporter) -> Any:  # no Qt here: ``source`` was read on the main thread
             if self.prompt_session is None or self._session_source is not source:
-                from wsnodule_core.foundation import EmbeddingCache, load_lite_medsam
+                from wsnodule_core.foundation import EmbeddingCache
                 from wsnodule_core.foundation.prompt import PromptSession
 
                 if self.model is None:
-                    self.model = load_lite_medsam("auto")
+                    self.model = self.session.lite_medsam()
                 self.prompt_session = PromptSession(volume, model=self.model, cache=EmbeddingCache())
                 self._session_source = source
             return self.prompt_session

@@ -191,15 +191,13 @@ class SegmentWidget(WsnoduleWidget):
         return work
 
     def _load(self, model: ShippedModel, options: dict[str, Any]) -> Any:
-        """The segmenter (worker thread); LiteMedSAM is loaded once per widget."""
+        """The segmenter (worker thread); LiteMedSAM is the viewer's shared one."""
         if self.loader is not None:
             return self.loader(model.name, lite_medsam=self.lite_medsam, **options)
         from wsnodule_core.shipped import load_shipped
 
         if needs_lite_medsam(model) and self.lite_medsam is None:
-            from wsnodule_core.foundation import load_lite_medsam
-
-            self.lite_medsam = load_lite_medsam("auto")
+            self.lite_medsam = self.session.lite_medsam()
         return load_shipped(model.name, "auto", registry=self.registry, lite_medsam=self.lite_medsam, **options)
 
     # --- results ----------------------------------------------------------------------------
