@@ -295,3 +295,36 @@ def test_checkpoint_of_another_kind_is_refused(tmp_path):
         load_pw4medseg(tmp_path / "other")
     with pytest.raises(CheckpointError, match="not a PW4MedSeg run"):
         train_pw4medseg([], tmp_path / "other", _config(), resume=True)
+
+
+def test_init_from_starts_from_a_checkpoint_and_refuses_another_network(phantom, tmp_path):
+    folder, train, val = phantom
+    first = train_pw4medseg(train, tmp_path / "first", _config(epochs=1, steps_per_epoch=2))
+    tuned = _config(epochs=1, steps_per_epoch=1, lr=1e-12, warmup_steps=0, init_from=str(first.last_path))
+    again = train_pw4medseg(train, tmp_path / "tuned", tuned)
+    fresh = build_model(tuned)
+    moved_from_fresh = moved_from_first = 0.0
+    for name, value in again.model.state_dict().items():
+        if value.is_floating_point() and "running" not in name:
+            moved_from_first += float((value - first.model.state_dict()[name]).abs().max())
+            moved_from_fresh += float((value - fresh.state_dict()[name]).abs().max())
+    assert moved_from_first < 1e-6 < moved_from_fresh  # a near-zero lr keeps the weights it started from
+    assert load_checkpoint(again.last_path).train_config["init_from"] == str(first.last_path)
+    other = replace(TINY, hidden_size=64, mlp_dim=128)
+    with pytest.raises(CheckpointError, match="network differs"):
+        train_pw4medseg(train, tmp_path / "other", _config(model=other, init_from=str(first.last_path)))
+
+
+def test_balance_sources_draws_each_kind_of_source_equally_often(phantom):
+    folder, train, val = phantom
+    config = _config(batch_size=1)
+    one = prepare_case(train[0], config, 0)
+    many = [replace(one, case_id=f"voi{i}", source_kind="lidc-voi") for i in range(9)]
+    scan = replace(one, case_id="scan", source_kind="hybrid", image=np.full_like(one.image, -7.0), fill=-7.0)
+    cases = many + [scan]
+
+    def share_of_scan(balance: bool) -> float:
+        cfg = replace(config, balance_sources=balance)
+        return float(np.mean([(sample_batch(cases, cfg, 0, step)["image"] == -7.0).all() for step in range(300)]))
+
+    assert share_of_scan(False) < 0.25 < 0.35 < share_of_scan(True) < 0.65

@@ -132,6 +132,17 @@ def _run_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_merge(args: argparse.Namespace) -> int:
+    from wsnodule_core.data.dataset import load_dataset
+    from wsnodule_core.data.merge import MergeSource, merge_datasets
+
+    out = merge_datasets(args.out, [MergeSource.parse(s) for s in args.sources], overwrite=args.overwrite)
+    merged = load_dataset(out)
+    counts = ", ".join(f"{len(merged.entries(s))} {s}" for s in ("train", "val", "test"))
+    print(f"wrote {len(merged)} cases ({counts}) to {out}")
+    return 0
+
+
 def _common(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int]) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder to write (must be empty or new)")
     parser.add_argument("--seed", type=int, default=0, help="random seed: the same seed builds the same files")
@@ -242,6 +253,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "[$WSNODULE_DATA/lidc-idri]")
     sample.add_argument("--overwrite", action="store_true", help="replace the sample's files in --out")
     sample.set_defaults(func=_run_sample)
+
+    merge = sub.add_parser(
+        "merge", help="one data set from the chosen splits of several (e.g. VOIs + hybrids' train cases)",
+        description="Merge data set folders into one; each case keeps its split, subject and nodules, its "
+                    "files are hard-linked (copied across file systems). E.g. `wsnodule data merge --out MIX "
+                    "vois hybrids:train`: the VOI set whole and only the train cases of the hybrids.")
+    merge.add_argument("sources", nargs="+", metavar="DIR[:SPLIT,...]",
+                       help="a data set folder, optionally with the splits to keep (train, val, test)")
+    merge.add_argument("--out", required=True, type=Path, help="folder to write (must be empty or new)")
+    merge.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    merge.set_defaults(func=_run_merge)
 
     boxes = sub.add_parser(
         "tumour-boxes", help="Lung-PET-CT-Dx tumour boxes (PASCAL-VOC per slice) as a JSON of world boxes",

@@ -55,7 +55,7 @@ def add_predictor_arguments(parser: argparse.ArgumentParser) -> None:
                             "and thick-slice scans look alike to the network [0: none]")
     group.add_argument("--pretrained", default=None, metavar="PATH",
                        help="local weights (a state dict or a wsnodule checkpoint) to start from; nothing is "
-                            "downloaded")
+                            "downloaded (also --method pw4medseg: fine-tune a PW4MedSeg checkpoint)")
 
 
 def _flags(names) -> str:

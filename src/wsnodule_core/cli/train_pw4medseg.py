@@ -33,6 +33,10 @@ def add_pw_arguments(parser: argparse.ArgumentParser) -> None:
                             "the pseudo-label's far confidence [off]")
     group.add_argument("--val-every", type=int, default=None, metavar="N",
                        help="validate every N epochs (and after the last) [1]")
+    group.add_argument("--balance-sources", action="store_true", default=None,
+                       help="draw each kind of source equally often (a case's source before ':', e.g. VOI "
+                            "crops, nodule-free crops, whole hybrid scans of a `wsnodule data merge` set) "
+                            "[off: every case equally often]")
     group.add_argument("--background-in-lungs", type=float, default=None,
                        help="share of the other crops centred in the lungs, the rest anywhere [compact 0.8, paper 0.5]")
 
@@ -52,7 +56,7 @@ def pw_config_from_args(args: argparse.Namespace):
     values = {name: getattr(args, name) for name in ("annotation", "crop_size", "intensity", "warmup_steps",
                                                       "epochs", "lr", "batch_size", "seed", "device",
                                                       "foreground_probability", "background_in_lungs",
-                                                      "nodule_free_confidence", "val_every")
+                                                      "nodule_free_confidence", "val_every", "balance_sources")
               if getattr(args, name, None) is not None}
     if args.pw_norm is not None:
         from wsnodule_core.pw4medseg.model import PTransformerConfig
@@ -63,6 +67,16 @@ def pw_config_from_args(args: argparse.Namespace):
         values["steps_per_epoch"] = args.steps_per_epoch
     if getattr(args, "pixel_spacing", None) is not None:
         values["spacing_mm"] = args.pixel_spacing
+    if getattr(args, "pretrained", None) is not None:
+        from pathlib import Path
+
+        from wsnodule_core.errors import CheckpointError
+
+        path = Path(args.pretrained).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"--pretrained {args.pretrained}: no such checkpoint; give the best.pt or "
+                                  "last.pt of a PW4MedSeg run to fine-tune.")
+        values["init_from"] = str(path)
     if args.no_amp:
         values["amp"] = False
     if args.deterministic:

@@ -2,7 +2,8 @@
 against its reader label.
 
 Rows: the registry's default model (by name, whatever it is), the training-free Hessian blob filter
-(the reference), and ``medsam-box`` prompted with the reader label's own bounding box plus
+(the reference), the shipped models of the three weakly supervised methods (:data:`METHOD_MODELS`, those
+in the registry), and ``medsam-box`` prompted with the reader label's own bounding box plus
 :data:`BOX_MARGIN_PX` voxels in-plane (an annotator's box, not an automatic result). Each is loaded
 through :func:`~wsnodule_core.shipped.load_shipped` as ``wsnodule segment`` loads it and scored by
 :func:`~wsnodule_core.evaluation.evaluate_cases` (one case, one nodule). Without LiteMedSAM the rows
@@ -31,6 +32,8 @@ from wsnodule_core.segmentation.base import Segmenter
 from wsnodule_core.shipped import SHIPPED, Registry, load_shipped
 
 BOX_MODEL = "medsam-box"
+#: The shipped models of the three methods (trained on real data from weak labels), in the demo when shipped.
+METHOD_MODELS = ("nam", "pw4medseg", "flow")
 #: In-plane voxels added on each side of the reader label's bounding box for the ``medsam-box`` row.
 BOX_MARGIN_PX = 2
 
@@ -82,7 +85,8 @@ def run_real(
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> RealPart:
-    """Segment the shipped sample with the default model, the blob filter and ``medsam-box``; score them.
+    """Segment the shipped sample with the default model, the blob filter, the methods' shipped models and
+    ``medsam-box``; score them.
 
     Writes ``out/real/masks/<row>.nii.gz`` (uint8/int labels on the sample's grid). ``lite_medsam``: a
     loaded LiteMedSAM (default: loaded from the installed wheel; when that fails the rows needing it are
@@ -100,6 +104,7 @@ def run_real(
                 source="lidc-sample")
     box = label_box(sample.label.array)
     rows_wanted = [(default_row(registry), registry.default), (BLOB_METHOD, None)]
+    rows_wanted += [(name, name) for name in METHOD_MODELS if name in registry.names() and name != registry.default]
     if registry.default != BOX_MODEL and BOX_MODEL in registry.names():
         rows_wanted.append((box_row(), BOX_MODEL))
     medsam = _MedSam(lite_medsam, device)
@@ -212,7 +217,8 @@ def _report(metrics: dict[str, Any], table: str) -> str:
 A real chest CT ({metrics['case']}, {' x '.join(str(n) for n in metrics['shape_zyx'])} voxels at
 {' x '.join(f'{s:g}' for s in metrics['spacing_zyx'])} mm, one solid nodule of
 {metrics['nodule_diameter_mm']:.1f} mm) segmented with the shipped default model
-`{metrics['default_model']}` and the training-free Hessian blob filter (the reference row), each loaded
+`{metrics['default_model']}`, the training-free Hessian blob filter (the reference row) and the shipped
+models of the weakly supervised methods ({', '.join(f'`{n}`' for n in METHOD_MODELS)}, those shipped), each loaded
 as `wsnodule segment` loads it, and scored against {metrics['label']}. The `{BOX_MODEL}` row is **not
 automatic**: its box is the reader label's bounding box (z, y, x) {tuple(box[:3])}..{tuple(box[3:])} (end
 exclusive, {metrics['box_margin_px']} voxels added in-plane), i.e. what LiteMedSAM draws from an

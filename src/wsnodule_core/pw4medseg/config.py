@@ -99,8 +99,12 @@ class PwTrainConfig:
     ``"pseudo_label"`` weights voxels by the pseudo-label's confidence map, ``"loss"`` lets the loss use
     p / 1 - p (the paper's code). ``nodule_free_confidence`` (None: off) is the confidence of every voxel
     of a case known to hold no nodule (an image-level label: no nodule record and ``negatives_ok``), whose
-    target is 0: without it such a case has no annotation and its background only ``far_confidence``. ``steps_per_epoch`` optimiser steps make an epoch; validation runs
-    every ``val_every`` epochs and after the last. Use :meth:`paper` for the paper's recipe.
+    target is 0: without it such a case has no annotation and its background only ``far_confidence``.
+    ``steps_per_epoch`` optimiser steps make an epoch; validation runs every ``val_every`` epochs and after
+    the last. ``init_from`` (a PW4MedSeg checkpoint of the same network) starts from its weights instead of
+    a fresh network: fine-tuning, e.g. on whole scans after crops. ``balance_sources`` draws each kind
+    of source equally often (a case's ``source`` before any ``:``: e.g. the VOI set's nodule crops and
+    nodule-free crops and a few whole hybrid scans merged into one set), else every case equally often. Use :meth:`paper` for the paper's recipe.
     """
 
     model: PTransformerConfig | dict | str = "compact"
@@ -132,6 +136,8 @@ class PwTrainConfig:
     amp: bool = True
     device: str = "auto"
     deterministic: bool = False
+    init_from: str | None = None
+    balance_sources: bool = False
 
     def __post_init__(self) -> None:
         model = self.model

@@ -36,6 +36,7 @@ class TrainingCase:
     foreground: np.ndarray
     region: np.ndarray
     fill: float
+    source_kind: str = ""
 
 
 def simulate_annotations(case, spec: AnnotationSpec, seed: int):
@@ -136,7 +137,7 @@ def prepare_case(case, config: PwTrainConfig, seed: int = 0) -> TrainingCase:
     return TrainingCase(str(case.case_id), image, target.astype(np.float16),
                         conf.astype(np.float16) if conf is not None else None, truth,
                         np.flatnonzero(target > 0.5).astype(index), np.flatnonzero(region).astype(index),
-                        float(image.min()))
+                        float(image.min()), str(getattr(case, "source", "") or "").split(":")[0])
 
 
 def _cases_of(data, split: str | None):

@@ -76,8 +76,10 @@ def sample_batch(cases: Sequence[TrainingCase], config: PwTrainConfig, epoch: in
     rng = np.random.default_rng([config.seed, epoch, step, 41])
     size = config.crop_size
     images, targets, confs, padded = [], [], [], []
+    groups = _source_groups(cases) if config.balance_sources else [list(range(len(cases)))]
     for _ in range(config.batch_size):
-        case = cases[int(rng.integers(len(cases)))]
+        group = groups[int(rng.integers(len(groups)))] if len(groups) > 1 else groups[0]
+        case = cases[group[int(rng.integers(len(group)))]]
         on_foreground = len(case.foreground) > 0 and rng.random() < config.foreground_probability
         if on_foreground or rng.random() < config.background_in_lungs:
             pool = case.foreground if on_foreground else case.region
@@ -112,6 +114,14 @@ def sample_batch(cases: Sequence[TrainingCase], config: PwTrainConfig, epoch: in
             "confidence": stack(confs, np.float32) if confs[0] is not None else None, "ignore": stack(padded)}
 
 
+def _source_groups(cases: Sequence[TrainingCase]) -> list[list[int]]:
+    """Case indices grouped by source kind (in order of first appearance)."""
+    groups: dict[str, list[int]] = {}
+    for i, case in enumerate(cases):
+        groups.setdefault(case.source_kind, []).append(i)
+    return list(groups.values())
+
+
 def _padding(shape, pads, size) -> np.ndarray:
     """True where a crop of ``size`` placed with ``pads`` lies outside an array of ``shape``."""
     out = np.ones(size, bool)
@@ -132,6 +142,28 @@ def build_model(config: PwTrainConfig) -> ProbabilisticUNETR:
     """A fresh probabilistic UNETR, initialised from ``config.seed``."""
     torch.manual_seed(config.seed)
     return ProbabilisticUNETR(config.model)
+
+
+def load_initial_weights(model: ProbabilisticUNETR, config: PwTrainConfig) -> None:
+    """Copy the weights of the PW4MedSeg checkpoint ``config.init_from`` into ``model`` (same network)."""
+    from wsnodule_core.training.checkpoint import load_checkpoint
+
+    source = load_checkpoint(config.init_from)
+    if source.kind != KIND:
+        raise CheckpointError(f"{config.init_from}: a {source.kind!r} checkpoint; fine-tuning starts from a "
+                              f"PW4MedSeg one ({KIND!r}).")
+    if _plain(source.model_config) != _plain(config.model.to_dict()):
+        raise CheckpointError(f"{config.init_from}: its network differs from this run's (model settings "
+                              f"{source.model_config} against {config.model.to_dict()}); give the same preset, "
+                              "crop size and norm as the run it comes from.")
+    model.load_state_dict(source.raw["model_state"])
+
+
+def _plain(settings: dict) -> dict:
+    """Settings with tuples as lists, so that a saved and a live config compare equal."""
+    import json
+
+    return json.loads(json.dumps(settings))
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -264,7 +296,11 @@ def _train(data, out: Path, config: PwTrainConfig, callbacks: TrainCallbacks, ch
     prepared = _prepare(data, config, say, progress, callbacks.should_stop)
     train_cases, val_cases = prepared or ([], [])
     use_amp = amp_enabled(device, config.amp)
-    model = build_model(config).to(device)
+    model = build_model(config)
+    if checkpoint is None and config.init_from:
+        load_initial_weights(model, config)
+        say(f"starting from the weights of {config.init_from}")
+    model = model.to(device)
     optimizer, scheduler = make_optimizer(model, config)
     scaler = grad_scaler(device, use_amp)
     loss_fn = ProbabilityInformedLoss(config.loss)
