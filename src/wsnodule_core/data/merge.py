@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from wsnodule_core.data.dataset import SPLITS, dataset_document, load_dataset
 from wsnodule_core.errors import InvalidDatasetError, UnknownSplitError
@@ -28,7 +28,7 @@ class MergeSource:
     splits: tuple[str, ...] = SPLITS
 
     @classmethod
-    def parse(cls, text: str) -> "MergeSource":
+    def parse(cls, text: str) -> MergeSource:
         """``DIR`` or ``DIR:SPLIT[,SPLIT...]`` (e.g. ``hybrids:train``)."""
         folder, _, splits = text.rpartition(":") if ":" in text else (text, "", "")
         chosen = tuple(s for s in splits.split(",") if s) or SPLITS
