@@ -3,7 +3,7 @@ LIDC-IDRI-0001/0002 scans (test patients of every real-data split), scored again
 
     WSNODULE_DATA=/work/shared/data python benchmarks/real_whole.py --out OUT --model pw4medseg
     WSNODULE_DATA=/work/shared/data python benchmarks/real_whole.py --out OUT --checkpoint RUN/best.pt \
-        --option threshold=0.7 --option min_diameter_mm=3 --option lung_margin_mm=0 [--sample-only]
+        --option threshold=0.7 --option min_diameter_mm=3 --option lung_margin_mm=0 [--sample-only] [--lidc DIR]
 
 Prints, for the sample: 3D Dice, predicted components, whether the nodule was found and the Dice of the
 components on it; for the whole scans: the NAM paper's Table 1 (slice TPR / FPR / TP Dice), nodules
@@ -61,12 +61,11 @@ def on_sample(model) -> dict:
             "seconds": seconds}
 
 
-def on_scans(model, out: Path, name: str) -> dict:
+def on_scans(model, data: Path, name: str) -> dict:
     from wsnodule_core.data.builders import build_lidc_dataset
     from wsnodule_core.data.dataset import load_dataset
     from wsnodule_core.evaluation import evaluate_cases
 
-    data = out / "lidc"
     if not (data / "dataset.json").exists():
         build_lidc_dataset(data, patient_ids=LIDC_TEST, with_images=True, overwrite=True,
                            dicom_root=os.path.join(os.environ["WSNODULE_DATA"], "lidc-idri"))
@@ -85,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a segmenter option, e.g. threshold=0.7 (repeatable)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--lidc", type=Path, help="the LIDC-IDRI-0001/0002 data set folder to use or build "
+                        "(`wsnodule data lidc`; default OUT/lidc)")
     parser.add_argument("--sample-only", action="store_true", help="skip the whole scans")
     args = parser.parse_args(argv)
     if not (args.model or args.checkpoint):
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'found' if s['found'] else 'missed'} (Dice of its components {s['dice_of_components_on_nodule']:.3f}), "
           f"{s['seconds']:.1f} s", flush=True)
     if not args.sample_only:
-        summary = on_scans(model, args.out, name)
+        summary = on_scans(model, args.lidc or args.out / "lidc", name)
         results["scans"] = summary
         det, table = summary["detection_3d"], summary.get("table1", summary)
         print(f"whole LIDC-IDRI-0001/0002: nodules found {det['tp']} / {det['tp'] + det['fn']}, FP components "
