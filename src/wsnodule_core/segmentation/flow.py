@@ -5,7 +5,10 @@ candidate centres, and the mask is where the CT and its healthy counterfactual d
 (:func:`~wsnodule_core.flow.on_volume.guide_at_points`). Which centres: the ones given
 (``centres_xyz``, world mm, e.g. clicked by a person or from a detector), else the strongest blobs of
 the training-free Hessian filter inside the lungs (a cheap first pass: guiding every patch of a chest
-costs hundreds of network evaluations each).
+costs hundreds of network evaluations each). With ``min_probability`` every blob is first scored by
+the predictor on its patch (one forward pass) and only those at or above it are guided, the most
+probable first (as ``blob-classify-refine`` keeps its candidates): a patch without a nodule then gives
+no mask instead of its largest reconstruction differences.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from wsnodule_core.io.volume import Volume
 from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
                                              check_options, lung_volume, resolve_lungs, single_output)
 
-FLOW_OPTIONS = ("centres_xyz", "max_candidates", "batch_size", "floor_hu", "rule", "guidance")
+FLOW_OPTIONS = ("centres_xyz", "max_candidates", "batch_size", "floor_hu", "rule", "guidance", "min_probability")
 
 
 @dataclass(frozen=True, eq=False)
@@ -31,7 +34,8 @@ class FlowSegmenter:
     ``guidance`` is a :class:`~wsnodule_core.flow.guidance.GuidanceConfig` (default: the sweep's
     choice), ``rule`` a :class:`~wsnodule_core.flow.attribution.ThresholdRule`; ``floor_hu`` ignores
     smaller differences (reconstruction noise). At most ``max_candidates`` blob centres are guided,
-    ``batch_size`` patches at a time.
+    ``batch_size`` patches at a time; with ``min_probability`` (in [0, 1]) only blobs whose patch the
+    predictor scores at least that high, the most probable first (given ``centres_xyz`` are not screened).
     """
 
     predictor: Any
@@ -43,6 +47,7 @@ class FlowSegmenter:
     centres_xyz: Sequence[Sequence[float]] | None = None
     max_candidates: int = 16
     batch_size: int = 4
+    min_probability: float | None = None
     name: str = "Flow guidance"
     kind: str = PREDICTOR_KIND
     needs_lungs = True
@@ -60,6 +65,9 @@ class FlowSegmenter:
                 f"flow guidance needs max_candidates >= 1 and batch_size >= 1, got "
                 f"{self.max_candidates} and {self.batch_size}."
             )
+        if self.min_probability is not None and not 0.0 <= float(self.min_probability) <= 1.0:
+            raise ModelConfigError(f"min_probability is a probability in [0, 1] (or None), got "
+                                   f"{self.min_probability!r}.")
 
     def with_options(self, **changes: Any) -> "FlowSegmenter":
         check_options(changes, FLOW_OPTIONS, "Flow guidance")
@@ -80,9 +88,30 @@ class FlowSegmenter:
         if n == 0:
             return np.zeros((0, 3))
         strength = ndimage.maximum(np.asarray(blobs.response), labels, index=np.arange(1, n + 1))
-        keep = np.argsort(-np.asarray(strength))[: self.max_candidates] + 1
-        centres = ndimage.center_of_mass(labels > 0, labels, index=keep)
-        return np.array([volume.index_to_world(np.asarray(c, float)) for c in centres], float).reshape(-1, 3)
+        order = np.argsort(-np.asarray(strength)) + 1
+        if self.min_probability is None:
+            order = order[: self.max_candidates]
+        centres = ndimage.center_of_mass(labels > 0, labels, index=order)
+        world = np.array([volume.index_to_world(np.asarray(c, float)) for c in centres], float).reshape(-1, 3)
+        if self.min_probability is None:
+            return world
+        p = self.probabilities(volume, world)
+        kept = np.flatnonzero(p >= float(self.min_probability))
+        return world[kept[np.argsort(-p[kept], kind="stable")][: self.max_candidates]]
+
+    def probabilities(self, volume: Volume, centres_xyz: np.ndarray) -> np.ndarray:
+        """The predictor's P(nodule) of the guidance patch at each world centre ``(n, 3)``."""
+        from wsnodule_core.flow.on_volume import cut_patch, patch_protocol
+        from wsnodule_core.flow.predictors import predict_patches
+
+        if not len(centres_xyz):
+            return np.zeros(0, np.float32)
+        size, spacing = patch_protocol(self.prior[1], self.patch_config)
+        hu = np.stack([np.asarray(cut_patch(volume, c, size, spacing).array, np.float32) for c in centres_xyz])
+        images = np.asarray(self.prior[1].to_model(hu), np.float32)
+        parameter = next(self.prior[0].parameters(), None)
+        return predict_patches(self.predictor, images, "cpu" if parameter is None else parameter.device,
+                               batch_size=max(self.batch_size, 8))
 
     def segment(
         self,
@@ -132,7 +161,7 @@ def flow_segmenter(
     predictor: Any, checkpoint: Any, prior: Any, *, name: str | None = None, **options: Any
 ) -> FlowSegmenter:
     """A :class:`FlowSegmenter` for a predictor checkpoint and a loaded prior ``(model, config)``;
-    ``guidance`` may be a GuidanceConfig or a dict of its fields, ``rule`` a ThresholdRule or
+    ``guidance`` may be a GuidanceConfig, a dict of its fields or (field, value) pairs, ``rule`` a ThresholdRule or
     ``(kind, value)``."""
     from wsnodule_core.flow.attribution import ThresholdRule
     from wsnodule_core.flow.guidance import GuidanceConfig
@@ -142,8 +171,12 @@ def flow_segmenter(
         raise ModelConfigError("flow guidance needs its prior: give prior_checkpoint (--flow-prior PRIOR).")
     check_options(options, FLOW_OPTIONS, "Flow guidance")
     patch_config = trained_patch_config(checkpoint)
-    if isinstance(options.get("guidance"), dict):
-        options["guidance"] = GuidanceConfig(**options["guidance"])
+    guidance = options.get("guidance")
+    if isinstance(guidance, (dict, tuple, list)):  # a dict, or (field, value) pairs as a registry entry gives
+        fields = dict(guidance)
+        if fields.get("clamp") is not None:
+            fields["clamp"] = tuple(fields["clamp"])
+        options["guidance"] = GuidanceConfig(**fields)
     if isinstance(options.get("rule"), (tuple, list)):
         options["rule"] = ThresholdRule(*options["rule"])
     return FlowSegmenter(predictor, tuple(prior), patch_config, name=name or "Flow guidance", **options)
