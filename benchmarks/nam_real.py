@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 LIDC_TEST = ["LIDC-IDRI-0001", "LIDC-IDRI-0002"]
 VARIANTS = ("1-GAP", "2-GAP", "3-GAP", "1-GAP two-nodule", "3-GAP two-nodule")
 SETTINGS = {"lung_slices_only": True}
@@ -87,6 +89,41 @@ def pre_encode(dataset, input_size: int, spacing: float) -> float:
     return time.monotonic() - started
 
 
+def diagnose(dataset, runs: Path) -> str:
+    """Why the NAM finds or misses: per scan the slice AUC of the 1-GAP P(nodule) over the lung slices, the
+    P of nodule and nodule-free lung slices, the rank of the best nodule slice, and on the nodule slices
+    whether the NAM's peak lies in the nodule and how far from it (mm)."""
+    from scipy import ndimage
+
+    from wsnodule_core.metrics.classification import roc_auc
+    from wsnodule_core.segmentation import load_segmenter
+
+    segmenter = with_cache(load_segmenter(runs / "nam-1gap" / "best.pt", "cpu", output="coarse", rnam=False,
+                                          **SETTINGS))
+    lines = ["| scan | lung slices (nodule) | slice AUC | median P nodule / free | best nodule slice's rank | "
+             "threshold | NAM peak in the nodule | peak to nodule (mm, median) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for case in dataset.cases(None):
+        result = segmenter.segment(case.image)
+        details, lungs = result.details, np.asarray(result.lungs.array) > 0
+        gt = np.asarray(case.mask.array) > 0
+        lung_z = np.flatnonzero(lungs.any(axis=(1, 2)))
+        labels = gt[lung_z].any(axis=(1, 2))
+        p = details.probability[lung_z]
+        rank = int((p > p[labels].max()).sum()) + 1 if labels.any() else -1
+        nam = np.asarray(details.nam.array)
+        inside, dist = [], []
+        for z in np.flatnonzero(gt.any(axis=(1, 2))):
+            peak = np.unravel_index(np.argmax(nam[z]), nam[z].shape)
+            inside.append(bool(gt[z][peak]))
+            edt = ndimage.distance_transform_edt(~gt[z], sampling=case.image.spacing[1:])
+            dist.append(float(edt[peak]))
+        lines.append(f"| {case.nodules[0].patient_id if case.nodules else case.case_id[-8:]} | {len(lung_z)} ({int(labels.sum())}) | "
+                     f"{roc_auc(p, labels):.2f} | {np.median(p[labels]):.2f} / {np.median(p[~labels]):.2f} | "
+                     f"{rank} of {len(lung_z)} | {segmenter.config.probability_threshold:.2f} | "
+                     f"{sum(inside)} / {len(inside)} | {np.median(dist):.1f} |")
+    return "\n".join(lines)
+
+
 def table(rows: dict) -> str:
     from wsnodule_core.evaluation import TABLE_COLUMNS
     from wsnodule_core.reports import markdown_table
@@ -110,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS[:3]), choices=VARIANTS)
     parser.add_argument("--rnam", action="store_true", help="fine = the paper's R-NAM screening")
     parser.add_argument("--pre-encode", action="store_true", help="only fill the cache (untrained 3-GAP head)")
+    parser.add_argument("--diagnose", action="store_true", help="slice AUC and NAM peaks of the 1-GAP model")
     parser.add_argument("--input-size", type=int, default=256, help="--pre-encode: crop side [256]")
     parser.add_argument("--pixel-spacing", type=float, default=1.25, help="--pre-encode: crop spacing [1.25]")
     args = parser.parse_args(argv)
@@ -124,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     from wsnodule_core.reports import to_json
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.diagnose:
+        text = diagnose(dataset, args.runs)
+        (args.out / "diagnose.md").write_text(text + "\n")
+        print(text)
+        return 0
     rows = {}
     for label, segmenter in variant_segmenters(args.runs, args.variants, args.rnam).items():
         started = time.monotonic()
