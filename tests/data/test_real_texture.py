@@ -170,6 +170,21 @@ def test_unknown_nodules_and_missing_folders_are_errors(tmp_path, voi_folder):
         build_dataset(tmp_path / "b", nodules="real", vois=tmp_path / "nowhere")
 
 
+def test_a_set_of_one_split_takes_only_that_splits_patients(tmp_path):
+    # split_ratio splits the CT subjects; the VOI patients keep their hash split whatever it is
+    # (before the fix, (1, 0, 0) put every VOI patient, val and test ones too, in train)
+    voi_folder = write_voi_folder(tmp_path / "vois", ["LIDC-IDRI-0001", "LIDC-IDRI-0100", "LIDC-IDRI-0101",
+                                                      "LIDC-IDRI-0011", "LIDC-IDRI-0012"])
+    assert [patient_split(p) for p in ("LIDC-IDRI-0100", "LIDC-IDRI-0011")] == ["train", "val"]
+    for ratio, wanted in (((1, 0, 0), "train"), ((0, 1, 0), "val")):
+        info = build_dataset(tmp_path / wanted, source="phantom", size="tiny", nodules="real", vois=voi_folder,
+                             n_cases=4, nodules_per_case=(1, 2), seed=2, split_ratio=ratio)
+        doc = json.loads(info.json_path.read_text())
+        assert {case["split"] for case in doc["cases"]} == {wanted}
+        patients = [n["patient_id"] for case in doc["cases"] for n in case["nodules"]]
+        assert all(patient_split(p) == wanted for p in patients)
+
+
 def test_a_voi_too_small_for_the_grid_is_refused(tmp_path):
     folder = write_voi_folder(tmp_path / "small", ["P1"], radius_mm=2.0, crop=(3, 9, 9))
     nodule = load_real_nodules(folder)[0]

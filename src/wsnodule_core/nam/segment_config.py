@@ -54,6 +54,14 @@ class NamConfig:
         candidate with the highest mean intensity.
     rnam_batch_size
         Masked images per forward pass in R-NAM screening.
+    rnam
+        True (the paper): the fine mask is the candidate R-NAM screening picks, one forward pass per
+        candidate. False: each scope's candidate with the highest mean NAM is picked instead, with no
+        further pass (not the paper; for an encoder that costs seconds per image on a CPU).
+    lung_slices_only
+        Classify only the slices whose lung mask (needs ``lungs``) is not empty; the others get
+        probability 0 and no NAM (they hold no lung nodule; saves the encoder's passes on the neck
+        and abdomen of a whole CT).
     max_kept_rnams
         At most this many R-NAM maps (float32 on the input slice grid) are kept in the result,
         in slice order; later candidates keep their score but not their map.
@@ -77,6 +85,8 @@ class NamConfig:
     second_blob_min_ratio: float = 0.5
     coarse_mode: str = "all"
     rnam_batch_size: int = 16
+    rnam: bool = True
+    lung_slices_only: bool = False
     max_kept_rnams: int = 32
     bridge_gap: bool = True
 

@@ -191,7 +191,9 @@ def segment_positive(
         n += count
     scores = np.zeros(0, np.float32)
     rnams = None
-    if n:
+    if n and not config.rnam:  # no R-NAM pass: rank the candidates by their mean NAM
+        scores = np.array([nam_np[candidates == j].mean() for j in range(1, n + 1)], np.float32)
+    elif n:
         result = rnam_screening(
             model, image, candidates, n, np.stack(region_of), nam, dense=dense, fill=config.fill,
             branches=config.nam_branches, batch_size=config.rnam_batch_size, keep_rnams=keep_rnams,

@@ -53,7 +53,7 @@ def _resolve_data(data, config: TrainConfig, progress=None) -> tuple[SliceSet, S
         return data[0], data[1]
     slice_config = config.slice_config()
     train = slices_from_dataset(data, "train", slice_config, progress=progress)
-    val = slices_from_dataset(data, "val", slice_config)
+    val = slices_from_dataset(config.val_data or data, "val", slice_config)
     return train, (val if len(val) else None)
 
 

@@ -55,6 +55,8 @@ class TrainConfig:
     pixel_spacing_mm: float | None = None  # None: the scan's own spacing (the paper)
     min_nodule_area_mm2: float = 0.0
     min_lung_fraction: float = 0.1
+    negatives_per_case: int | None = None  # at most this many nodule-free slices per case (None: all)
+    val_data: str | None = None            # validate on this data set's val split instead of the training set's
     seed: int = 0
     num_workers: int = 0
     amp: bool = True                       # CUDA only
@@ -85,6 +87,8 @@ class TrainConfig:
             raise ModelConfigError(
                 f"image size {self.image_size} px (--image-size) is too small: the classifier's deepest "
                 f"features see 1/16 of it, so give at least {MIN_IMAGE_SIZE} (the paper: 384).")
+        if self.negatives_per_case is not None and int(self.negatives_per_case) < 0:
+            raise ModelConfigError(f"negatives_per_case must be >= 0, got {self.negatives_per_case!r}.")
         if self.lr is not None and not self.lr > 0:
             raise ModelConfigError(f"lr must be positive, got {self.lr!r}.")
         if self.optimizer not in OPTIMIZERS:
@@ -121,7 +125,7 @@ class TrainConfig:
 
         return SliceConfig(size=self.image_size, pixel_spacing_mm=self.pixel_spacing_mm,
                            min_nodule_area_mm2=self.min_nodule_area_mm2,
-                           min_lung_fraction=self.min_lung_fraction)
+                           min_lung_fraction=self.min_lung_fraction, negatives_per_case=self.negatives_per_case)
 
     def augment_config(self) -> "AugmentConfig":
         from wsnodule_core.training.augment import AugmentConfig

@@ -166,8 +166,8 @@ def build_dataset(
             f"none of the {len(shapes)} nodule {nodules} is large enough for a grid of spacing "
             f"{grid_spacing} mm; use a finer spacing or larger shapes (min_diameter_mm)."
         )
-    if nodules == "real":
-        pools = patient_pools(usable, split_ratio)
+    if nodules == "real":  # a patient's split never depends on this set's ratio (no leak between sets)
+        pools = patient_pools(usable)
     else:
         pools = partition_shapes(usable, split_ratio, rng)
 
@@ -185,7 +185,7 @@ def build_dataset(
         weights = {s: float(subjects.count(s)) for s in subjects_of_series}
         subject_split = split_subjects(subjects_of_series, {}, split_ratio, rng, weights)
         if nodules == "real":
-            subject_split.update(_real_patient_splits(cts, subjects_of_series, split_ratio))
+            subject_split.update(_real_patient_splits(cts, subjects_of_series))
     case_seeds = rng.integers(0, 2**31 - 1, size=n_cases)
     queues = [_shape_queue(pool, np.random.default_rng(int(rng.integers(2**31)))) for pool in pools]
 
@@ -249,9 +249,9 @@ def _read_cts(ct_paths, spacing) -> tuple[list[Volume], list[str]]:
     return cts, names
 
 
-def _real_patient_splits(cts: list[Volume], names: list[str], ratio) -> dict[str, str]:
+def _real_patient_splits(cts: list[Volume], names: list[str]) -> dict[str, str]:
     """Real backgrounds that are LIDC patients keep their :func:`patient_split` (0001/0002: test)."""
-    return {name: patient_split(ct.metadata.patient_id, ratio) for ct, name in zip(cts, names)
+    return {name: patient_split(ct.metadata.patient_id) for ct, name in zip(cts, names)
             if (ct.metadata.patient_id or "").startswith("LIDC-IDRI-")}
 
 
@@ -269,7 +269,8 @@ def _make_case(source, case_id, seed, chosen, shape, spacing, cts, lungs_of_seri
 
         return make_phantom_case(case_id, seed=seed, shape=tuple(shape), spacing=spacing, shapes=chosen,
                                  placements=placements)
-    from wsnodule_core.data.hybrid import box_mask, known_lesion_boxes, lesion_mask, make_hybrid_case, series_name
+    from wsnodule_core.data.hybrid import (box_mask, known_lesion_boxes, lesion_mask, make_hybrid_case, series_name,
+                                           tumour_boxes_of, unsafe_slices)
 
     series = i % len(cts)
     if series not in lungs_of_series:
@@ -279,8 +280,13 @@ def _make_case(source, case_id, seed, chosen, shape, spacing, cts, lungs_of_seri
     # a background's own nodules (VOIs cut from this series) are known lesions: keep clear of them
     uid = cts[series].metadata.series_uid
     own = [(k.centre_xyz, k.diameter_mm) for k in known if uid and k.series_uid == uid and k.centre_xyz]
+    tumours = box_mask(cts[series], tumour_boxes_of(cts[series]))
     masks = [m for m in (lesion_mask(cts[series], own), box_mask(cts[series], known_lesion_boxes(
-        series_name(cts[series])))) if m is not None]
+        series_name(cts[series]))), tumours) if m is not None]
     extra = {"avoid": np.logical_or.reduce(masks)} if masks else {}
-    return make_hybrid_case(cts[series], case_id, seed=seed, shapes=chosen, lungs=lungs_of_series[series],
+    case = make_hybrid_case(cts[series], case_id, seed=seed, shapes=chosen, lungs=lungs_of_series[series],
                             subject=subject, placements=placements, **extra)
+    if tumours is None:
+        return case
+    return dataclasses.replace(case, unsafe_slices=unsafe_slices(tumours), notes=case.notes + (
+        "its Lung-PET-CT-Dx tumour boxes avoided; their slices (+-1) give no negatives",))
