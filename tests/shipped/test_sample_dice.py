@@ -4,7 +4,9 @@ readers' label above a floor that a broken model cannot reach.
 Models that need user input get it from the label: ``medsam-box`` the label's bounding box plus 2 voxels
 in-plane (as the demo prompts it). Measured here (2-core CPU, 2026-12-07): blob-refine 0.63 (the
 default; LiteMedSAM redraws the blob filter's candidates of 5 mm or more: 329 s with a cold embedding
-cache on a loaded machine), medsam-box 0.84 (14 s); the blob filter alone 0.57. Slow: each LiteMedSAM crop costs
+cache on a loaded machine), medsam-box 0.84 (14 s); the blob filter alone 0.57; pw4medseg 0.18 on the
+whole sample (38 components, most of them false: its floor is lower; a randomised network marks nothing
+or everything). Slow: each LiteMedSAM crop costs
 about 2 s on such a CPU. With ``WSNODULE_CACHE`` set the embeddings are kept in ``$WSNODULE_CACHE/lite_medsam``
 (reruns are fast), else in the test's temporary folder.
 """
@@ -20,11 +22,15 @@ from wsnodule_core.metrics import evaluate_volume
 from wsnodule_core.shipped import load_shipped, shipped_models
 
 #: Dice 3D floors per shipped model; a model not listed (a new trained one) must beat DEFAULT_FLOOR.
-FLOORS = {"blob-refine": 0.3, "medsam-box": 0.7}
+FLOORS = {"blob-refine": 0.3, "medsam-box": 0.7, "pw4medseg": 0.1}
 DEFAULT_FLOOR = 0.3
 #: Models checked on the nodule's region of the sample (its slices +- 3, 80 px around it in-plane): the
 #: blob filter's candidates on the whole sample cost blob-refine ~5 min of encoder on a 2-core CPU.
 REGION_ONLY = ("blob-refine",)
+#: Models whose Dice floor is checked elsewhere, and why.
+FLOOR_ELSEWHERE = {"flow": "the sample's 33 mm mass fills most of flow's 48 mm patch (Dice 0.01, "
+                           "docs/models/flow.md); tests/shipped/test_flow.py checks the floor on 12 real "
+                           "test-patient nodules and that flow finds and marks the sample's nodule"}
 
 
 def _nodule_region(ct, lungs, gt):
@@ -54,6 +60,8 @@ def test_each_shipped_model_segments_the_real_sample_above_its_floor(model, samp
     from wsnodule_core.demo import label_box
     from wsnodule_core.foundation import EmbeddingCache
 
+    if model.name in FLOOR_ELSEWHERE:
+        pytest.skip(FLOOR_ELSEWHERE[model.name])
     ct, lungs = sample[0].ct, sample[1]
     gt = np.asarray(sample[0].label.array) > 0
     if model.name in REGION_ONLY:

@@ -9,6 +9,7 @@ import pytest
 
 from wsnodule_core.cli.main import main
 from wsnodule_core.io import read_volume, write_volume
+from wsnodule_core.shipped import SHIPPED
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -79,7 +80,7 @@ def test_bad_inputs_fail_in_one_line_before_any_work(chest, tmp_path, capsys):
     base = ["segment", str(path), "--output", str(out), "--device", "cpu", "--quiet"]
     box = nodule_box(nodule)
     cases = [
-        (["--method", "namm"], "no shipped model 'namm'; the shipped models are blob-refine, blob-classify-refine, medsam-box"),
+        (["--method", "namm"], f"no shipped model 'namm'; the shipped models are {', '.join(SHIPPED.names())}"),
         (["--method", "medsam-box"], "segments inside boxes and none was given"),
         (["--method", "medsam-box", "--box", "0", "0", "0", "13", "5", "5"], "reaches outside the CT's grid"),
         (["--method", "medsam-box", "--box-world", "900", "900", "900", "910", "910", "910"], "lies outside"),

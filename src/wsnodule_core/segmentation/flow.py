@@ -13,16 +13,26 @@ no mask instead of its largest reconstruction differences.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from wsnodule_core.errors import ModelConfigError
 from wsnodule_core.flow.predictors import KIND as PREDICTOR_KIND
 from wsnodule_core.io.volume import Volume
-from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
-                                             check_options, lung_volume, resolve_lungs, single_output)
+from wsnodule_core.segmentation.base import (
+    LUNGS_AUTO,
+    Cancel,
+    Lungs,
+    Progress,
+    SegmentationResult,
+    check_options,
+    lung_volume,
+    resolve_lungs,
+    single_output,
+)
 
 FLOW_OPTIONS = ("centres_xyz", "max_candidates", "batch_size", "floor_hu", "rule", "guidance", "min_probability")
 
@@ -69,7 +79,7 @@ class FlowSegmenter:
             raise ModelConfigError(f"min_probability is a probability in [0, 1] (or None), got "
                                    f"{self.min_probability!r}.")
 
-    def with_options(self, **changes: Any) -> "FlowSegmenter":
+    def with_options(self, **changes: Any) -> FlowSegmenter:
         check_options(changes, FLOW_OPTIONS, "Flow guidance")
         return replace(self, **changes)
 
@@ -83,8 +93,9 @@ class FlowSegmenter:
 
         inside = np.zeros(volume.shape, bool) if lungs is None else lungs
         blobs = segment_blobs(volume, inside)
-        labels = np.asarray(blobs.mask)
-        n = int(labels.max()) if labels.size else 0
+        # one candidate per 26-connected blob: the filter's labels follow its grown regions, and one region
+        # (the vessel tree) can hold many separate blobs
+        labels, n = ndimage.label(np.asarray(blobs.mask) > 0, np.ones((3, 3, 3), bool))
         if n == 0:
             return np.zeros((0, 3))
         strength = ndimage.maximum(np.asarray(blobs.response), labels, index=np.arange(1, n + 1))
