@@ -58,6 +58,10 @@ GRIDS = {
 }
 CONTROL = {"t0": 0.5, "n_steps": 10, "guided_steps": 0, "scale": 0.0, "rule": "dps"}
 FLOW_FLOORS = (0.0, 0.01)
+#: Every method's masks with all their pieces, and with only the piece at the patch centre (the patch is
+#: centred on one candidate); the rule search picks on val (2026-12-07 (3): added after the first three
+#: flow rounds, which had all pieces only).
+CENTRALS = (False, True)
 BASELINES = ("cam", "gradcam", "gradcampp", "occlusion")
 
 
@@ -188,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = []
             for i, s in enumerate(settings[:-1]):
                 r = flow[i]
-                best = score_rules(r["difference"], truth, lungs, DEFAULT_RULES, FLOW_FLOORS)[0].to_dict()
+                best = score_rules(r["difference"], truth, lungs, DEFAULT_RULES, FLOW_FLOORS, CENTRALS)[0].to_dict()
                 best["mask_rule"] = best.pop("rule")  # "rule" is the guidance rule here
                 rows.append({**s, **best, "p_before": float(r["p_before"].mean()),
                              "p_after": float(r["p_after"].mean()), "cpu_s_per_patch": r["cpu_s_per_patch"]})
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                      "mean_on_nodules": float(control[truth].mean())}
             guidance = asdict(replace(GuidanceConfig(), **{k: rows[0][k] for k in CONTROL}))
             choice = {"guidance": guidance, "rule": rows[0]["mask_rule"], "floor": rows[0]["floor"],
-                      "val_dice": rows[0]["dice_mean"]}
+                      "central": rows[0]["central"], "val_dice": rows[0]["dice_mean"]}
             report = {**info, "prior": str(args.prior), "flow_settings": rows, "reconstruction_error_hu": recon,
                       "choice": choice}
             (args.out / "val_flow.json").write_text(json.dumps(report, indent=1, default=float))
@@ -210,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         if "baselines" in args.methods:
             rows = {}
             for name, (maps, cpu) in baseline_maps(predictor, images, args.batch_size).items():
-                rows[name] = {**score_rules(maps, truth, lungs, DEFAULT_RULES, (0.0,))[0].to_dict(),
+                rows[name] = {**score_rules(maps, truth, lungs, DEFAULT_RULES, (0.0,), CENTRALS)[0].to_dict(),
                               "cpu_s_per_patch": cpu}
                 _log(f"{name} {rows[name]}")
             (args.out / "val_baselines.json").write_text(json.dumps({**info, "baselines": rows}, indent=1,
@@ -224,14 +228,16 @@ def main(argv: list[str] | None = None) -> int:
         if guidance.get("clamp") is not None:
             guidance["clamp"] = tuple(guidance["clamp"])
         flow = run_guidance(prior, predictor, images, [guidance], args.batch_size)[0]
-        s = score_masks(masks_for_rule(flow["difference"], lungs, parse_rule(chosen["rule"]), chosen["floor"]), truth)
+        s = score_masks(masks_for_rule(flow["difference"], lungs, parse_rule(chosen["rule"]), chosen["floor"],
+                                       chosen.get("central", False)), truth)
         rows.append(("flow guidance", s, chosen["rule"], chosen["val_dice"], flow["cpu_s_per_patch"]))
         info.update(guidance=guidance, prior=str(args.prior), p_before=float(flow["p_before"].mean()),
                     p_after=float(flow["p_after"].mean()), p_after_below_half=float((flow["p_after"] < 0.5).mean()))
     if "baselines" in args.methods:
         chosen = json.loads((args.out / "val_baselines.json").read_text())["baselines"]
         for name, (maps, cpu) in baseline_maps(predictor, images, args.batch_size).items():
-            s = score_masks(masks_for_rule(maps, lungs, parse_rule(chosen[name]["rule"])), truth)
+            s = score_masks(masks_for_rule(maps, lungs, parse_rule(chosen[name]["rule"]), 0.0,
+                                           chosen[name].get("central", False)), truth)
             rows.append((name, s, chosen[name]["rule"], chosen[name]["dice_mean"], cpu))
     table = [{"method": name, "rule": rule, "val_dice": val, "dice_mean": float(s["dice"].mean()),
               "dice_sd": float(s["dice"].std()), "dice_median": float(np.median(s["dice"])),

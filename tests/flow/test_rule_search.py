@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from wsnodule_core.errors import ModelConfigError
-from wsnodule_core.flow.attribution import ThresholdRule
+from wsnodule_core.flow.attribution import ThresholdRule, keep_central
 from wsnodule_core.flow.rule_search import (DEFAULT_RULES, masks_for_rule, parse_rule, rule_text, score_masks,
                                             score_rules)
 
@@ -52,6 +52,26 @@ def test_masks_stay_in_the_lungs_and_scores_count_hits():
     s = score_masks(masks, truth)
     assert s["hit"].tolist() == [True, False] and s["empty"].tolist() == [False, True]
     assert s["dice"][0] == pytest.approx(1.0) and s["dice"][1] == 0.0
+
+
+def test_the_central_piece_is_kept_and_the_search_can_choose_it():
+    maps, truth = _patches(2)
+    maps[:, 1:3, 1:3, 1:3] = 0.9  # a second, off-centre piece as strong as the nodule
+    all_pieces = masks_for_rule(maps, None, ThresholdRule("fraction", 0.5))
+    central = masks_for_rule(maps, None, ThresholdRule("fraction", 0.5), central=True)
+    assert all_pieces[:, 1:3, 1:3, 1:3].all() and np.array_equal(central, truth)
+    scores = score_rules(maps, truth, rules=(ThresholdRule("fraction", 0.5),), centrals=(False, True))
+    assert [(s.central, round(s.dice_mean, 2)) for s in scores] == [(True, 1.0), (False, 0.75)]  # 2 * 12 / (20 + 12)
+    assert scores[0].to_dict()["central"] is True
+
+
+def test_keep_central_takes_the_nearest_piece_when_none_covers_the_centre():
+    mask = np.zeros((SIZE, SIZE, SIZE), bool)
+    mask[8, 8, 11:13] = True  # 3 voxels from the centre (8, 8, 8)
+    mask[0:2, 0:2, 0:2] = True  # far away
+    kept = keep_central(mask)
+    assert kept[8, 8, 11:13].all() and kept.sum() == 2
+    assert not keep_central(np.zeros((1, 4, 4, 4), bool)).any()
 
 
 def test_rule_text_round_trips_and_bad_input_is_refused():

@@ -123,3 +123,19 @@ def test_blobs_the_filter_grew_as_one_region_are_separate_candidates(prior):
     for c in centres:
         truth = ct.index_to_world(np.asarray(c) / np.asarray(SPACING))
         assert np.linalg.norm(found - truth, axis=1).min() < 3.0
+
+
+
+def test_central_component_keeps_one_piece_per_guided_candidate(prior):
+    from scipy import ndimage
+
+    from wsnodule_core.flow.attribution import ThresholdRule
+
+    ct, lungs, nodule, _ = chest_with_two_blobs()
+    options = {"centres_xyz": np.asarray([nodule]), "rule": ThresholdRule("top_percent", 40.0)}
+    every = np.asarray(_segmenter(prior, **options).segment(ct, lungs=lungs).mask.array) > 0
+    made = flow_segmenter(BrightCentre(), None, prior, central_component=True,
+                          guidance=(("t0", 0.3), ("n_steps", 2), ("guided_steps", 1)), **options)
+    central = np.asarray(made.segment(ct, lungs=lungs).mask.array) > 0
+    assert every.any() and central.any() and not (central & ~every).any()  # a part of the full mask
+    assert ndimage.label(central, np.ones((3, 3, 3)))[1] == 1

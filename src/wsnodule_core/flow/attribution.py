@@ -247,6 +247,29 @@ def _one_mask(values: np.ndarray, lungs: np.ndarray, rule: ThresholdRule) -> np.
     return keep & lungs & (values > 0)
 
 
+def keep_central(masks: np.ndarray) -> np.ndarray:
+    """Each ``(D, H, W)`` mask of ``(n, D, H, W)`` (or one mask) reduced to its 26-connected piece at the
+    patch centre, or the piece nearest to it: a patch guided at one candidate marks one nodule, and
+    the other pieces are its rim noise or a neighbour's edge."""
+    from scipy import ndimage
+
+    masks = np.asarray(masks, bool)
+    if masks.ndim == 3:
+        return keep_central(masks[None])[0]
+    out = np.zeros_like(masks)
+    for i, mask in enumerate(masks):
+        labels, n = ndimage.label(mask, np.ones((3, 3, 3), bool))
+        if n == 0:
+            continue
+        centre = tuple(s // 2 for s in mask.shape)
+        label = labels[centre]
+        if label == 0:
+            distance, (zi, yi, xi) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+            label = labels[zi[centre], yi[centre], xi[centre]]
+        out[i] = labels == label
+    return out
+
+
 def mask_from_map(maps, lungs=None, rule: ThresholdRule = ThresholdRule()) -> np.ndarray:
     """Binary masks from maps: one ``(D, H, W)`` map or a batch ``(n, D, H, W)``; ``lungs`` of the same
     shape (None: the whole patch counts as lung). Voxels outside the lungs are never kept."""

@@ -141,8 +141,8 @@ def paste_on_grid(patches: Sequence[Volume], reference: Volume, *, interpolator:
 
 def guide_at_points(volume: Volume, centres_xyz: np.ndarray, velocity_model: Any, predictor: Any, config: Any,
                     rule: Any, *, prior_config: Any, patch_config: Any = None, floor_hu: float = 0.0,
-                    lungs: Volume | None = None, name: str = "the CT", progress: Progress | None = None,
-                    cancel: Cancel | None = None) -> FlowVolumeResult:
+                    central: bool = False, lungs: Volume | None = None, name: str = "the CT",
+                    progress: Progress | None = None, cancel: Cancel | None = None) -> FlowVolumeResult:
     """Guide the prior towards "no nodule" in patches around world points of a CT and threshold the change.
 
     Parameters
@@ -165,6 +165,9 @@ def guide_at_points(volume: Volume, centres_xyz: np.ndarray, velocity_model: Any
         The predictor's ``PatchConfig`` when its checkpoint recorded one: checked against the prior's.
     floor_hu
         Differences below this many HU are ignored first (reconstruction noise gives an empty mask).
+    central
+        Keep only each patch mask's piece at (or nearest to) the patch centre
+        (:func:`~wsnodule_core.flow.attribution.keep_central`).
     lungs
         Optional lung mask on the CT's grid: the masks are kept inside it.
     name
@@ -186,6 +189,7 @@ def guide_at_points(volume: Volume, centres_xyz: np.ndarray, velocity_model: Any
     """
     import torch
 
+    from wsnodule_core.flow.attribution import keep_central
     from wsnodule_core.flow.guidance import difference_mask, guide
     from wsnodule_core.flow.rectified_flow import SamplingCancelled
 
@@ -211,6 +215,8 @@ def guide_at_points(volume: Volume, centres_xyz: np.ndarray, velocity_model: Any
     result = guide(velocity_model, net, x, config, keep_trajectory=True, cancel=cancel, progress=progress)
     floor = float(floor_hu) / hu_per_unit  # HU -> the prior's intensity units
     masks = np.asarray(difference_mask(result.difference, lung_crops, rule, floor=floor), bool)
+    if central:
+        masks = keep_central(masks)
     to_hu = prior_config.to_hu
     states = torch.stack(result.trajectory.states, dim=1)[:, :, 0]  # (B, T, s, s, s)
     difference = (result.difference[:, 0].numpy() * hu_per_unit).astype(np.float32)

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from wsnodule_core.errors import ModelConfigError
-from wsnodule_core.flow.attribution import ThresholdRule, mask_from_map
+from wsnodule_core.flow.attribution import ThresholdRule, keep_central, mask_from_map
 from wsnodule_core.metrics import dice_3d
 
 #: The rules tried by default: fractions of the maximum, Otsu, and the top share of lung voxels.
@@ -33,6 +33,7 @@ class RuleScore:
 
     rule: ThresholdRule
     floor: float
+    central: bool
     dice_mean: float
     dice_median: float
     hit_rate: float
@@ -41,7 +42,8 @@ class RuleScore:
     n: int
 
     def to_dict(self) -> dict:
-        return {"rule": rule_text(self.rule), "floor": self.floor, "dice_mean": self.dice_mean,
+        return {"rule": rule_text(self.rule), "floor": self.floor, "central": self.central,
+                "dice_mean": self.dice_mean,
                 "dice_median": self.dice_median, "hit_rate": self.hit_rate, "empty_rate": self.empty_rate,
                 "mask_voxels": self.mask_voxels, "n": self.n}
 
@@ -61,12 +63,15 @@ def parse_rule(text: str) -> ThresholdRule:
             from error
 
 
-def masks_for_rule(maps: np.ndarray, lungs: np.ndarray | None, rule: ThresholdRule, floor: float = 0.0) -> np.ndarray:
-    """Masks ``(n, D, H, W)`` of ``maps`` by ``rule`` inside ``lungs``, values below ``floor`` set to 0 first."""
+def masks_for_rule(maps: np.ndarray, lungs: np.ndarray | None, rule: ThresholdRule, floor: float = 0.0,
+                   central: bool = False) -> np.ndarray:
+    """Masks ``(n, D, H, W)`` of ``maps`` by ``rule`` inside ``lungs``, values below ``floor`` set to 0 first;
+    with ``central`` only each mask's piece at (or nearest to) the patch centre (:func:`keep_central`)."""
     values = np.asarray(maps, np.float32)
     if floor > 0:
         values = np.where(values >= floor, values, 0.0).astype(np.float32)
-    return mask_from_map(values, lungs, rule)
+    masks = mask_from_map(values, lungs, rule)
+    return keep_central(masks) if central else masks
 
 
 def score_masks(masks: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
@@ -79,8 +84,10 @@ def score_masks(masks: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def score_rules(maps: np.ndarray, truth: np.ndarray, lungs: np.ndarray | None = None,
-                rules: Sequence[ThresholdRule] = DEFAULT_RULES, floors: Sequence[float] = (0.0,)) -> list[RuleScore]:
-    """Every ``(rule, floor)`` on the patches, best first (mean Dice, then fewer empty masks, then order given).
+                rules: Sequence[ThresholdRule] = DEFAULT_RULES, floors: Sequence[float] = (0.0,),
+                centrals: Sequence[bool] = (False,)) -> list[RuleScore]:
+    """Every ``(rule, floor, central)`` on the patches, best first (mean Dice, then fewer empty masks, then
+    order given).
 
     Parameters
     ----------
@@ -88,22 +95,24 @@ def score_rules(maps: np.ndarray, truth: np.ndarray, lungs: np.ndarray | None = 
         ``(n, D, H, W)`` maps and the patches' nodule masks.
     lungs
         ``(n, D, H, W)`` lung crops (None: the whole patch counts).
-    rules, floors
-        The grid; a floor is in the maps' own units (use ``(0.0,)`` for maps scaled per patch).
+    rules, floors, centrals
+        The grid; a floor is in the maps' own units (use ``(0.0,)`` for maps scaled per patch); ``central``
+        True keeps only each mask's piece at the patch centre (patches centred on a candidate).
     """
     maps = np.asarray(maps, np.float32)
     truth = np.asarray(truth, bool)
     if maps.ndim != 4 or maps.shape != truth.shape or not len(maps):
         raise ModelConfigError(f"maps and truth must be non-empty (n, D, H, W) arrays of one shape; got "
                                f"{maps.shape} and {truth.shape}.")
-    if not rules or not floors:
-        raise ModelConfigError("score_rules needs at least one rule and one floor.")
+    if not rules or not floors or not centrals:
+        raise ModelConfigError("score_rules needs at least one rule, one floor and one central setting.")
     scored = []
-    for floor in floors:
-        for rule in rules:
-            s = score_masks(masks_for_rule(maps, lungs, rule, float(floor)), truth)
-            scored.append(RuleScore(rule, float(floor), float(s["dice"].mean()), float(np.median(s["dice"])),
-                                    float(s["hit"].mean()), float(s["empty"].mean()), float(s["voxels"].mean()),
-                                    len(maps)))
+    for central in centrals:
+        for floor in floors:
+            for rule in rules:
+                s = score_masks(masks_for_rule(maps, lungs, rule, float(floor), bool(central)), truth)
+                scored.append(RuleScore(rule, float(floor), bool(central), float(s["dice"].mean()),
+                                        float(np.median(s["dice"])), float(s["hit"].mean()),
+                                        float(s["empty"].mean()), float(s["voxels"].mean()), len(maps)))
     order = sorted(range(len(scored)), key=lambda i: (-scored[i].dice_mean, scored[i].empty_rate, i))
     return [scored[i] for i in order]

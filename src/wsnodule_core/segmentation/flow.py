@@ -34,7 +34,8 @@ from wsnodule_core.segmentation.base import (
     single_output,
 )
 
-FLOW_OPTIONS = ("centres_xyz", "max_candidates", "batch_size", "floor_hu", "rule", "guidance", "min_probability")
+FLOW_OPTIONS = ("centres_xyz", "max_candidates", "batch_size", "floor_hu", "rule", "guidance", "min_probability",
+                "central_component")
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,7 +44,8 @@ class FlowSegmenter:
 
     ``guidance`` is a :class:`~wsnodule_core.flow.guidance.GuidanceConfig` (default: the sweep's
     choice), ``rule`` a :class:`~wsnodule_core.flow.attribution.ThresholdRule`; ``floor_hu`` ignores
-    smaller differences (reconstruction noise). At most ``max_candidates`` blob centres are guided,
+    smaller differences (reconstruction noise); ``central_component`` keeps only each patch mask's piece at
+    its centre. At most ``max_candidates`` blob centres are guided,
     ``batch_size`` patches at a time; with ``min_probability`` (in [0, 1]) only blobs whose patch the
     predictor scores at least that high, the most probable first (given ``centres_xyz`` are not screened).
     """
@@ -58,6 +60,7 @@ class FlowSegmenter:
     max_candidates: int = 16
     batch_size: int = 4
     min_probability: float | None = None
+    central_component: bool = False
     name: str = "Flow guidance"
     kind: str = PREDICTOR_KIND
     needs_lungs = True
@@ -157,6 +160,7 @@ class FlowSegmenter:
                 prior_config=self.prior[1],
                 patch_config=self.patch_config,
                 floor_hu=self.floor_hu,
+                central=self.central_component,
                 lungs=lung_grid,
                 progress=chunk_progress,
                 cancel=cancel,
