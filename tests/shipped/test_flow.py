@@ -18,8 +18,9 @@ from wsnodule_core.shipped import SHIPPED, load_shipped
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-#: Mean Dice 3D on 12 real test-patient nodules that the shipped model must beat (it reaches 0.38).
-FLOOR = 0.3
+#: Mean Dice 3D on 12 real test-patient nodules that the shipped model must beat (it reaches 0.50, the
+#: same pipeline with a randomised prior 0.33).
+FLOOR = 0.4
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,9 @@ def test_the_entry_is_a_predictor_with_its_prior_and_the_val_settings():
 
 def test_flow_finds_the_sample_nodule_and_marks_it(region):
     """On the shipped sample the screened candidate is the nodule and the mask lies on it, on the CT's
-    grid. Its Dice there is low (0.01: a 33 mm mass fills most of the 48 mm patch, and guidance from t0
-    0.2 changes its rim only; docs/models/flow.md), so the Dice floor is checked on real VOIs below."""
+    grid. Its Dice there is low (0.17, and a randomised prior's as high: a 33 mm mass fills most of the
+    48 mm patch, and guidance from t0 0.2 changes its rim only; docs/models/flow.md), so the Dice floor
+    is checked on real VOIs below."""
     ct, lungs, gt = region
     segmenter = load_shipped("flow", "cpu")
     result = segmenter.segment(ct, lungs=lungs)
@@ -85,7 +87,7 @@ def _randomised(segmenter):
 @pytest.mark.slow
 def test_flow_segments_real_test_nodules_above_a_floor_a_randomised_prior_cannot_reach(wsnodule_data):
     """12 VOIs of test patients, guided at each nodule's centre with the whole crop as its lungs:
-    measured mean Dice 0.38 (the randomised prior 0.22; 170 s for both on one CPU thread)."""
+    measured mean Dice 0.50 (the randomised prior 0.33; 340 s for both on one loaded CPU thread)."""
     from wsnodule_core.data.builders.splits import patient_split
     from wsnodule_core.data.lidc.vois import load_voi, read_voi_table
 

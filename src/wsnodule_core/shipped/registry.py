@@ -146,12 +146,12 @@ FLOW_REBUILD = (
 #: flow: the guidance setting and mask rule chosen on validation patients (benchmarks/flow_real.py), blob
 #: candidates screened by the predictor at blob-classify-refine's validation threshold.
 FLOW_OPTIONS = (
-    ("guidance", (("t0", 0.2), ("n_steps", 10), ("guided_steps", 2), ("scale", 1.0), ("rule", "dps"))),
-    ("rule", ("fraction", 0.3)), ("floor_hu", 0.0), ("min_probability", 0.59))
+    ("guidance", (("t0", 0.2), ("n_steps", 20), ("guided_steps", 4), ("scale", 1.0), ("rule", "dps"))),
+    ("rule", ("otsu",)), ("floor_hu", 0.0), ("central_component", True), ("min_probability", 0.59))
 FLOW_SUMMARY = ("training-free guidance of a rectified-flow prior (trained on real LIDC crops of 349 patients) by "
                 "a 3D patch classifier; the mask is where the guided 'healthy' counterfactual differs from "
-                "the CT; 141 real VOI test nodules at their centre: Dice 3D 0.45 (occlusion 0.36); not yet an "
-                "automatic whole-CT segmenter (186 false components per scan)")
+                "the CT; 141 real VOI test nodules at their centre: Dice 3D 0.52 (occlusion 0.36, CAM 0.09); "
+                "whole LIDC test scans: 14 false components per scan")
 
 # One line per shipped model. A trained one, e.g.:
 #   ShippedModel("nam", "nam", "nam.pt", "docs/models/nam.md", "NAM/R-NAM ...", sha256="...",
