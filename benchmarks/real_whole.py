@@ -3,7 +3,8 @@ LIDC-IDRI-0001/0002 scans (test patients of every real-data split), scored again
 
     WSNODULE_DATA=/work/shared/data python benchmarks/real_whole.py --out OUT --model pw4medseg
     WSNODULE_DATA=/work/shared/data python benchmarks/real_whole.py --out OUT --checkpoint RUN/best.pt \
-        --option threshold=0.7 --option min_diameter_mm=3 --option lung_margin_mm=0 [--sample-only] [--lidc DIR]
+        --option threshold=0.7 --option min_diameter_mm=3 --option lung_margin_mm=0 [--sample-only] [--lidc DIR] \
+        [--classifier PRED.pt --classifier-threshold 0.59]
 
 Prints, for the sample: 3D Dice, predicted components, whether the nodule was found and the Dice of the
 components on it; for the whole scans: the NAM paper's Table 1 (slice TPR / FPR / TP Dice), nodules
@@ -87,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lidc", type=Path, help="the LIDC-IDRI-0001/0002 data set folder to use or build "
                         "(`wsnodule data lidc`; default OUT/lidc)")
     parser.add_argument("--sample-only", action="store_true", help="skip the whole scans")
+    parser.add_argument("--classifier", type=Path, help="keep only the components this flow patch predictor "
+                        "calls nodule (segmentation.ClassifiedSegmenter, every component scored)")
+    parser.add_argument("--classifier-threshold", type=float, default=0.59)
     args = parser.parse_args(argv)
     if not (args.model or args.checkpoint):
         parser.error("give --model NAME or --checkpoint CKPT")
@@ -95,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     model = segmenter(args)
     name = args.model or Path(args.checkpoint).parent.name
+    if args.classifier:
+        from wsnodule_core.flow.predictors import load_predictor, trained_patch_config
+        from wsnodule_core.segmentation.classified import ClassifiedSegmenter
+
+        predictor, checkpoint = load_predictor(args.classifier)
+        model = ClassifiedSegmenter(model, predictor, trained_patch_config(checkpoint),
+                                    threshold=args.classifier_threshold, max_candidates=None)
+        name += " + classifier"
     results = {"sample": on_sample(model)}
     s = results["sample"]
     print(f"sample LIDC-IDRI-0001 crop: Dice 3D {s['dice_3d']:.3f}, {s['components']} components, nodule "
