@@ -264,7 +264,7 @@ def keep_central(masks: np.ndarray) -> np.ndarray:
         centre = tuple(s // 2 for s in mask.shape)
         label = labels[centre]
         if label == 0:
-            distance, (zi, yi, xi) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+            _, (zi, yi, xi) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
             label = labels[zi[centre], yi[centre], xi[centre]]
         out[i] = labels == label
     return out

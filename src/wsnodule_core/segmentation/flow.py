@@ -44,10 +44,10 @@ class FlowSegmenter:
 
     ``guidance`` is a :class:`~wsnodule_core.flow.guidance.GuidanceConfig` (default: the sweep's
     choice), ``rule`` a :class:`~wsnodule_core.flow.attribution.ThresholdRule`; ``floor_hu`` ignores
-    smaller differences (reconstruction noise); ``central_component`` keeps only each patch mask's piece at
-    its centre. At most ``max_candidates`` blob centres are guided,
-    ``batch_size`` patches at a time; with ``min_probability`` (in [0, 1]) only blobs whose patch the
-    predictor scores at least that high, the most probable first (given ``centres_xyz`` are not screened).
+    smaller differences (reconstruction noise); ``central_component`` keeps only each patch mask's piece
+    at its centre. At most ``max_candidates`` blob centres are guided, ``batch_size`` patches at a time;
+    with ``min_probability`` (in [0, 1]) only blobs whose patch the predictor scores at least that high,
+    the most probable first (given ``centres_xyz`` are not screened).
     """
 
     predictor: Any
