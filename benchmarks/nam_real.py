@@ -21,28 +21,18 @@ the highest mean NAM. Writes OUT/whole.md and OUT/metrics.json.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-LIDC_TEST = ["LIDC-IDRI-0001", "LIDC-IDRI-0002"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _held_out_scans import held_out_scans
+
 VARIANTS = ("1-GAP", "2-GAP", "3-GAP", "1-GAP two-nodule", "3-GAP two-nodule")
 SETTINGS = {"lung_slices_only": True}
-
-
-def lidc_set(path: Path):
-    from wsnodule_core.data.builders import build_lidc_dataset
-    from wsnodule_core.data.dataset import load_dataset
-
-    if not (path / "dataset.json").exists():
-        build_lidc_dataset(path, patient_ids=LIDC_TEST, with_images=True, overwrite=True,
-                           dicom_root=os.path.join(os.environ["WSNODULE_DATA"], "lidc-idri"))
-    return load_dataset(path)
 
 
 def with_cache(segmenter):
@@ -154,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    dataset = lidc_set(args.lidc)
+    dataset = held_out_scans(args.lidc)
     if args.pre_encode:
         print(f"pre-encoding took {pre_encode(dataset, args.input_size, args.pixel_spacing):.0f} s")
         return 0

@@ -43,7 +43,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LIDC_TEST = ["LIDC-IDRI-0001", "LIDC-IDRI-0002"]
+from wsnodule_core.data.builders.splits import HELD_OUT_PATIENTS as LIDC_TEST
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _held_out_scans import held_out_scans
+
 WHOLE_INPUT_SIZE = 384  # NAM on a whole slice: a 27 cm lung-centred crop at the training spacing
 # on the whole scans by default: the U-Net segments its 64-px (45 mm) training crop of each slice, not
 # the lungs; PW4MedSeg's K sliding-window passes over a whole CT do not fit the CPU hour (try: --whole)
@@ -352,17 +356,11 @@ def flow_rows(bench: Bench) -> str:
 # ---------------------------------------------------------------- stage 3b: the whole LIDC scans
 def whole_scans(bench: Bench, methods: dict[str, object]) -> tuple[str, str]:
     """Table 1 and Fig. 3 on LIDC-IDRI-0001/0002; each method alone so one failure is one line."""
-    from wsnodule_core.data.builders import build_lidc_dataset
-    from wsnodule_core.data.dataset import load_dataset
     from wsnodule_core.evaluation import TABLE_COLUMNS, evaluate_cases
     from wsnodule_core.reports import markdown_table, plot_size_breakdown, to_json
 
     args = bench.args
-    data = args.out / "lidc"
-    if not (data / "dataset.json").exists():
-        build_lidc_dataset(data, patient_ids=LIDC_TEST, with_images=True, overwrite=True,
-                           dicom_root=os.path.join(os.environ["WSNODULE_DATA"], "lidc-idri"))
-    dataset = load_dataset(data)
+    dataset = held_out_scans(args.out / "lidc")
     rows, failed = {}, []
     for method, segmenter in methods.items():
         if args.whole and method not in args.whole:

@@ -19,12 +19,14 @@ import argparse
 import ast
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-LIDC_TEST = ("LIDC-IDRI-0001", "LIDC-IDRI-0002")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _held_out_scans import held_out_scans
 
 
 def segmenter(args: argparse.Namespace):
@@ -63,15 +65,10 @@ def on_sample(model) -> dict:
 
 
 def on_scans(model, data: Path, name: str) -> dict:
-    from wsnodule_core.data.builders import build_lidc_dataset
-    from wsnodule_core.data.dataset import load_dataset
     from wsnodule_core.evaluation import evaluate_cases
 
-    if not (data / "dataset.json").exists():
-        build_lidc_dataset(data, patient_ids=LIDC_TEST, with_images=True, overwrite=True,
-                           dicom_root=os.path.join(os.environ["WSNODULE_DATA"], "lidc-idri"))
     started = time.monotonic()
-    result, _ = evaluate_cases(load_dataset(data).cases(None), {name: model})
+    result, _ = evaluate_cases(held_out_scans(data).cases(None), {name: model})
     summary = result[name]
     summary["seconds"] = time.monotonic() - started
     return summary

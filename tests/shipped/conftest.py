@@ -1,4 +1,5 @@
-"""A small synthetic chest the shipped-model tests segment."""
+"""A small synthetic chest the shipped-model tests segment, and the shipped real sample with its lungs
+and its nodule's region."""
 
 from __future__ import annotations
 
@@ -27,3 +28,28 @@ def synthetic_chest() -> tuple[Volume, np.ndarray]:
     hu[nodule] = 20
     texture = ndimage.gaussian_filter(np.random.default_rng(1).normal(0, 1, SHAPE), (0, 2, 2))
     return Volume(hu + (20 * texture / texture.std()).astype(np.float32), SPACING, (5.0, -10.0, 20.0)), nodule
+
+
+@pytest.fixture(scope="session")
+def lidc_sample():
+    """The shipped LIDC-IDRI-0001 sample and its lung mask (``segment_lungs``), computed once."""
+    from wsnodule_core.data.lung import segment_lungs
+    from wsnodule_core.data.sample import load_lidc_sample
+
+    sample = load_lidc_sample()
+    return sample, segment_lungs(sample.ct).lungs
+
+
+@pytest.fixture(scope="session")
+def sample_nodule_region(lidc_sample):
+    """``(CT, lungs, label)`` of the sample's nodule region: its slices +- 3, 40 px around it in-plane."""
+    from dataclasses import replace
+
+    sample, lungs = lidc_sample
+    ct, gt = sample.ct, np.asarray(sample.label.array) > 0
+    zs, ys, xs = (np.flatnonzero(gt.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1)))
+    lo = (max(0, zs[0] - 3), max(0, ys[0] - 40), max(0, xs[0] - 40))
+    hi = (zs[-1] + 4, ys[-1] + 41, xs[-1] + 41)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    part = replace(ct, array=np.asarray(ct.array)[box], origin=tuple(ct.index_to_world(lo)))
+    return part, lungs[box], gt[box]

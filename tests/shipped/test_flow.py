@@ -23,22 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 FLOOR = 0.4
 
 
-@pytest.fixture(scope="module")
-def region():
-    """The sample's nodule region (its slices +- 3, 40 px around it in-plane), its lungs and label."""
-    from wsnodule_core.data.lung import segment_lungs
-    from wsnodule_core.data.sample import load_lidc_sample
-
-    sample = load_lidc_sample()
-    ct, gt = sample.ct, np.asarray(sample.label.array) > 0
-    lungs = segment_lungs(ct).lungs
-    zs, ys, xs = (np.flatnonzero(gt.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1)))
-    lo = (max(0, zs[0] - 3), max(0, ys[0] - 40), max(0, xs[0] - 40))
-    box = tuple(slice(a, b) for a, b in zip(lo, (zs[-1] + 4, ys[-1] + 41, xs[-1] + 41)))
-    part = replace(ct, array=np.asarray(ct.array)[box], origin=tuple(ct.index_to_world(lo)))
-    return part, lungs[box], gt[box]
-
-
 def test_the_entry_is_a_predictor_with_its_prior_and_the_val_settings():
     from wsnodule_core.segmentation.flow import FlowSegmenter
 
@@ -59,12 +43,12 @@ def test_the_entry_is_a_predictor_with_its_prior_and_the_val_settings():
     assert segmenter.prior[1].spacing_mm == segmenter.patch_config.spacing_mm == 1.5
 
 
-def test_flow_finds_the_sample_nodule_and_marks_it(region):
+def test_flow_finds_the_sample_nodule_and_marks_it(sample_nodule_region):
     """On the shipped sample the screened candidate is the nodule and the mask lies on it, on the CT's
     grid. Its Dice there is low (0.17, and a randomised prior's as high: a 33 mm mass fills most of the
     48 mm patch, and guidance from t0 0.2 changes its rim only; docs/models/flow.md), so the Dice floor
     is checked on real VOIs below."""
-    ct, lungs, gt = region
+    ct, lungs, gt = sample_nodule_region
     segmenter = load_shipped("flow", "cpu")
     result = segmenter.segment(ct, lungs=lungs)
     mask = np.asarray(result.mask.array) > 0

@@ -24,7 +24,7 @@ from wsnodule_core.shipped import load_shipped, shipped_models
 #: Dice 3D floors per shipped model; a model not listed (a new trained one) must beat DEFAULT_FLOOR.
 FLOORS = {"blob-refine": 0.3, "medsam-box": 0.7, "pw4medseg": 0.1}
 DEFAULT_FLOOR = 0.3
-#: Models checked on the nodule's region of the sample (its slices +- 3, 80 px around it in-plane): the
+#: Models checked on the nodule's region of the sample (its slices +- 3, 40 px around it in-plane): the
 #: blob filter's candidates on the whole sample cost blob-refine ~5 min of encoder on a 2-core CPU.
 REGION_ONLY = ("blob-refine",)
 #: Models whose Dice floor is checked elsewhere, and why.
@@ -33,39 +33,20 @@ FLOOR_ELSEWHERE = {"flow": "the sample's 33 mm mass fills most of flow's 48 mm p
                            "on 12 real test-patient nodules and that flow finds and marks the sample's nodule"}
 
 
-def _nodule_region(ct, lungs, gt):
-    from dataclasses import replace
-
-    zs, ys, xs = (np.flatnonzero(gt.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1)))
-    lo = (max(0, zs[0] - 3), max(0, ys[0] - 40), max(0, xs[0] - 40))
-    hi = (zs[-1] + 4, ys[-1] + 41, xs[-1] + 41)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    part = replace(ct, array=np.asarray(ct.array)[box], origin=tuple(ct.index_to_world(lo)))
-    return part, lungs[box], gt[box]
-
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
-@pytest.fixture(scope="module")
-def sample():
-    from wsnodule_core.data.lung import segment_lungs
-    from wsnodule_core.data.sample import load_lidc_sample
-
-    sample = load_lidc_sample()
-    return sample, segment_lungs(sample.ct).lungs
-
-
 @pytest.mark.parametrize("model", shipped_models(), ids=lambda m: m.name)
-def test_each_shipped_model_segments_the_real_sample_above_its_floor(model, sample, request, tmp_path):
+def test_each_shipped_model_segments_the_real_sample_above_its_floor(model, lidc_sample, request, tmp_path):
     from wsnodule_core.demo import label_box
     from wsnodule_core.foundation import EmbeddingCache
 
     if model.name in FLOOR_ELSEWHERE:
         pytest.skip(FLOOR_ELSEWHERE[model.name])
-    ct, lungs = sample[0].ct, sample[1]
-    gt = np.asarray(sample[0].label.array) > 0
     if model.name in REGION_ONLY:
-        ct, lungs, gt = _nodule_region(ct, lungs, gt)
+        ct, lungs, gt = request.getfixturevalue("sample_nodule_region")
+    else:
+        ct, lungs, gt = lidc_sample[0].ct, lidc_sample[1], np.asarray(lidc_sample[0].label.array) > 0
     if model.trained:
         segmenter = load_shipped(model.name, "cpu")
     else:

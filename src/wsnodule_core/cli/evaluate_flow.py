@@ -33,15 +33,9 @@ def add_flow_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def threshold_rule(text: str):
-    from wsnodule_core.errors import ModelConfigError
-    from wsnodule_core.flow.attribution import ThresholdRule
+    from wsnodule_core.flow.rule_search import parse_rule
 
-    kind, _, value = text.partition(":")
-    try:
-        return ThresholdRule(kind, float(value)) if value else ThresholdRule(kind)
-    except ValueError as error:
-        raise ModelConfigError(f"--threshold-rule {text!r}: expected KIND or KIND:VALUE, e.g. fraction:0.5.") \
-            from error
+    return parse_rule(text, "--threshold-rule")
 
 
 def guidance_config(args: argparse.Namespace):

@@ -53,14 +53,13 @@ def rule_text(rule: ThresholdRule) -> str:
     return rule.kind if rule.kind == "otsu" else f"{rule.kind}:{rule.value:g}"
 
 
-def parse_rule(text: str) -> ThresholdRule:
-    """The inverse of :func:`rule_text`."""
+def parse_rule(text: str, what: str = "threshold rule") -> ThresholdRule:
+    """The inverse of :func:`rule_text`; ``what`` names the input in the error (e.g. a command-line flag)."""
     kind, _, value = str(text).partition(":")
     try:
         return ThresholdRule(kind, float(value)) if value else ThresholdRule(kind)
     except ValueError as error:
-        raise ModelConfigError(f"threshold rule {text!r}: expected KIND or KIND:VALUE, e.g. fraction:0.5.") \
-            from error
+        raise ModelConfigError(f"{what} {text!r}: expected KIND or KIND:VALUE, e.g. fraction:0.5.") from error
 
 
 def masks_for_rule(maps: np.ndarray, lungs: np.ndarray | None, rule: ThresholdRule, floor: float = 0.0,

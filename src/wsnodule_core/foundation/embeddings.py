@@ -82,11 +82,14 @@ def encode_images(model: LiteMedSam, images: torch.Tensor, *, batch_size: int = 
 @torch.no_grad()
 def embed_arrays(encoder: torch.nn.Module, arrays: np.ndarray, to_input: Callable[[torch.Tensor], torch.Tensor], *,
                  cache: EmbeddingCache | None = None, chunk: int = 8,
-                 progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                 progress: Callable[[int, int], None] | None = None,
+                 encode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Embeddings (float16, CPU) ``(n, k, 256, 64, 64)`` of ``arrays`` ``(n, ...)`` (a model's own inputs,
     e.g. slices or patches in [0, 1]): ``chunk`` at a time to the encoder's device, ``to_input`` makes each
     item's ``k`` encoder inputs ``(chunk * k, 3, 256, 256)``, read from / written to ``cache``. The
-    encoder runs in eval mode and gets its training flag back (training heads on cached embeddings)."""
+    encoder runs in eval mode and gets its training flag back (training heads on cached embeddings).
+    ``encode`` (inputs -> ``(chunk * k, C, h, w)``) replaces the embedding with other features of the
+    encoder (it caches them itself); the result is then ``(n, k, C, h, w)``."""
     device = next(encoder.parameters()).device
     model = types.SimpleNamespace(image_encoder=encoder, device=device)  # what encode_images uses
     was_training = encoder.training
@@ -95,8 +98,9 @@ def embed_arrays(encoder: torch.nn.Module, arrays: np.ndarray, to_input: Callabl
     try:
         for start in range(0, len(arrays), chunk):
             x = torch.from_numpy(np.asarray(arrays[start:start + chunk], np.float32)).to(device)
-            embedded = encode_images(model, to_input(x), cache=cache)
-            out.append(embedded.to("cpu", torch.float16).reshape(len(x), -1, *EMBEDDING_SHAPE))
+            inputs = to_input(x)
+            embedded = encode(inputs) if encode is not None else encode_images(model, inputs, cache=cache)
+            out.append(embedded.to("cpu", torch.float16).reshape(len(x), -1, *embedded.shape[1:]))
             if progress is not None:
                 progress(min(start + chunk, len(arrays)), len(arrays))
     finally:

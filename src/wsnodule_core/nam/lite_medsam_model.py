@@ -197,25 +197,12 @@ class LiteMedSamClassifier(nn.Module):
     def embed_slices(self, images: np.ndarray, *, cache: EmbeddingCache | None = None, chunk: int = 32,
                      progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Features (float16, CPU) of slices ``(n, H, W)`` in [0, 1], read from / written to ``cache``."""
-        if self.config.n_gap == 1:
-            return embed_arrays(self.encoder, images, lambda x: slices_to_model_input(x[:, None]), cache=cache,
-                                chunk=chunk, progress=progress)[:, 0]
-        device = next(self.encoder.parameters()).device
-        was_training = self.encoder.training
-        self.encoder.eval()
-        out = []
-        try:
-            for start in range(0, len(images), chunk):
-                x = torch.from_numpy(np.asarray(images[start:start + chunk], np.float32)).to(device)
-                out.append(cached_stages(self.encoder, slices_to_model_input(x[:, None]), self.config.n_gap,
-                                         cache).to("cpu", torch.float16))
-                if progress is not None:
-                    progress(min(start + chunk, len(images)), len(images))
-        finally:
-            self.encoder.train(was_training)
-        return torch.cat(out) if out else torch.zeros((0, self.feature_channels, *EMBEDDING_SHAPE[1:]),
-                                                      dtype=torch.float16)
-
+        n_gap = self.config.n_gap
+        encode = None if n_gap == 1 else (lambda inputs: cached_stages(self.encoder, inputs, n_gap, cache))
+        if not len(images):
+            return torch.zeros((0, self.feature_channels, *EMBEDDING_SHAPE[1:]), dtype=torch.float16)
+        return embed_arrays(self.encoder, images, lambda x: slices_to_model_input(x[:, None]), cache=cache,
+                            chunk=chunk, progress=progress, encode=encode)[:, 0]
 
 class EmbeddingHead(nn.Module):
     """``classifier``'s head as a module whose input is the embedding (for training on cached ones)."""

@@ -11,7 +11,7 @@ is the "blob-classify-refine" pipeline (:func:`load_blob_classify_refine`).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,28 +137,38 @@ class ClassifiedSegmenter:
     def score(self, volume: Volume, centres_xyz: np.ndarray, progress: Progress | None = None,
               cancel: Cancel | None = None) -> np.ndarray:
         """P(nodule) of the predictor's patch at each world centre ``(n, 3)``, ``batch_size`` at a time."""
-        from wsnodule_core.flow.on_volume import cut_patch
-        from wsnodule_core.flow.predictors import predict_patches
         from wsnodule_core.image.window import apply_window
 
         config = self.patch_config
-        parameter = next(self.predictor.parameters(), None)
-        device = parameter.device if parameter is not None else "cpu"
-        out = []
-        starts = range(0, len(centres_xyz), self.batch_size)
-        for k, start in enumerate(starts):
-            if cancel is not None and cancel():
-                raise SegmentationCancelled(f"{self.name}: cancelled after {start} of {len(centres_xyz)} "
-                                            "candidates were scored.")
-            patches = [cut_patch(volume, c, int(config.size), float(config.spacing_mm))
-                       for c in centres_xyz[start:start + self.batch_size]]
-            images = np.stack([apply_window(np.asarray(p.array, np.float32), config.window) for p in patches])
-            out.append(predict_patches(self.predictor, images.astype(np.float32), device,
-                                       batch_size=self.batch_size))
-            if progress is not None:
-                progress(k + 1, len(starts))
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
+        return patch_probabilities(volume, centres_xyz, self.predictor, int(config.size), float(config.spacing_mm),
+                                   lambda hu: apply_window(hu, config.window), batch_size=self.batch_size,
+                                   progress=progress, cancel=cancel, name=self.name)
 
+
+def patch_probabilities(volume: Volume, centres_xyz: np.ndarray, predictor: Any, size: int, spacing_mm: float,
+                        to_unit: Callable[[np.ndarray], np.ndarray], *, batch_size: int = 16,
+                        progress: Progress | None = None, cancel: Cancel | None = None,
+                        name: str = "the patch classifier") -> np.ndarray:
+    """P(nodule) of ``predictor`` on the ``size``³ patch at ``spacing_mm`` cut at each world centre ``(n, 3)``,
+    its HU mapped to the predictor's [0, 1] by ``to_unit``; ``batch_size`` patches at a time, on the
+    predictor's device."""
+    from wsnodule_core.flow.on_volume import cut_patch
+    from wsnodule_core.flow.predictors import predict_patches
+
+    parameter = next(predictor.parameters(), None)
+    device = parameter.device if parameter is not None else "cpu"
+    out = []
+    starts = range(0, len(centres_xyz), batch_size)
+    for k, start in enumerate(starts):
+        if cancel is not None and cancel():
+            raise SegmentationCancelled(f"{name}: cancelled after {start} of {len(centres_xyz)} "
+                                        "candidates were scored.")
+        patches = [cut_patch(volume, c, size, spacing_mm) for c in centres_xyz[start:start + batch_size]]
+        images = np.stack([to_unit(np.asarray(p.array, np.float32)) for p in patches])
+        out.append(predict_patches(predictor, images.astype(np.float32), device, batch_size=batch_size))
+        if progress is not None:
+            progress(k + 1, len(starts))
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 def components(volume: Volume, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(ids, voxels, centres_xyz)`` of each label present: its voxel count and its centre of mass in

@@ -115,17 +115,13 @@ class FlowSegmenter:
 
     def probabilities(self, volume: Volume, centres_xyz: np.ndarray) -> np.ndarray:
         """The predictor's P(nodule) of the guidance patch at each world centre ``(n, 3)``."""
-        from wsnodule_core.flow.on_volume import cut_patch, patch_protocol
-        from wsnodule_core.flow.predictors import predict_patches
+        from wsnodule_core.flow.on_volume import patch_protocol
+        from wsnodule_core.segmentation.classified import patch_probabilities
 
-        if not len(centres_xyz):
-            return np.zeros(0, np.float32)
         size, spacing = patch_protocol(self.prior[1], self.patch_config)
-        hu = np.stack([np.asarray(cut_patch(volume, c, size, spacing).array, np.float32) for c in centres_xyz])
-        images = np.asarray(self.prior[1].to_model(hu), np.float32)
-        parameter = next(self.prior[0].parameters(), None)
-        return predict_patches(self.predictor, images, "cpu" if parameter is None else parameter.device,
-                               batch_size=max(self.batch_size, 8))
+        return patch_probabilities(volume, np.asarray(centres_xyz, float).reshape(-1, 3), self.predictor, size,
+                                   spacing, self.prior[1].to_model, batch_size=max(self.batch_size, 8),
+                                   name=self.name)
 
     def segment(
         self,
