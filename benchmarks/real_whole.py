@@ -65,11 +65,12 @@ def on_sample(model) -> dict:
 
 
 def on_scans(model, data: Path, name: str) -> dict:
-    from wsnodule_core.evaluation import evaluate_cases
+    from wsnodule_core.evaluation import evaluate_cases, row_name
 
     started = time.monotonic()
     result, _ = evaluate_cases(held_out_scans(data).cases(None), {name: model})
-    summary = result[name]
+    # a model with several outputs (NAM: fine and coarse) has a row per output: report its mask's
+    summary = result.get(name) or result[row_name(name, getattr(model, "output", "mask"))]
     summary["seconds"] = time.monotonic() - started
     return summary
 

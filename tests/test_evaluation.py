@@ -165,3 +165,14 @@ def test_nam_config_follows_the_checkpoint():
     assert nam_config_for_checkpoint(Ckpt(), probability_threshold=0.6).probability_threshold == 0.6
     with pytest.raises(ModelConfigError, match="no option"):
         nam_config_for_checkpoint(Ckpt(), top_kk=2)
+
+
+def test_a_tile_classifier_segments_in_tiles():
+    class Tiles:
+        train_config = {"image_size": 40, "pixel_spacing_mm": 0.75, "hard_tiles_from": "g1/best.pt"}
+        raw = {"probability_threshold": 0.2}
+
+    config = nam_config_for_checkpoint(Tiles())
+    assert (config.tile_size, config.crop_pixel_spacing_mm) == (40, 0.75)
+    assert config.input_size > 400 and config.tile_stride is None  # both lungs; half a tile
+    assert nam_config_for_checkpoint(Tiles(), tile_stride=10, probability_threshold=0.5).tile_stride == 10

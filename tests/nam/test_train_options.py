@@ -141,3 +141,36 @@ def test_training_with_recalibration_keeps_exact_resume(tmp_path, disc_train, di
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     assert full.history[-1]["val_auc"] == pytest.approx(resumed.history[-1]["val_auc"])
+
+
+def test_augmentation_and_hard_tile_flags_reach_the_config():
+    import argparse
+
+    from wsnodule_core.cli.train_nam import add_train_arguments, config_from_args
+
+    parser = add_train_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["data", "out", "--shift-fraction", "0.3", "--rotate-deg", "15", "--flip-ud",
+                              "--pixel-spacing", "0.75", "--hard-tiles-from", "g1/best.pt",
+                              "--hard-tiles-per-scan", "40", "--unsafe-negatives"])
+    config = config_from_args(args)
+    assert config.unsafe_negatives and config.slice_config().use_unsafe_negatives
+    assert (config.shift_fraction, config.rotate_deg, config.flip_ud) == (0.3, 15.0, True)
+    assert (config.hard_tiles_from, config.hard_tiles_per_scan) == ("g1/best.pt", 40)
+    plain = config_from_args(parser.parse_args(["data", "out"]))
+    assert plain.flip_ud is False and plain.slice_config().use_unsafe_negatives is False
+
+
+def test_hard_tiles_need_a_pixel_spacing_and_a_classifier_of_the_same_crop(tmp_path, disc_train, disc_val):
+    with pytest.raises(ModelConfigError, match="--pixel-spacing"):
+        TrainConfig(hard_tiles_from="g1/best.pt")
+    with pytest.raises(ModelConfigError, match="must be >= 0"):
+        TrainConfig(pixel_spacing_mm=0.75, hard_tiles_from="g1/best.pt", hard_tiles_per_scan=-1)
+    train_classifier((disc_train, disc_val), tmp_path / "g1", replace(FAST, epochs=1))
+    from wsnodule_core.errors import TrainingDataError
+    from wsnodule_core.nam.train import _resolve_data
+
+    other = replace(FAST, image_size=48, pixel_spacing_mm=0.75, hard_tiles_from=str(tmp_path / "g1" / "best.pt"))
+    with pytest.raises(TrainingDataError, match="same crop"):
+        _resolve_data(tmp_path / "no-data-needed", other)  # refused before any data is read
+    with pytest.raises(TrainingDataError, match="in memory"):
+        _resolve_data((disc_train, disc_val), other)

@@ -25,7 +25,7 @@ MODELS_DIR = ROOT / "src" / "wsnodule_core" / "shipped" / "models"
 
 
 def trained_entry(file: str = "nam.pt", sha256: str = "0" * 64, **changes) -> ShippedModel:
-    fields = {"name": "nam", "method": "nam", "file": file, "card": "docs/models/nam.md",
+    fields = {"name": "tiny-nam", "method": "nam", "file": file, "card": "docs/models/nam.md",
               "summary": "a test NAM", "sha256": sha256, "rebuild": "wsnodule train --method nam DATA --out RUN"}
     return ShippedModel(**{**fields, **changes})
 
@@ -58,7 +58,7 @@ def test_entries_are_checked_when_made():
     with pytest.raises(ShippedModelError, match="argument"):
         Companion("prior", "p.pt", "0" * 64)
     with pytest.raises(ShippedModelError, match="not in the table"):
-        Registry(MODELS, default="nam")
+        Registry(MODELS, default="tiny-nam")
     with pytest.raises(ShippedModelError, match="repeat"):
         Registry(MODELS + MODELS[:1])
 
@@ -94,15 +94,15 @@ def test_a_missing_or_altered_file_is_refused_saying_what_to_do(tmp_path):
     entry = trained_entry(sha256=hashlib.sha256(data).hexdigest())
     registry = Registry(MODELS + (entry,), folder=tmp_path)
     with pytest.raises(ShippedModelError, match="install is incomplete") as info:
-        shipped_checkpoint("nam", registry)
+        shipped_checkpoint("tiny-nam", registry)
     assert entry.rebuild in str(info.value) and entry.card in str(info.value)
-    assert registry.size_bytes("nam") is None
+    assert registry.size_bytes("tiny-nam") is None
     (tmp_path / "nam.pt").write_bytes(data)
-    assert shipped_checkpoint("nam", registry) == tmp_path / "nam.pt"
-    assert registry.size_bytes("nam") == len(data)
+    assert shipped_checkpoint("tiny-nam", registry) == tmp_path / "nam.pt"
+    assert registry.size_bytes("tiny-nam") == len(data)
     (tmp_path / "nam.pt").write_bytes(b"A checkpoint")
-    with pytest.raises(ShippedModelError, match="SHA-256 .* is not the shipped model 'nam'") as info:
-        shipped_checkpoint("nam", registry)
+    with pytest.raises(ShippedModelError, match="SHA-256 .* is not the shipped model 'tiny-nam'") as info:
+        shipped_checkpoint("tiny-nam", registry)
     assert entry.rebuild in str(info.value)
     # a companion is checked as well
     prior = Companion("prior_checkpoint", "prior.pt", hashlib.sha256(b"prior").hexdigest())
@@ -123,8 +123,8 @@ def test_wsnodule_models_lists_the_table(tmp_path, capsys):
     registry = Registry(MODELS + (trained_entry(sha256=hashlib.sha256(b"x" * 2_000_000).hexdigest()),),
                         folder=tmp_path)
     assert run(None, registry) == 0
-    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("nam "))
-    assert line.split()[:4] == ["nam", "nam", "2.0", "MB"]
+    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("tiny-nam "))
+    assert line.split()[:4] == ["tiny-nam", "nam", "2.0", "MB"]
     assert run(None, Registry(MODELS + (trained_entry(),), folder=tmp_path / "none")) == 0
     assert "missing" in capsys.readouterr().out
 

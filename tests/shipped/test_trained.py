@@ -43,7 +43,7 @@ def tiny_nam(tmp_path_factory):
     path = save_checkpoint(folder / "nam.pt", {"kind": "nam-multigap", "model_config": model.config.to_dict(),
                                                "train_config": {"image_size": 64, "pixel_spacing_mm": 1.5},
                                                "model_state": model.state_dict(), "probability_threshold": 0.3})
-    entry = ShippedModel("nam", "nam", "nam.pt", "docs/models/nam.md", "a tiny test NAM",
+    entry = ShippedModel("tiny-nam", "nam", "nam.pt", "docs/models/nam.md", "a tiny test NAM",
                          sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
                          rebuild="wsnodule train --method nam DATA --out RUN", options=(("top_k", 2),))
     return Registry(MODELS + (entry,), folder=folder), path
@@ -51,20 +51,20 @@ def tiny_nam(tmp_path_factory):
 
 def test_a_registered_trained_model_loads_through_the_front_door(tiny_nam):
     registry, _ = tiny_nam
-    segmenter = load_shipped("nam", "cpu", registry=registry, output="coarse")
+    segmenter = load_shipped("tiny-nam", "cpu", registry=registry, output="coarse")
     assert isinstance(segmenter, NamSegmenter) and segmenter.output == "coarse"
     assert segmenter.config.probability_threshold == 0.3 and segmenter.config.top_k == 2  # entry's options
-    assert load_shipped("nam", "cpu", registry=registry, top_k=1).config.top_k == 1  # a call's replace them
+    assert load_shipped("tiny-nam", "cpu", registry=registry, top_k=1).config.top_k == 1  # a call's replace them
     ct = chest()
     result = segmenter.segment(ct)
     assert result.mask.same_geometry(ct) and set(result.outputs) == {"coarse", "fine"}
-    assert "nam" not in SHIPPED.names()  # the package's table is untouched
+    assert "tiny-nam" not in SHIPPED.names()  # the package's table is untouched
 
 
 def test_a_file_of_another_kind_is_refused(tiny_nam):
     registry, _ = tiny_nam
     wrong = Registry(MODELS + (ShippedModel("unet", "unet", "nam.pt", "docs/models/unet.md", "x",
-                                            sha256=registry.get("nam").sha256, rebuild="r"),),
+                                            sha256=registry.get("tiny-nam").sha256, rebuild="r"),),
                      folder=registry.folder)
     with pytest.raises(ShippedModelError, match="holds a 'nam-multigap' model, but --method unet segments with "
                                                 "'unet-baseline'"):
@@ -84,9 +84,9 @@ def test_segment_with_a_shipped_trained_model_and_the_checkpoint_method_rules(ti
                                           "--quiet", *extra])
         return run(args, registry=registry)
 
-    assert segment("--method", "nam", "--mode", "coarse") == 0
+    assert segment("--method", "tiny-nam", "--mode", "coarse") == 0
     printed = capsys.readouterr().out
-    assert "model: nam (shipped; a tiny test NAM; card docs/models/nam.md)" in printed
+    assert "model: tiny-nam (shipped; a tiny test NAM; card docs/models/nam.md)" in printed
     assert read_volume(out).same_geometry(read_volume(ct_path))
     out.unlink()
     # --checkpoint with --method: the checkpoint must be of the method's kind
@@ -100,5 +100,5 @@ def test_segment_with_a_shipped_trained_model_and_the_checkpoint_method_rules(ti
     with pytest.raises(ShippedModelError, match="training-free and takes no checkpoint"):
         segment("--method", "blob-refine", "--checkpoint", str(path))
     with pytest.raises(ModelConfigError, match="takes no --box"):
-        segment("--method", "nam", "--box", "0", "0", "0", "1", "1", "1")
+        segment("--method", "tiny-nam", "--box", "0", "0", "0", "1", "1", "1")
     assert not out.exists()

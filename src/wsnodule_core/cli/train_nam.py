@@ -53,6 +53,22 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                              "instead of DATA's")
     recipe.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap on steps per epoch (quick runs)")
     recipe.add_argument("--no-augment", action="store_true", help="no flips/rotation/shift/intensity jitter")
+    recipe.add_argument("--shift-fraction", type=float, default=None, metavar="F",
+                        help=f"random shift, a fraction of the crop [{_DEFAULTS.shift_fraction}]")
+    recipe.add_argument("--rotate-deg", type=float, default=None, metavar="DEG",
+                        help=f"random rotation up to this [{_DEFAULTS.rotate_deg}]")
+    recipe.add_argument("--flip-ud", action="store_true", help="random up-down flips too [left-right only]")
+    recipe.add_argument("--unsafe-negatives", action="store_true",
+                        help="take nodule-free slices from cases marked negatives_ok=False too (a VOI crop's slices "
+                             "beyond its nodule: negatives from the nodules' own scans, which may hold an "
+                             "unannotated lesion) [off]")
+    recipe.add_argument("--hard-tiles-from", default=None, metavar="CKPT",
+                        help="a tile classifier's checkpoint (same --image-size and --pixel-spacing): add the "
+                             "tiles it calls nodule on the nodule-free whole scans of $WSNODULE_DATA as negatives "
+                             "(train scans to train, val scans to val; for the tiled NAM, docs/nam_tiles.md)")
+    recipe.add_argument("--hard-tiles-per-scan", type=int, default=None, metavar="N",
+                        help=f"hard tiles kept per scan [{_DEFAULTS.hard_tiles_per_scan}], plus "
+                             f"{_DEFAULTS.hard_tiles_random_per_scan} random lung tiles")
     recipe.add_argument("--seed", type=int, default=None, help="random seed [0]")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default=None, help="auto, cuda, cuda:N, mps or cpu [auto]")
@@ -73,7 +89,8 @@ _FIELDS = {"backbone": "backbone", "embedding_cache": "embedding_cache",
            "max_steps_per_epoch": "max_steps_per_epoch", "seed": "seed", "device": "device",
            "num_workers": "num_workers", "epoch_size": "epoch_size", "optimizer": "optimizer",
            "select_metric": "select_metric", "val_data": "val_data", "negatives_per_case": "negatives_per_case",
-           "head_channels": "head_channels"}
+           "head_channels": "head_channels", "shift_fraction": "shift_fraction", "rotate_deg": "rotate_deg",
+           "hard_tiles_from": "hard_tiles_from", "hard_tiles_per_scan": "hard_tiles_per_scan"}
 
 
 def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
@@ -85,7 +102,8 @@ def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) 
     for flag, name, value in (("no_augment", "augment", False), ("no_amp", "amp", False),
                               ("channels_last", "channels_last", True),
                               ("deterministic", "deterministic", True),
-                              ("fine_tune_encoder", "fine_tune_encoder", True)):
+                              ("fine_tune_encoder", "fine_tune_encoder", True),
+                              ("flip_ud", "flip_ud", True), ("unsafe_negatives", "unsafe_negatives", True)):
         if getattr(args, flag, False):
             values[name] = value
     return TrainConfig.from_dict(values)

@@ -83,6 +83,12 @@ class LoadedSource:
 
         return cKDTree(self.lesion_points_xyz) if len(self.lesion_points_xyz) else None
 
+    def clear_of_lesions(self, point_xyz: np.ndarray, reach_mm: float) -> bool:
+        """Whether the world point lies farther than ``reach_mm`` from every lesion point and box."""
+        if self.lesion_tree is not None and self.lesion_tree.query(point_xyz)[0] <= reach_mm:
+            return False
+        return all(_box_distance(point_xyz, box) > reach_mm for box in self.source.lesion_boxes_xyz)
+
 
 #: Least distance between two hard negatives' centres.
 HARD_SEPARATION_MM = 8.0
@@ -193,7 +199,7 @@ def sample_centres(loaded: LoadedSource, n: int, shape: Sequence[int], spacing: 
     crops may overlap by less than half (a lung holds only some 50 disjoint VOI-sized crops).
     ``hard``: centred on blob-like lung voxels (:attr:`LoadedSource.blob_voxels`), at least
     :data:`HARD_SEPARATION_MM` apart (they are few: their crops may overlap more)."""
-    volume, tree = loaded.volume, loaded.lesion_tree
+    volume = loaded.volume
     candidates = loaded.blob_voxels if hard else loaded.lung_voxels
     if n <= 0 or candidates.size == 0:
         return np.zeros((0, 3))
@@ -202,9 +208,7 @@ def sample_centres(loaded: LoadedSource, n: int, shape: Sequence[int], spacing: 
     earlier = [np.asarray(p, float) for p in avoid_xyz]
     for flat in candidates[rng.integers(candidates.size, size=max_tries * n)]:
         centre = volume.index_to_world(np.asarray(np.unravel_index(int(flat), volume.shape), float))
-        if tree is not None and tree.query(centre)[0] <= reach:
-            continue
-        if any(_box_distance(centre, box) <= reach for box in loaded.source.lesion_boxes_xyz):
+        if not loaded.clear_of_lesions(centre, reach):
             continue
         if not _inside(volume, crop_grid(volume, centre, shape, spacing)):
             continue

@@ -116,7 +116,8 @@ def segment_volume(
     lungs
         Lung mask on ``volume``'s grid (array, mask Volume or ``LungSegmentation``): slices are
         then cropped to ``config.input_size`` around the lungs (the paper's input), else the whole
-        slice is resized.
+        slice is resized. With ``config.tile_size`` the crop is slid over in tiles
+        (:mod:`~wsnodule_core.nam.tiles`; lungs needed).
     config
         See :class:`NamConfig`.
     multi_gap_model
@@ -133,6 +134,11 @@ def segment_volume(
     """
     if batch_size < 1:
         raise NamSegmentationError(f"segment_volume: batch_size must be >= 1, got {batch_size}.")
+    if config.tile_size is not None:
+        from wsnodule_core.nam.tiles import segment_volume_tiled
+
+        return segment_volume_tiled(model, volume, lungs, config, multi_gap_model=multi_gap_model,
+                                    progress=progress, cancel=cancel, batch_size=max(batch_size, 64))
     nz = volume.shape[0]
     report = progress or (lambda done, total: None)
     _check(cancel)

@@ -67,6 +67,11 @@ class NamConfig:
         in slice order; later candidates keep their score but not their map.
     bridge_gap
         When linking per-slice masks into 3D nodules, also join masks one empty slice apart.
+    tile_size, tile_stride
+        None (the paper): the whole lung crop is the network input. A side in pixels: the lung crop
+        (``input_size`` px) is slid over by tiles of this side, every ``tile_stride`` pixels (None:
+        half a tile), for a classifier trained on nodule-sized crops (:mod:`~wsnodule_core.nam.tiles`);
+        needs lungs.
     """
 
     window: tuple[float, float] = NAM_WINDOW
@@ -89,6 +94,8 @@ class NamConfig:
     lung_slices_only: bool = False
     max_kept_rnams: int = 32
     bridge_gap: bool = True
+    tile_size: int | None = None
+    tile_stride: int | None = None
 
     def __post_init__(self) -> None:
         if self.window[1] <= self.window[0]:
@@ -116,6 +123,13 @@ class NamConfig:
             )
         if self.top_k not in (1, 2):
             raise NamSegmentationError(f"NamConfig.top_k must be 1 or 2 (two-nodule mode), got {self.top_k}.")
+        if self.tile_size is not None and not 32 <= self.tile_size <= self.input_size:
+            raise NamSegmentationError(
+                f"NamConfig.tile_size must lie in [32, input_size = {self.input_size}] pixels (the classifier's "
+                f"training crop inside the lung crop), got {self.tile_size}."
+            )
+        if self.tile_stride is not None and self.tile_stride < 1:
+            raise NamSegmentationError(f"NamConfig.tile_stride must be >= 1 pixel, got {self.tile_stride}.")
         if self.rnam_batch_size < 1 or self.max_kept_rnams < 0:
             raise NamSegmentationError(
                 "NamConfig: rnam_batch_size must be >= 1 and max_kept_rnams >= 0, got "

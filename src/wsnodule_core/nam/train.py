@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from wsnodule_core.data.slices import SliceSet, slices_from_dataset
 from wsnodule_core.errors import CheckpointError, TrainingDataError
 from wsnodule_core.metrics.classification import roc_auc
-from wsnodule_core.nam.model import KIND, MultiGapClassifier, build_classifier
+from wsnodule_core.nam.model import KIND, MultiGapClassifier, build_classifier, load_classifier
 from wsnodule_core.nam.train_config import TrainConfig
 from wsnodule_core.training import distributed as ddp
 from wsnodule_core.training.augment import augment_batch
@@ -47,14 +47,55 @@ TrainResult = RunResult  # what train_* returns; the model is a MultiGapClassifi
 
 
 def _resolve_data(data, config: TrainConfig, progress=None) -> tuple[SliceSet, SliceSet | None]:
+    in_memory = isinstance(data, SliceSet) or (isinstance(data, tuple) and len(data) == 2
+                                               and isinstance(data[0], SliceSet))
+    if in_memory and config.hard_tiles_from is not None:
+        raise TrainingDataError("hard tiles (--hard-tiles-from) are mined for a data set folder's splits; with "
+                                "slice sets in memory, add the tiles (nam.hard_tiles.mine_hard_tiles) yourself.")
     if isinstance(data, SliceSet):
         return data, None
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], SliceSet):
+    if in_memory:
         return data[0], data[1]
+    miner = _hard_tile_miner(config) if config.hard_tiles_from is not None else None  # checked first
     slice_config = config.slice_config()
     train = slices_from_dataset(data, "train", slice_config, progress=progress)
     val = slices_from_dataset(config.val_data or data, "val", slice_config)
+    if miner is not None:
+        train, val = _with_hard_tiles(train, val, miner, config)
     return train, (val if len(val) else None)
+
+
+def _hard_tile_miner(config: TrainConfig) -> tuple[torch.nn.Module, list]:
+    """The classifier of ``config.hard_tiles_from`` (refused unless it learnt this run's crop) and the
+    nodule-free whole scans of ``$WSNODULE_DATA`` it mines."""
+    from wsnodule_core.data.nodule_free import check_sources, default_sources
+
+    model, checkpoint = load_classifier(config.hard_tiles_from, "cpu")
+    trained = checkpoint.train_config or {}
+    if (trained.get("image_size"), trained.get("pixel_spacing_mm")) != (config.image_size, config.pixel_spacing_mm):
+        raise TrainingDataError(
+            f"{config.hard_tiles_from}: the tile classifier learnt {trained.get('image_size')} px crops at "
+            f"{trained.get('pixel_spacing_mm')} mm, this run {config.image_size} px at {config.pixel_spacing_mm} mm: "
+            "mine with a classifier of the same crop (or train with its --image-size and --pixel-spacing)."
+        )
+    sources = default_sources()
+    check_sources(sources)
+    return model, sources
+
+
+def _with_hard_tiles(train: SliceSet, val: SliceSet, miner: tuple, config: TrainConfig
+                     ) -> tuple[SliceSet, SliceSet]:
+    """``train`` and ``val`` plus the miner's hard tiles of the nodule-free whole scans of their splits."""
+    from wsnodule_core.nam.hard_tiles import HardTileConfig, mine_hard_tiles
+
+    model, sources = miner
+    tiles = HardTileConfig(per_scan=config.hard_tiles_per_scan, random_per_scan=config.hard_tiles_random_per_scan,
+                           seed=config.seed)
+    slice_config = config.slice_config()
+    mined = {split: mine_hard_tiles(model, [s for s in sources if s.split == split], slice_config, tiles)
+             for split in ("train", "val")}
+    return (SliceSet.concatenate([train, mined["train"]], slice_config),
+            SliceSet.concatenate([val, mined["val"]], slice_config))
 
 
 def _seed_everything(seed: int) -> None:

@@ -56,6 +56,8 @@ class TrainConfig:
     min_nodule_area_mm2: float = 0.0
     min_lung_fraction: float = 0.1
     negatives_per_case: int | None = None  # at most this many nodule-free slices per case (None: all)
+    unsafe_negatives: bool = False         # nodule-free slices of cases marked negatives_ok=False too (a VOI
+                                           # crop's slices beyond its nodule: negatives of the nodules' scanners)
     val_data: str | None = None            # validate on this data set's val split instead of the training set's
     seed: int = 0
     num_workers: int = 0
@@ -73,6 +75,9 @@ class TrainConfig:
     intensity_gain: float = 0.1
     intensity_shift: float = 0.05
     eval_batch_size: int = 64
+    hard_tiles_from: str | None = None     # a tile classifier's checkpoint: add its hard negative tiles of the
+    hard_tiles_per_scan: int = 1500        # nodule-free whole scans (nam.hard_tiles; needs WSNODULE_DATA)
+    hard_tiles_random_per_scan: int = 300
 
     def __post_init__(self) -> None:
         if self.n_gap not in PAPER_LR:
@@ -96,6 +101,12 @@ class TrainConfig:
         if self.backbone == "lite_medsam" and (self.vgg16_weights or self.bn_recalibration_batches):
             raise ModelConfigError("vgg16_weights and bn_recalibration_batches apply to the VGG16 backbone "
                                    "only (LiteMedSAM's encoder has its own weights and BatchNorm statistics).")
+        if self.hard_tiles_from is not None and self.pixel_spacing_mm is None:
+            raise ModelConfigError("hard tiles (--hard-tiles-from) need a fixed pixel spacing (--pixel-spacing): "
+                                   "whole-scan tiles must have the spacing of the training crops.")
+        if self.hard_tiles_per_scan < 0 or self.hard_tiles_random_per_scan < 0:
+            raise ModelConfigError("hard_tiles_per_scan and hard_tiles_random_per_scan must be >= 0, got "
+                                   f"{self.hard_tiles_per_scan} and {self.hard_tiles_random_per_scan}.")
         if self.select_metric not in SELECT_METRICS:
             raise ModelConfigError(f"select_metric must be one of {list(SELECT_METRICS)}, got "
                                    f"{self.select_metric!r}.")
@@ -125,7 +136,8 @@ class TrainConfig:
 
         return SliceConfig(size=self.image_size, pixel_spacing_mm=self.pixel_spacing_mm,
                            min_nodule_area_mm2=self.min_nodule_area_mm2,
-                           min_lung_fraction=self.min_lung_fraction, negatives_per_case=self.negatives_per_case)
+                           min_lung_fraction=self.min_lung_fraction, negatives_per_case=self.negatives_per_case,
+                           use_unsafe_negatives=self.unsafe_negatives)
 
     def augment_config(self) -> "AugmentConfig":
         from wsnodule_core.training.augment import AugmentConfig

@@ -13,13 +13,17 @@ from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress
                                              check_options, lung_volume, resolve_lungs, single_output)
 
 NAM_OUTPUTS = ("fine", "coarse")
+#: The lung crop a tile classifier slides over (px at its pixel spacing: 336 mm at 0.75 mm, both lungs).
+TILED_LUNG_CROP_PX = 448
 
 
 def nam_config_for_checkpoint(checkpoint: Any, base: Any = None, **overrides: Any):
     """The :class:`~wsnodule_core.nam.segment_config.NamConfig` a NAM checkpoint segments with.
 
     Start from ``base`` (default ``NamConfig()``), take the checkpoint's own training crop (side and
-    pixel spacing) and the slice threshold its validation chose, then apply ``overrides``.
+    pixel spacing) and the slice threshold its validation chose, then apply ``overrides``. A classifier
+    trained with hard whole-scan tiles (``--hard-tiles-from``) is slid over a lung crop of
+    :data:`TILED_LUNG_CROP_PX` in tiles of its crop (:mod:`wsnodule_core.nam.tiles`).
     """
     from wsnodule_core.nam.segment_config import NamConfig
 
@@ -27,6 +31,8 @@ def nam_config_for_checkpoint(checkpoint: Any, base: Any = None, **overrides: An
     train = getattr(checkpoint, "train_config", None) or {}
     if train.get("image_size"):
         values["input_size"] = int(train["image_size"])
+        if train.get("hard_tiles_from"):  # a tile classifier (trained on whole-scan tiles) slides in tiles
+            values.update(tile_size=int(train["image_size"]), input_size=TILED_LUNG_CROP_PX)
     if "pixel_spacing_mm" in train:
         values["crop_pixel_spacing_mm"] = (
             None if train["pixel_spacing_mm"] is None else float(train["pixel_spacing_mm"])
