@@ -6,7 +6,8 @@ in-plane (as the demo prompts it). Measured here (2-core CPU, 2026-12-07): blob-
 default; LiteMedSAM redraws the blob filter's candidates of 5 mm or more: 329 s with a cold embedding
 cache on a loaded machine), medsam-box 0.84 (14 s); the blob filter alone 0.57; pw4medseg 0.18 on the
 whole sample (38 components, most of them false: its floor is lower; a randomised network marks nothing
-or everything). Slow: each LiteMedSAM crop costs
+or everything); nam 0.56 (80 components: its nodule 0.87; a randomised classifier's tiles stay under its
+P >= 0.85, so it marks nothing). Slow: each LiteMedSAM crop costs
 about 2 s on such a CPU. With ``WSNODULE_CACHE`` set the embeddings are kept in ``$WSNODULE_CACHE/lite_medsam``
 (reruns are fast), else in the test's temporary folder.
 """
