@@ -7,7 +7,7 @@ import pytest
 
 from wsnodule_core.errors import NamSegmentationError, SegmentationCancelled
 from wsnodule_core.nam.pipeline import NamConfig, segment_volume
-from wsnodule_core.nam.tiles import tile_origins
+from wsnodule_core.nam.tile_grid import tile_origins
 
 from .test_pipeline import SCOPE, blob_model, chest, dice
 

@@ -2,7 +2,7 @@
 
 A classifier trained on nodule and nodule-free VOI crops has seen few of the things a whole slice
 holds (hilum, chest wall, diaphragm, vessel branchings in every direction). Slid over whole
-nodule-free scans (:func:`~.tiles.tile_origins`, the same tiles as at segmentation), its most probable
+nodule-free scans (:func:`~.tile_grid.tile_origins`, the same tiles as at segmentation), its most probable
 tiles are its false positives: they become negatives of the next training round (the classic
 bootstrapping of sliding-window detectors). Tiles whose crop comes near a known lesion (an LIDC
 reader's contour, a tumour box) are never taken; a share of random lung tiles rides along so the
@@ -23,7 +23,7 @@ from wsnodule_core.errors import SegmentationCancelled, TrainingDataError
 from wsnodule_core.image.window import apply_window
 from wsnodule_core.nam.assembly import network_grid
 from wsnodule_core.nam.maps import evaluating
-from wsnodule_core.nam.tiles import tile_origins
+from wsnodule_core.nam.tile_grid import tile_origins
 from wsnodule_core.training.device import device_of
 
 

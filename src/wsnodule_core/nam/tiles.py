@@ -24,36 +24,11 @@ from wsnodule_core.image.window import apply_window
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.nam.assembly import NetworkGrid, link_slices, network_grid
 from wsnodule_core.nam.maps import evaluating, forward_maps, to_numpy
+from wsnodule_core.nam.result import CandidateInfo, NamSegmentation, SliceCandidates
 from wsnodule_core.nam.segment_config import NamConfig
 from wsnodule_core.nam.slice_segment import segment_positive
+from wsnodule_core.nam.tile_grid import tile_origins
 from wsnodule_core.training.device import device_of
-
-
-def tile_origins(lungs: np.ndarray, size: int, stride: int) -> np.ndarray:
-    """(k, 2) top-left corners (y, x) of the tiles of a (H, W) slice whose centre pixel is lung.
-
-    The tiles cover the slice on a regular grid (the last row and column flush with its edge).
-    """
-    lungs = np.asarray(lungs, bool)
-    height, width = lungs.shape
-    if size > min(height, width):
-        raise NamSegmentationError(
-            f"NAM tiles of {size} px do not fit the {height} x {width} px lung crop: give a larger "
-            "input_size (the lung crop's side) or a smaller tile_size."
-        )
-    ys = _starts(height, size, stride)
-    xs = _starts(width, size, stride)
-    grid = np.stack(np.meshgrid(ys, xs, indexing="ij"), axis=-1).reshape(-1, 2)
-    centre = size // 2
-    keep = lungs[grid[:, 0] + centre, grid[:, 1] + centre]
-    return grid[keep]
-
-
-def _starts(length: int, size: int, stride: int) -> np.ndarray:
-    starts = list(range(0, length - size + 1, stride))
-    if starts[-1] != length - size:
-        starts.append(length - size)
-    return np.asarray(starts, np.int64)
 
 
 def _check(cancel: Callable[[], bool] | None) -> None:
@@ -78,10 +53,8 @@ def segment_volume_tiled(
     """Segment a CT with the NAM slid over each slice's lungs in tiles (see the module docstring).
 
     Called by :func:`~.pipeline.segment_volume` when ``config.tile_size`` is set; returns its
-    :class:`~.pipeline.NamSegmentation`.
+    :class:`~.result.NamSegmentation`.
     """
-    from wsnodule_core.nam.pipeline import CandidateInfo, NamSegmentation, SliceCandidates
-
     if lungs is None:
         raise NamSegmentationError(
             "the tiled NAM (NamConfig.tile_size set) slides over the lungs and needs a lung mask: pass "
