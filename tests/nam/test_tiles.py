@@ -58,3 +58,12 @@ def test_tile_settings_are_checked(changes, match):
     with pytest.raises(NamSegmentationError, match=match):
         NamConfig(input_size=112, **changes)
 
+
+
+def test_a_multi_gap_model_narrows_each_tile_s_scope_and_gives_its_map():
+    volume, lungs, truth, _ = chest(nodules=((6, 36, 36), (6, 62, 80)), with_vessel=False)
+    config = NamConfig(input_size=112, tile_size=40, tile_stride=16, scope=SCOPE)
+    result = segment_volume(blob_model(), volume, lungs=lungs, config=config, multi_gap_model=blob_model(stride=(4, 8)))
+    assert result.multi_nam is not None and result.multi_nam.same_geometry(volume)
+    assert result.multi_nam.array[6].max() > 0 and result.multi_nam.array[0].max() == 0  # nodule tiles only
+    assert result.n_nodules == 2 and dice(result.fine.array > 0, truth) > 0.6
