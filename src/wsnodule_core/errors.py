@@ -231,6 +231,15 @@ class SegmentationCancelled(WsnoduleError):
     """A segmentation was cancelled by its ``cancel`` callback before it finished."""
 
 
+def raise_if_cancelled(cancel, what: str = "the NAM segmentation") -> None:
+    """Raise :class:`SegmentationCancelled` when the ``cancel`` callback (or None) says so: nothing
+    partial is returned (a half-segmented volume would look like a finished one)."""
+    if cancel is not None and cancel():
+        raise SegmentationCancelled(
+            f"{what} was cancelled before it finished; nothing was returned. Run it again to get a result."
+        )
+
+
 # --- PW4MedSeg ---------------------------------------------------------------
 
 

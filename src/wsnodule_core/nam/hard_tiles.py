@@ -19,12 +19,14 @@ import torch
 
 from wsnodule_core.data.nodule_free import LoadedSource, NoduleFreeSource, load_source
 from wsnodule_core.data.slices import SliceConfig, SliceSet
-from wsnodule_core.errors import SegmentationCancelled, TrainingDataError
+from wsnodule_core.errors import TrainingDataError, raise_if_cancelled
 from wsnodule_core.image.window import apply_window
 from wsnodule_core.nam.assembly import network_grid
 from wsnodule_core.nam.maps import evaluating
-from wsnodule_core.nam.tile_grid import tile_origins
+from wsnodule_core.nam.tile_grid import TILED_LUNG_CROP_PX, cut_tiles, tile_origins
 from wsnodule_core.training.device import device_of
+
+MINING = "mining hard tiles"
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class HardTileConfig:
     with P(nodule) >= ``min_probability`` are kept, at least ``separation_px`` apart on a slice, plus
     ``random_per_scan`` random lung tiles; nothing within ``clearance_mm`` of a lesion."""
 
-    crop_size: int = 448
+    crop_size: int = TILED_LUNG_CROP_PX
     stride: int = 20
     per_scan: int = 1500
     random_per_scan: int = 300
@@ -72,8 +74,7 @@ def mine_hard_tiles(
     say = progress or (lambda text: None)
     sets = []
     for source in sources:
-        if cancel is not None and cancel():
-            raise SegmentationCancelled("mining hard tiles was cancelled; nothing was returned.")
+        raise_if_cancelled(cancel, MINING)
         loaded = load_source(source)
         tiles = _scan_tiles(model, loaded, slice_config, config, batch_size, cancel)
         say(f"hard tiles: {source.subject}: {tiles.n_negative} nodule-free tiles")
@@ -90,14 +91,12 @@ def _scan_tiles(model, loaded: LoadedSource, slice_config: SliceConfig, config: 
     reach = config.clearance_mm + np.sqrt(2.0) * size / 2.0 * slice_config.pixel_spacing_mm
     with evaluating(model):
         for z in range(volume.shape[0]):
-            if cancel is not None and cancel():
-                raise SegmentationCancelled("mining hard tiles was cancelled; nothing was returned.")
+            raise_if_cancelled(cancel, MINING)
             origins = tile_origins(grid.lungs[z], size, config.stride)
             origins = np.asarray([o for o in origins if _clear(loaded, grid, z, o, size, reach)]).reshape(-1, 2)
             if not len(origins):
                 continue
-            plane = np.asarray(grid.source[z], np.float32)
-            cut = np.stack([plane[y:y + size, x:x + size] for y, x in origins])
+            cut = cut_tiles(np.asarray(grid.source[z], np.float32), origins, size)
             x = apply_window(torch.from_numpy(cut).to(device)[:, None], slice_config.window)
             probs = torch.cat([torch.softmax(model(x[i:i + batch_size]).float(), dim=1)[:, 1]
                                for i in range(0, len(x), batch_size)]).cpu().numpy()

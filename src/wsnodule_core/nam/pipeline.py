@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from wsnodule_core.data.lung import LungSegmentation
-from wsnodule_core.errors import NamSegmentationError, SegmentationCancelled
+from wsnodule_core.errors import NamSegmentationError, raise_if_cancelled
 from wsnodule_core.image.window import apply_window
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.nam.assembly import NetworkGrid, link_slices, network_grid
@@ -34,14 +34,6 @@ __all__ = [
     "CandidateInfo", "NamConfig", "NamSegmentation", "SliceCandidates", "SliceResult", "link_slices",
     "segment_slice", "segment_volume",
 ]
-
-
-def _check(cancel: Callable[[], bool] | None) -> None:
-    if cancel is not None and cancel():
-        raise SegmentationCancelled(
-            "the NAM segmentation was cancelled before it finished; nothing was returned. Run it again "
-            "to get a result."
-        )
 
 
 def segment_volume(
@@ -88,11 +80,12 @@ def segment_volume(
     if config.tile_size is not None:
         from wsnodule_core.nam.tiles import segment_volume_tiled
 
+        # tiles are a few dozen pixels wide: many more of them than of whole slices fit one forward pass
         return segment_volume_tiled(model, volume, lungs, config, multi_gap_model=multi_gap_model,
                                     progress=progress, cancel=cancel, batch_size=max(batch_size, 64))
     nz = volume.shape[0]
     report = progress or (lambda done, total: None)
-    _check(cancel)
+    raise_if_cancelled(cancel)
     grid = network_grid(
         volume, lungs, config.input_size, config.crop_pixel_spacing_mm,
         with_lungs=config.icm_init == "lung" or config.min_candidate_lung_fraction > 0 or config.lung_slices_only,
@@ -110,7 +103,7 @@ def segment_volume(
     slices: list[SliceCandidates] = []
     kept = 0
     for z in range(nz):
-        _check(cancel)
+        raise_if_cancelled(cancel)
         if z in images:
             result = segment_positive(
                 model, images.pop(z), nams.pop(z), float(probability[z]), multi_nams.get(z), config,
@@ -162,7 +155,7 @@ def _classify(model, grid: NetworkGrid, config: NamConfig, batch_size: int, repo
         order = np.flatnonzero(np.asarray(grid.lungs).any(axis=(1, 2)))
     with evaluating(model):
         for start in range(0, len(order), batch_size):
-            _check(cancel)
+            raise_if_cancelled(cancel)
             chosen = order[start:start + batch_size]
             hu = torch.as_tensor(np.asarray(grid.source[chosen], np.float32)).to(device)[:, None]
             if grid.crop is None:
@@ -188,7 +181,7 @@ def _multi_gap_nams(multi_gap_model, grid: NetworkGrid, images: dict, shape, bat
     zs = sorted(images)
     with evaluating(multi_gap_model):
         for start in range(0, len(zs), batch_size):
-            _check(cancel)
+            raise_if_cancelled(cancel)
             chunk = zs[start : start + batch_size]
             x = torch.from_numpy(np.stack([images[z] for z in chunk]))[:, None].to(device)
             _, multi = forward_maps(multi_gap_model, x, "all")

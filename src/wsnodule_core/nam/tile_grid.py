@@ -1,10 +1,14 @@
-"""Where the tiles of the tiled NAM lie on a slice's lung crop (shared by segmentation and hard-tile mining)."""
+"""Where the tiles of the tiled NAM lie on a slice's lung crop, and cutting them (shared by segmentation and
+hard-tile mining)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from wsnodule_core.errors import NamSegmentationError
+
+#: The lung crop a tile classifier slides over (px at its pixel spacing: 336 mm at 0.75 mm, both lungs).
+TILED_LUNG_CROP_PX = 448
 
 
 def tile_origins(lungs: np.ndarray, size: int, stride: int) -> np.ndarray:
@@ -32,3 +36,10 @@ def _starts(length: int, size: int, stride: int) -> np.ndarray:
     if starts[-1] != length - size:
         starts.append(length - size)
     return np.asarray(starts, np.int64)
+
+
+def cut_tiles(plane: np.ndarray, origins: np.ndarray, size: int) -> np.ndarray:
+    """The (k, size, size) float32 tiles of a (H, W) plane at ``origins`` (from :func:`tile_origins`)."""
+    if not len(origins):
+        return np.zeros((0, size, size), np.float32)
+    return np.stack([plane[y:y + size, x:x + size] for y, x in origins]).astype(np.float32)

@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from wsnodule_core.errors import NamSegmentationError, SegmentationCancelled
+from wsnodule_core.errors import NamSegmentationError, raise_if_cancelled
 from wsnodule_core.image.window import apply_window
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.nam.assembly import NetworkGrid, link_slices, network_grid
@@ -27,16 +27,8 @@ from wsnodule_core.nam.maps import evaluating, forward_maps, to_numpy
 from wsnodule_core.nam.result import CandidateInfo, NamSegmentation, SliceCandidates
 from wsnodule_core.nam.segment_config import NamConfig
 from wsnodule_core.nam.slice_segment import segment_positive
-from wsnodule_core.nam.tile_grid import tile_origins
+from wsnodule_core.nam.tile_grid import cut_tiles, tile_origins
 from wsnodule_core.training.device import device_of
-
-
-def _check(cancel: Callable[[], bool] | None) -> None:
-    if cancel is not None and cancel():
-        raise SegmentationCancelled(
-            "the NAM segmentation was cancelled before it finished; nothing was returned. Run it again "
-            "to get a result."
-        )
 
 
 def segment_volume_tiled(
@@ -63,7 +55,7 @@ def segment_volume_tiled(
     size, stride = int(config.tile_size), int(config.tile_stride or config.tile_size // 2)
     nz = volume.shape[0]
     report = progress or (lambda done, total: None)
-    _check(cancel)
+    raise_if_cancelled(cancel)
     grid = network_grid(volume, lungs, config.input_size, config.crop_pixel_spacing_mm, with_lungs=True)
     origins = [tile_origins(grid.lungs[z], size, stride) for z in range(nz)]
     net_shape = (nz, grid.size, grid.size)
@@ -75,26 +67,29 @@ def segment_volume_tiled(
     slices: list[SliceCandidates] = []
     device = device_of(model)
     for z in range(nz):
-        _check(cancel)
+        raise_if_cancelled(cancel)
         if len(origins[z]):
-            tiles = _cut(np.asarray(grid.source[z], np.float32), origins[z], size)
+            tiles = cut_tiles(np.asarray(grid.source[z], np.float32), origins[z], size)
             x = apply_window(torch.from_numpy(tiles).to(device)[:, None], config.window)
-            prob, nam = _forward(model, x, config, batch_size)
+            prob, nam = _forward(model, x, config.nam_branches, batch_size)
+            prob = to_numpy(prob)
             probability[z] = float(prob.max())
             for (y0, x0), plane in zip(origins[z], to_numpy(nam)):
                 view = nam_net[z, y0:y0 + size, x0:x0 + size]
                 np.maximum(view, plane, out=view)
-            positive = np.flatnonzero(prob.cpu().numpy() >= config.probability_threshold)
+            positive = np.flatnonzero(prob >= config.probability_threshold)
+            multis = None
+            if multi_gap_model is not None and len(positive):  # the multi-GAP NAMs of the nodule tiles only
+                multis = to_numpy(_forward(multi_gap_model, x[positive].to(device_of(multi_gap_model)), "all",
+                                           batch_size)[1])
             infos: list[CandidateInfo] = []
             chosen: list[int] = []
-            for i in positive:
+            for k, i in enumerate(positive):
                 y0, x0 = (int(v) for v in origins[z][i])
                 window = (slice(y0, y0 + size), slice(x0, x0 + size))
                 multi = None
-                if multi_gap_model is not None:
-                    with evaluating(multi_gap_model):
-                        _, m = forward_maps(multi_gap_model, x[i:i + 1].to(device_of(multi_gap_model)), "all")
-                    multi = to_numpy(m[0])
+                if multis is not None:
+                    multi = multis[k]
                     np.maximum(multi_net[z][window], multi, out=multi_net[z][window])
                 result = segment_positive(
                     model, to_numpy(x[i, 0]), nam[i], float(prob[i]), multi, config,
@@ -129,15 +124,12 @@ def segment_volume_tiled(
     )
 
 
-def _cut(plane: np.ndarray, origins: np.ndarray, size: int) -> np.ndarray:
-    return np.stack([plane[y:y + size, x:x + size] for y, x in origins]).astype(np.float32)
-
-
-def _forward(model, x: torch.Tensor, config: NamConfig, batch_size: int):
+def _forward(model, x: torch.Tensor, branches, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Probabilities (k,) and NAMs (k, h, w) of tiles ``x`` in batches."""
     probs, nams = [], []
     with evaluating(model):
         for start in range(0, len(x), batch_size):
-            p, n = forward_maps(model, x[start:start + batch_size], config.nam_branches)
+            p, n = forward_maps(model, x[start:start + batch_size], branches)
             probs.append(p)
             nams.append(n)
     return torch.cat(probs), torch.cat(nams)

@@ -9,12 +9,11 @@ from wsnodule_core.errors import ModelConfigError
 from wsnodule_core.io.volume import Volume
 from wsnodule_core.nam.model import KIND as NAM_KIND
 from wsnodule_core.nam.model3d import KIND_3D
+from wsnodule_core.nam.tile_grid import TILED_LUNG_CROP_PX
 from wsnodule_core.segmentation.base import (LUNGS_AUTO, Cancel, Lungs, Progress, SegmentationResult,
                                              check_options, lung_volume, resolve_lungs, single_output)
 
 NAM_OUTPUTS = ("fine", "coarse")
-#: The lung crop a tile classifier slides over (px at its pixel spacing: 336 mm at 0.75 mm, both lungs).
-TILED_LUNG_CROP_PX = 448
 
 
 def nam_config_for_checkpoint(checkpoint: Any, base: Any = None, **overrides: Any):
